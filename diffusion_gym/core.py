@@ -1,0 +1,264 @@
+"""The denoising MDP, batched: one implementation behind the single env and the native vector env.
+
+State: the goal prompt ``c``, the latent ``x_t`` and the timestep ``t``. Action: the next latent ``x_{t-1}``.
+The transition is deterministic (the next latent *is* the action); the reward is 0 until the last step of
+the scheduler's schedule, where it is the reward model's score of the decoded image against the goal.
+All ``N`` episodes of a batch run in lockstep (every episode has the same ``T``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+from diffusion_gym.goals import GoalCodec
+from diffusion_gym.models import DiffusionModel, load_model
+from diffusion_gym.prompts import resolve_prompts
+from diffusion_gym.rewards import make_reward, validate_reward
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The arguments of ``DiffusionT2I-v0`` that define the MDP (all plain data, so specs stay light)."""
+
+    model: str = "shapes"
+    reward: str | None = None
+    prompts: str | Sequence[str] | None = None
+    num_inference_steps: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    latent_bound: float = 10.0
+    max_prompt_bytes: int = 1024
+    image_cache_size: int = 256
+
+
+class DiffusionMDP:
+    """``N`` denoising episodes advanced together. Tensors live on ``config.device``."""
+
+    def __init__(self, config: EnvConfig, num_envs: int):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if not (math.isfinite(config.latent_bound) and config.latent_bound > 0):
+            raise ValueError(f"latent_bound must be a finite positive number, got {config.latent_bound}")
+        self.config = config
+        self.num_envs = num_envs
+        self.model: DiffusionModel = load_model(config.model, config.device, config.dtype)
+        world = self.model.world
+
+        self.reward_name = validate_reward(config.reward or _required(world.default_reward, "reward", config.model))
+        self.reward_fn = make_reward(self.reward_name, self.model.device)
+        # Extra scores reported in info at termination, e.g. the gold score while optimising a proxy.
+        self.extra_score_names = {
+            key: name
+            for key, name in (("gold_score", world.gold_reward), ("proxy_score", world.proxy_reward))
+            if name is not None
+        }
+
+        self.codec = GoalCodec(config.max_prompt_bytes, self.model.latent_shape)
+        self.prompt_pool = resolve_prompts(
+            config.prompts if config.prompts is not None else _required(world.default_prompts, "prompts", config.model)
+        )
+        for prompt in self.prompt_pool:
+            self.check_prompt(prompt)
+
+        # A scheduler of our own: set_timesteps mutates it, and the loaded model is shared within the process.
+        from diffusers import DDIMScheduler
+
+        self.scheduler = DDIMScheduler.from_config(self.model.scheduler.config)
+        steps = config.num_inference_steps or world.num_inference_steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {steps!r}")
+        self.scheduler.set_timesteps(steps)
+        self.timesteps = self.scheduler.timesteps.clone()  # (T,) descending
+        self.num_steps = len(self.timesteps)
+        self.init_noise_sigma = float(self.scheduler.init_noise_sigma)
+
+        self._image_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.step_index: int | None = None  # None: reset needed
+        self.latents: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------- spaces
+    def single_observation_space(self) -> spaces.Dict:
+        bound = self.config.latent_bound
+        goal_low, goal_high = self.codec.bounds(bound)
+        num_tokens = self.model.max_prompt_tokens
+        embed_dim = self.model.text_encoder.config.hidden_size
+        return spaces.Dict(
+            {
+                "latent": spaces.Box(-bound, bound, self.model.latent_shape, np.float32),
+                "timestep": spaces.Box(0, self.scheduler.config.num_train_timesteps, (1,), np.int64),
+                "prompt_embedding": spaces.Box(-np.inf, np.inf, (num_tokens, embed_dim), np.float32),
+                "desired_goal": spaces.Box(goal_low, goal_high, dtype=np.float32),
+                "achieved_goal": spaces.Box(goal_low, goal_high, dtype=np.float32),
+            }
+        )
+
+    def single_action_space(self) -> spaces.Box:
+        bound = self.config.latent_bound
+        return spaces.Box(-bound, bound, self.model.latent_shape, np.float32)
+
+    # ----------------------------------------------------------------------------------------- prompts
+    def check_prompt(self, prompt: str) -> None:
+        """Raise for a prompt that cannot be a lossless goal (empty, too many bytes or tokens)."""
+        self.codec.prompt_bytes(prompt)
+        num_tokens = len(self.model.tokenizer(prompt, truncation=False).input_ids)
+        if num_tokens > self.model.max_prompt_tokens:
+            raise ValueError(
+                f"prompt is {num_tokens} tokens, but the text encoder of {self.config.model!r} takes at most "
+                f"{self.model.max_prompt_tokens}; truncating it would break the lossless goal: {prompt!r}"
+            )
+
+    def sample_start(self, rng: np.random.Generator, prompt: str | None) -> tuple[torch.Tensor, str]:
+        """One episode's start from one RNG: ``x_T`` ``(C, H, W)`` on the CPU and its prompt.
+
+        The single env and each sub-env of the vector env draw from their own RNG through this one
+        function, so that the same seed gives the same episode in both.
+        """
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        noise = torch.randn(self.model.latent_shape, generator=generator) * self.init_noise_sigma  # (C, H, W)
+        if prompt is None:
+            prompt = self.prompt_pool[int(rng.integers(len(self.prompt_pool)))]
+        return noise, prompt
+
+    # ----------------------------------------------------------------------------------------- dynamics
+    def reset(self, initial_latents: torch.Tensor, prompts: list[str]) -> None:
+        """Start ``N`` episodes from latents ``(N, C, H, W)`` and prompts (one text-encoder call)."""
+        if len(prompts) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} prompts, got {len(prompts)}")
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        self.prompts = list(prompts)
+        self.prompt_embeddings = self.model.encode_prompts(self.prompts).float()  # (N, S, D)
+        self.desired_goals = self.codec.encode(self.prompts).to(self.model.device)  # (N, G)
+        self.achieved_goals = self.desired_goals.clone()  # flag 0: nothing generated yet
+        self.latents = initial_latents.to(self.model.device, torch.float32)  # (N, C, H, W)
+        self.step_index = 0
+
+    @property
+    def terminated(self) -> bool:
+        return self.step_index == self.num_steps
+
+    def check_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Validate a batch of actions ``(N, C, H, W)``; returns it as float32 on the env's device.
+
+        Out-of-bound and non-finite actions are errors, never clipped: either is almost surely a bug in the
+        policy (pixels instead of latents, unscaled latents, a diverged model), and hiding it would poison
+        the training data.
+        """
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"action must be a torch.Tensor or numpy array, got {type(action).__name__}")
+        if not action.is_floating_point():
+            raise TypeError(f"action must have a floating-point dtype, got {action.dtype}")
+        expected = (self.num_envs, *self.model.latent_shape)
+        if tuple(action.shape) != expected:
+            raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} (the next latent)")
+        action = action.to(self.model.device, torch.float32, copy=True)  # the env owns its state
+        finite = torch.isfinite(action).flatten(1).all(dim=1)  # (N,)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(f"action contains NaN or inf (env indices {bad}); refusing to step")
+        bound = self.config.latent_bound
+        outside = action.abs().flatten(1).amax(dim=1) > bound  # (N,)
+        if bool(outside.any()):
+            bad = torch.nonzero(outside).flatten().tolist()
+            raise ValueError(
+                f"action leaves the latent bounds [-{bound}, {bound}] (env indices {bad}, max |x| = "
+                f"{action.abs().max().item():.3g}); latents are expected to have about unit variance"
+            )
+        return action
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, object]]:
+        """Advance all episodes by one step; returns rewards ``(N,)`` and terminal extras (empty before)."""
+        if self.step_index is None:
+            raise ResetNeeded("step() called before reset()")
+        if self.terminated:
+            raise ResetNeeded("the episode has terminated; call reset() before step()")
+        self.latents = self.check_action(action)
+        self.step_index += 1
+        if not self.terminated:
+            return torch.zeros(self.num_envs, dtype=torch.float32), {}
+
+        images = self.decode(self.latents)  # (N, 3, H, W)
+        self.achieved_goals = self.codec.encode(self.prompts, self.latents)
+        rewards = self.reward_fn(images, self.prompts).float().cpu()
+        extras: dict[str, object] = {"final_images": images}
+        for key, name in self.extra_score_names.items():
+            extras[key] = (
+                rewards
+                if name == self.reward_name
+                else make_reward(name, self.model.device)(images, self.prompts).float().cpu()
+            )
+        return rewards, extras
+
+    def observation(self) -> dict[str, torch.Tensor]:
+        """The batched observation: every value a tensor on the env's device."""
+        if self.terminated:
+            timestep = torch.zeros(self.num_envs, 1, dtype=torch.int64)
+        else:
+            timestep = self.timesteps[self.step_index].repeat(self.num_envs, 1).to(torch.int64)  # (N, 1)
+        return {
+            "latent": self.latents,
+            "timestep": timestep.to(self.model.device),
+            "prompt_embedding": self.prompt_embeddings,
+            "desired_goal": self.desired_goals,
+            "achieved_goal": self.achieved_goals,
+        }
+
+    # ----------------------------------------------------------------------------------------- rewards
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode latents ``(B, C, H, W)`` to 8-bit images ``(B, 3, H, W)`` in [0, 1], through a small cache.
+
+        The cache (keyed by the latent's bytes) makes ``compute_reward`` on a terminal achieved goal see
+        exactly the image ``step`` scored, whatever batch it comes in, and makes relabeling cheap.
+        """
+        keys = [row.numpy().tobytes() for row in latents.detach().float().cpu()]
+        missing = [i for i, key in enumerate(keys) if key not in self._image_cache]
+        if missing:
+            decoded = self.model.decode_latents(latents[missing].to(self.model.device))  # (M, 3, H, W)
+            for i, image in zip(missing, decoded, strict=True):
+                self._image_cache[keys[i]] = (image * 255).round().to(torch.uint8)
+        images = []
+        for key in keys:
+            self._image_cache.move_to_end(key)
+            images.append(self._image_cache[key])
+        while len(self._image_cache) > self.config.image_cache_size:
+            self._image_cache.popitem(last=False)
+        return torch.stack(images).float().div(255).to(self.model.device)  # (B, 3, H, W)
+
+    def compute_reward(self, achieved_goal, desired_goal) -> torch.Tensor:
+        """Vectorised goal-conditioned reward ``(B,)`` float32 on the CPU (see :mod:`diffusion_gym.goals`)."""
+        achieved = torch.as_tensor(achieved_goal, dtype=torch.float32)
+        desired = torch.as_tensor(desired_goal, dtype=torch.float32)
+        if achieved.shape != desired.shape or achieved.ndim != 2 or achieved.shape[1] != self.codec.size:
+            raise ValueError(
+                f"compute_reward expects goals of shape (B, {self.codec.size}), got {tuple(achieved.shape)} "
+                f"and {tuple(desired.shape)}"
+            )
+        rewards = torch.zeros(achieved.shape[0], dtype=torch.float32)
+        generated = self.codec.generated(achieved).cpu()
+        if bool(generated.any()):
+            rows = torch.nonzero(generated).flatten()
+            images = self.decode(self.codec.final_latents(achieved[rows.to(achieved.device)]))
+            prompts = self.codec.decode_prompts(desired[rows.to(desired.device)])
+            rewards[rows] = self.reward_fn(images, prompts).float().cpu()
+        return rewards
+
+    def render(self) -> np.ndarray:
+        """The decoded current latents as uint8 images ``(N, H, W, 3)``."""
+        if self.latents is None:
+            raise ResetNeeded("render() called before reset()")
+        images = self.model.decode_latents(self.latents)  # (N, 3, H, W)
+        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+
+
+def _required(value, argument: str, model: str):
+    if value is None:
+        raise ValueError(f"model {model!r} has no default {argument}; pass {argument}=... to gym.make")
+    return value

@@ -1,0 +1,268 @@
+"""Loading text-to-image latent diffusion models by name, once per process.
+
+A model is named, never passed as an object (``gym.make`` deep-copies its kwargs into the env spec):
+
+* ``"shapes"`` : the embedded default world, a miniature Stable Diffusion shipped in this package;
+* a local folder written by ``StableDiffusionPipeline.save_pretrained``;
+* a diffusers hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs the weights in the
+  local Hugging Face cache, or a network connection).
+
+All three go through one path, ``diffusers.StableDiffusionPipeline.from_pretrained``. A folder may carry a
+``diffusion_gym.json`` with the world's metadata (default reward, gold reward, prompt sets, guidance),
+read into :class:`WorldInfo`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from diffusion_gym.ddim import check_scheduler_config
+
+ASSETS = Path(__file__).parent / "assets"
+NAMED_MODELS: dict[str, Path] = {"shapes": ASSETS / "shapes" / "pipeline"}
+WORLD_FILE = "diffusion_gym.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither a named world, an existing folder, nor a hub id."""
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Metadata a model folder can ship in ``diffusion_gym.json``; every field is optional."""
+
+    world: str | None = None
+    default_reward: str | None = None
+    gold_reward: str | None = None
+    proxy_reward: str | None = None
+    default_prompts: str | None = None
+    eval_prompts: str | None = None
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 50
+    eta: float = 1.0
+
+    @classmethod
+    def from_file(cls, path: Path) -> WorldInfo:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"corrupt world metadata file {path}: {error}") from error
+        known = {field.name for field in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path} has unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class DiffusionModel:
+    """The frozen parts of a latent diffusion pipeline, on one device.
+
+    The UNet is shared with policies that wrap it (e.g. with a LoRA adapter); everything else is frozen.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    world: WorldInfo
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of a latent: UNet input channels and sample size."""
+        sample_size = self.unet.config.sample_size
+        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        return (self.unet.config.in_channels, height, width)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The frozen text encoder's last hidden states, ``(B, S, D)``; refuses prompts it would truncate."""
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_prompt_tokens, truncation=False)
+        for prompt, ids in zip(prompts, tokens.input_ids, strict=True):
+            if len(ids) > self.max_prompt_tokens:
+                raise ValueError(
+                    f"prompt is {len(ids)} tokens, but the text encoder of {self.name!r} takes at most "
+                    f"{self.max_prompt_tokens}; truncating it would break the lossless goal: {prompt!r}"
+                )
+        input_ids = torch.tensor(tokens.input_ids, device=self.device)  # (B, S)
+        return self.text_encoder(input_ids)[0].to(self.dtype)  # (B, S, D)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` quantised to 8 bits, as floats in ``[0, 1]``.
+
+        Quantising makes the image the reward sees the image a user would save.
+        """
+        scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(scaled).sample  # (B, 3, H, W) in about [-1, 1]
+        pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round()
+        return pixels / 255
+
+
+_CACHE: dict[tuple[str, str, str], DiffusionModel] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_model(name: str) -> str:
+    """Map a model name to what ``from_pretrained`` takes: a folder path or a hub id.
+
+    Raises ``FileNotFoundError`` for a path that does not exist, and :class:`UnknownModelError` for a name
+    that is neither a named world, an existing folder nor a hub id.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"model must be a non-empty string, got {name!r}")
+    if name in NAMED_MODELS:
+        folder = NAMED_MODELS[name]
+        if not (folder / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"the embedded model {name!r} is missing from {folder}; rebuild it with "
+                "`python -m diffusion_gym.shapes.train`"
+            )
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"model folder {path} has no model_index.json (not a diffusers pipeline)")
+        return str(path)
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        raise FileNotFoundError(f"model folder {name!r} does not exist")
+    if _HUB_ID.match(name):
+        return name
+    raise UnknownModelError(
+        f"unknown model {name!r}: expected one of {sorted(NAMED_MODELS)}, a pipeline folder, "
+        "or a diffusers hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+    )
+
+
+def load_model(name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
+    """Load (once per process, device and dtype) the model named ``name``; see :func:`resolve_model`."""
+    source = resolve_model(name)
+    device = torch.device(device)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    key = (source, str(device), str(torch_dtype))
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load_uncached(name, source, device, torch_dtype)
+        return _CACHE[key]
+
+
+def _load_uncached(name: str, source: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    try:
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
+    except OSError as error:
+        where = "folder" if Path(source).exists() else "hub id (is it in the local Hugging Face cache?)"
+        raise OSError(f"could not load model {name!r} from {where} {source!r}: {error}") from error
+    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    check_scheduler_config(scheduler)
+    world_file = Path(source) / WORLD_FILE
+    world = WorldInfo.from_file(world_file) if world_file.exists() else WorldInfo()
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.to(device).eval().requires_grad_(False)
+    return DiffusionModel(
+        name=name,
+        unet=pipeline.unet,
+        vae=pipeline.vae,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        scheduler=scheduler,
+        world=world,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def build_tiny_pipeline(folder: str | Path, seed: int = 0, sample_size: int = 8, max_prompt_tokens: int = 77) -> Path:
+    """Build a tiny random Stable Diffusion pipeline offline and ``save_pretrained`` it into ``folder``.
+
+    UNet, AutoencoderKL (32 px images, ``4 x sample_size x sample_size`` latents for sample_size 8), a 2-layer
+    CLIP text encoder and a real CLIP BPE tokenizer, and an SD-style DDIM scheduler. For tests: it goes
+    through the same ``from_pretrained`` path as Stable Diffusion v1.5.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from diffusion_gym.tokenizer import save_clip_tokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size * 4,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_prompt_tokens,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(save_clip_tokenizer(folder / "_tokenizer", max_prompt_tokens))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    for leftover in sorted((folder / "_tokenizer").iterdir()):
+        leftover.unlink()
+    (folder / "_tokenizer").rmdir()
+    return folder

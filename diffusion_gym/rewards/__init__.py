@@ -1,0 +1,47 @@
+"""Reward functions behind one interface, looked up by name (see :mod:`.registry`)."""
+
+from diffusion_gym.rewards.jpeg import JpegCompressibility, JpegIncompressibility
+from diffusion_gym.rewards.registry import (
+    RewardFn,
+    RewardSpec,
+    UnknownRewardError,
+    WeightedSumReward,
+    make_reward,
+    parse_reward_weights,
+    register_reward,
+    registered_rewards,
+    reward_spec,
+    validate_reward,
+)
+
+register_reward(
+    "jpeg-compressibility",
+    lambda device: JpegCompressibility(),
+    description="minus the JPEG (q=95) file size in kB (DDPO)",
+    uses_prompt=False,
+)
+register_reward(
+    "jpeg-incompressibility",
+    lambda device: JpegIncompressibility(),
+    description="the JPEG (q=95) file size in kB (DDPO)",
+    uses_prompt=False,
+)
+
+# The Shapes world registers its rewards (shapes-gold, shapes-gold-per-sentence, shapes-clip) and the
+# full-scale rewards (imagereward, aesthetic, clipscore) register theirs; both import lazily inside
+# their factories, so this import stays cheap.
+from diffusion_gym import shapes as _shapes  # noqa: E402,F401
+from diffusion_gym.rewards import full_scale as _full_scale  # noqa: E402,F401
+
+__all__ = [
+    "RewardFn",
+    "RewardSpec",
+    "UnknownRewardError",
+    "WeightedSumReward",
+    "make_reward",
+    "parse_reward_weights",
+    "register_reward",
+    "registered_rewards",
+    "reward_spec",
+    "validate_reward",
+]
