@@ -24,6 +24,7 @@ The shims are applied once, before ``ImageReward`` is imported (:func:`import_im
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -206,8 +207,11 @@ def import_image_reward() -> ModuleType:
     """
     apply()
     try:
-        import ImageReward
-        from ImageReward.models.BLIP import med
+        with warnings.catch_warnings():
+            # clip-anytorch (imported by image-reward) imports the deprecated pkg_resources: not our concern.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import ImageReward
+            from ImageReward.models.BLIP import med
     except ImportError as err:
         raise ImportError(
             "the imagereward reward needs the image-reward package: "

@@ -107,7 +107,13 @@ class AestheticScorer:
         if mlp_weights is None:
             from huggingface_hub import hf_hub_download
 
-            mlp_weights = hf_hub_download(HUB_REPO, HUB_FILENAME)
+            try:
+                mlp_weights = hf_hub_download(HUB_REPO, HUB_FILENAME)
+            except Exception as err:  # offline, or the hub is unreachable
+                raise RuntimeError(
+                    f"could not fetch the aesthetic MLP from the hub ({HUB_REPO}/{HUB_FILENAME}): {err}. "
+                    f"Offline, set {ENV_PATH} (and {ENV_CLIP_MODEL} / {ENV_CLIP_PRETRAINED}) to local files"
+                ) from err
         return cls(
             mlp_weights,
             env_path(ENV_CLIP_MODEL) or DEFAULT_CLIP_MODEL,

@@ -76,9 +76,14 @@ class OpenClipEncoder:
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained, device=self.device)
         except Exception as err:  # torch, zip, safetensors and open_clip errors alike
-            if local is None:
+            if local is not None:
+                raise ValueError(f"could not load the open_clip model from {local}: {err}") from err
+            if not env_vars:
                 raise
-            raise ValueError(f"could not load the open_clip model from {local}: {err}") from err
+            raise RuntimeError(
+                f"could not load open_clip {model_name!r} / {pretrained!r}: {err}. "
+                f"Offline, point {' / '.join(env_vars)} to local files"
+            ) from err
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         cfg: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", {}) or {})

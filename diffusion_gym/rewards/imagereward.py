@@ -155,8 +155,14 @@ class ImageRewardScorer:
         """Download ImageReward-v1.0 (``THUDM/ImageReward``) and ``bert-base-uncased`` from the hub."""
         from huggingface_hub import hf_hub_download
 
-        checkpoint = hf_hub_download(HUB_REPO, CHECKPOINT_NAME, cache_dir=cache_dir)
-        med_config = hf_hub_download(HUB_REPO, MED_CONFIG_NAME, cache_dir=cache_dir)
+        try:
+            checkpoint = hf_hub_download(HUB_REPO, CHECKPOINT_NAME, cache_dir=cache_dir)
+            med_config = hf_hub_download(HUB_REPO, MED_CONFIG_NAME, cache_dir=cache_dir)
+        except Exception as err:  # offline, or the hub is unreachable
+            raise RuntimeError(
+                f"could not fetch ImageReward from the hub ({HUB_REPO}): {err}. Offline, set {ENV_PATH} to a "
+                f"folder with {CHECKPOINT_NAME}, {MED_CONFIG_NAME} and {TOKENIZER_DIR_NAME}/vocab.txt"
+            ) from err
         return cls(checkpoint, med_config, tokenizer_dir=None, device=device, **kwargs)
 
     @classmethod

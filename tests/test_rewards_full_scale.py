@@ -1,0 +1,425 @@
+"""The full-scale rewards load through their real loaders and score images, offline, with random weights.
+
+One module fixture writes the local files the loaders read (a random ImageReward checkpoint with a small
+med_config and a generated BERT vocab; a tiny open_clip model in open_clip's ``local-dir`` format; random
+aesthetic-MLP weights), points the ``DIFFUSION_GYM_*`` variables at them and builds the three registered
+rewards through ``make_reward``. The ViT-L image tower of ImageReward is fixed by the package, so that
+part is full size (~300M parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_gym.rewards import make_reward, registry, reward_spec
+from diffusion_gym.rewards.aesthetic import AestheticMLP, AestheticScorer
+from diffusion_gym.rewards.async_scoring import AsyncRewardScorer
+from diffusion_gym.rewards.clipscore import CLIPScore
+from diffusion_gym.rewards.imagereward import ImageRewardScorer
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+PROMPTS = ["a cat on the beach", "the dog", "cats and dogs"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "cat", "dog", "the", "on"]
+VOCAB += ["beach", "and", "##s"]
+
+# BLIP's med_config.json with 2 layers instead of 12 (the test's only shrinkage; the code reads any config).
+MED_CONFIG = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,  # fixed by ImageReward's MLP(768)
+    "initializer_range": 0.02,
+    "intermediate_size": 1024,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 64,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 2,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": len(VOCAB) + 2,  # + [DEC] and [ENC]
+    "encoder_width": 1024,
+    "add_cross_attention": True,
+}
+
+# A tiny open_clip model (open_clip's local-dir format); embed_dim 768 as the aesthetic MLP needs.
+OPEN_CLIP_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 768,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    },
+    "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+}
+
+
+def write_imagereward_folder(folder: Path) -> Path:
+    """A random-weight ImageReward: ``ImageReward.pt``, ``med_config.json``, ``tokenizer/vocab.txt``."""
+    import importlib
+
+    from diffusion_gym.rewards._transformers_compat import import_image_reward
+    from diffusion_gym.rewards.imagereward import _tokenizer_from
+
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokenizer" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (folder / "med_config.json").write_text(json.dumps(MED_CONFIG))
+    import_image_reward()
+    model_cls = importlib.import_module("ImageReward.ImageReward").ImageReward
+    torch.manual_seed(0)
+    with _tokenizer_from(str(folder / "tokenizer")):
+        model = model_cls(med_config=str(folder / "med_config.json"), device="cpu")
+    with torch.no_grad():  # the default init makes the head nearly constant; spread the scores out
+        for param in model.mlp.parameters():
+            param.normal_(0.0, 0.05)
+    torch.save(model.state_dict(), folder / "ImageReward.pt")
+    return folder
+
+
+def write_open_clip_folder(folder: Path) -> Path:
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
+    torch.manual_seed(1)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def write_aesthetic_mlp(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    save_file(AestheticMLP().state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("full-scale-rewards")
+    return {
+        "imagereward": write_imagereward_folder(root / "imagereward"),
+        "open_clip": write_open_clip_folder(root / "open_clip"),
+        "aesthetic_mlp": write_aesthetic_mlp(root / "aesthetic-mlp.safetensors"),
+    }
+
+
+@pytest.fixture(scope="module")
+def rewards(files: dict[str, Path]) -> Iterator[dict[str, object]]:
+    """The registered rewards built by ``make_reward`` from the environment (fresh registry cache)."""
+    clip_dir = f"local-dir:{files['open_clip']}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_CACHE", {})
+        mp.setenv("DIFFUSION_GYM_IMAGEREWARD_PATH", str(files["imagereward"]))
+        mp.setenv("DIFFUSION_GYM_AESTHETIC_PATH", str(files["aesthetic_mlp"]))
+        mp.setenv("DIFFUSION_GYM_AESTHETIC_CLIP_MODEL", clip_dir)
+        mp.setenv("DIFFUSION_GYM_CLIPSCORE_MODEL", clip_dir)
+        built = {name: make_reward(name, "cpu") for name in ("imagereward", "aesthetic", "clipscore")}
+        built["sum"] = make_reward("imagereward:1.0,aesthetic:0.1,clipscore:-2", "cpu")
+        yield built
+
+
+def random_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1], on the 8-bit grid (so that a PIL round trip is exact)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, height, width), generator=generator).float() / 255
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+def check_scores(scores: torch.Tensor, batch: int) -> None:
+    assert scores.shape == (batch,)
+    assert scores.dtype == torch.float32 and scores.device.type == "cpu"
+    assert torch.isfinite(scores).all()
+
+
+# --- imagereward -----------------------------------------------------------------------------------------
+
+
+def test_imagereward_scores_like_the_package(rewards: dict[str, object]) -> None:
+    reward = rewards["imagereward"]
+    assert isinstance(reward, ImageRewardScorer)
+    images = random_images(2, 224, 224)
+    scores = reward(images, PROMPTS[:2])
+    check_scores(scores, 2)
+    # The package's own single-image path (PIL preprocessing, its tokenizer call) gives the same number.
+    expected = reward.model.score(PROMPTS[1], to_pil(images[1]))
+    assert scores[1].item() == pytest.approx(expected, abs=1e-4)
+    assert abs(scores[0] - scores[1]) > 1e-4  # the random model is not constant
+
+
+def test_imagereward_any_size_and_dtype(rewards: dict[str, object]) -> None:
+    reward = rewards["imagereward"]
+    images = random_images(1, 96, 128, seed=3).double()  # resized and center-cropped on-device
+    check_scores(reward(images, PROMPTS[:1]), 1)
+    with pytest.raises(ValueError, match="prompts"):
+        reward(images, PROMPTS)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        reward(images[0], PROMPTS[:1])
+
+
+def test_imagereward_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="DIFFUSION_GYM_IMAGEREWARD_PATH"):
+        ImageRewardScorer.from_folder(tmp_path / "nowhere", env_var="DIFFUSION_GYM_IMAGEREWARD_PATH")
+    folder = tmp_path / "ir"
+    folder.mkdir()
+    (folder / "med_config.json").write_text(json.dumps(MED_CONFIG))
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "vocab.txt").write_text("\n".join(VOCAB))
+    with pytest.raises(FileNotFoundError, match=r"ImageReward\.pt"):
+        ImageRewardScorer.from_folder(folder)
+    (folder / "ImageReward.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"ImageReward\.pt"):
+        ImageRewardScorer.from_folder(folder)
+    # A pickle of arbitrary objects is refused (weights_only), not executed.
+    torch.save({"blip": Unpicklable()}, folder / "ImageReward.pt")
+    with pytest.raises(ValueError, match=r"ImageReward\.pt"):
+        ImageRewardScorer.from_folder(folder)
+    torch.save({"blip.something": torch.zeros(1)}, folder / "ImageReward.pt")
+    with pytest.raises(ValueError, match="ImageReward"):
+        ImageRewardScorer.from_folder(folder)
+
+
+class Unpicklable:
+    """Stands for an arbitrary pickled object (``weights_only`` loading must refuse it)."""
+
+
+# --- clipscore --------------------------------------------------------------------------------------------
+
+
+def reference_cosines(model_dir: Path, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """CLIP cosine similarity with open_clip's own (PIL) preprocessing and tokenizer."""
+    import open_clip
+
+    name = f"local-dir:{model_dir}"
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(to_pil(image)) for image in images])
+        image_emb = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+        text_emb = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    return (image_emb * text_emb).sum(-1)
+
+
+def test_clipscore_matches_open_clip(rewards: dict[str, object], files: dict[str, Path]) -> None:
+    reward = rewards["clipscore"]
+    assert isinstance(reward, CLIPScore) and reward.weight == 2.5
+    images = random_images(3, 32, 32, seed=4)  # the model's input size: no resizing on either side
+    scores = reward(images, PROMPTS)
+    check_scores(scores, 3)
+    cosines = reference_cosines(files["open_clip"], images, PROMPTS)
+    torch.testing.assert_close(scores, 2.5 * cosines.clamp(min=0), atol=1e-5, rtol=1e-5)
+    raw = (reward.encoder.encode_images(images) * reward.encoder.encode_texts(PROMPTS)).sum(-1)
+    torch.testing.assert_close(raw, cosines, atol=1e-5, rtol=1e-5)
+    assert ((scores >= 0) & (scores <= 2.5)).all()
+
+
+def test_clipscore_on_device_resize_close_to_pil(rewards: dict[str, object], files: dict[str, Path]) -> None:
+    reward = rewards["clipscore"]
+    images = random_images(2, 48, 64, seed=5)  # bicubic resize of the short side, then center crop
+    raw = (reward.encoder.encode_images(images) * reward.encoder.encode_texts(PROMPTS[:2])).sum(-1)
+    torch.testing.assert_close(raw, reference_cosines(files["open_clip"], images, PROMPTS[:2]), atol=0.02, rtol=0)
+
+
+def test_clipscore_missing_and_corrupt_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="DIFFUSION_GYM_CLIPSCORE_PRETRAINED"):
+        CLIPScore("ViT-B-32", str(tmp_path / "missing.safetensors"), env_vars=["DIFFUSION_GYM_CLIPSCORE_PRETRAINED"])
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        CLIPScore(f"local-dir:{tmp_path}", None)
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
+    (folder / "open_clip_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        CLIPScore(f"local-dir:{folder}", None)
+
+
+# --- aesthetic -------------------------------------------------------------------------------------------
+
+
+def test_aesthetic_is_the_mlp_on_normalised_clip_embeddings(rewards: dict[str, object]) -> None:
+    reward = rewards["aesthetic"]
+    assert isinstance(reward, AestheticScorer)
+    images = random_images(3, 40, 40, seed=6)
+    scores = reward(images, PROMPTS)
+    check_scores(scores, 3)
+    assert torch.equal(scores, reward(images, ["", "", ""]))  # the prompt is ignored
+    with torch.no_grad():
+        embeddings = reward.encoder.model.encode_image(reward.encoder.preprocess(images))
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        expected = reward.mlp(embeddings).squeeze(1)
+    torch.testing.assert_close(scores, expected)
+    assert scores.std() > 0
+
+
+def test_aesthetic_defaults_and_architecture() -> None:
+    import inspect
+
+    import open_clip
+
+    defaults = inspect.signature(AestheticScorer).parameters
+    assert defaults["clip_model"].default == "ViT-L-14" and defaults["clip_pretrained"].default == "openai"
+    assert open_clip.get_model_config("ViT-L-14")["embed_dim"] == 768
+    shapes = [tuple(p.shape) for p in AestheticMLP().parameters() if p.ndim == 2]
+    assert shapes == [(1024, 768), (128, 1024), (64, 128), (16, 64), (1, 16)]
+    assert list(AestheticMLP().state_dict()) == [f"layers.{i}.{k}" for i in (0, 2, 4, 6, 7) for k in ("weight", "bias")]
+
+
+def test_aesthetic_missing_corrupt_and_wrong_weights(tmp_path: Path, files: dict[str, Path]) -> None:
+    clip_dir = f"local-dir:{files['open_clip']}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFUSION_GYM_AESTHETIC_PATH", str(tmp_path / "mlp.safetensors"))
+        with pytest.raises(FileNotFoundError, match="DIFFUSION_GYM_AESTHETIC_PATH"):
+            AestheticScorer.from_env()
+    corrupt = tmp_path / "mlp.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"mlp\.safetensors"):
+        AestheticScorer(corrupt, clip_dir, None)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"layers.0.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pt"):
+        AestheticScorer(wrong, clip_dir, None)
+    # A torch state dict (the hub's .pth format) loads as well as safetensors.
+    as_pth = tmp_path / "aesthetic-model.pth"
+    torch.save(AestheticMLP().state_dict(), as_pth)
+    check_scores(AestheticScorer(as_pth, clip_dir, None)(random_images(1, 32, 32), ["x"]), 1)
+
+
+def test_offline_without_local_files_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in [v for v in os.environ if v.startswith("DIFFUSION_GYM_")]:
+        monkeypatch.delenv(var)
+    expected = {
+        "imagereward": "DIFFUSION_GYM_IMAGEREWARD_PATH",
+        "aesthetic": "DIFFUSION_GYM_AESTHETIC_PATH",
+        "clipscore": "DIFFUSION_GYM_CLIPSCORE_MODEL",
+    }
+    for name, var in expected.items():  # HF_HUB_OFFLINE=1: the hub default fails fast, with a hint
+        with pytest.raises(RuntimeError, match=var):
+            reward_spec(name).factory(torch.device("cpu"))
+
+
+# --- through the registry --------------------------------------------------------------------------------
+
+
+def test_registered_names_and_weighted_sum(rewards: dict[str, object]) -> None:
+    for name in ("imagereward", "aesthetic", "clipscore"):
+        spec = reward_spec(name)
+        assert spec.description
+    assert reward_spec("imagereward").uses_prompt and not reward_spec("aesthetic").uses_prompt
+    images = random_images(1, 64, 64, seed=7)
+    parts = {name: rewards[name](images, PROMPTS[:1]) for name in ("imagereward", "aesthetic", "clipscore")}
+    total = rewards["sum"](images, PROMPTS[:1])
+    check_scores(total, 1)
+    expected = parts["imagereward"] + 0.1 * parts["aesthetic"] - 2 * parts["clipscore"]
+    torch.testing.assert_close(total, expected)
+
+
+def test_async_scoring_with_a_real_reward(rewards: dict[str, object]) -> None:
+    reward = rewards["clipscore"]
+    images = random_images(2, 32, 32, seed=8)
+    with AsyncRewardScorer(reward) as scorer:
+        future = scorer.submit(images, PROMPTS[:2])
+        images.zero_()  # the caller may reuse its buffer at once (the scorer cloned it)
+        result = future.result(timeout=60)
+    torch.testing.assert_close(result, reward(random_images(2, 32, 32, seed=8), PROMPTS[:2]))
+
+
+def test_no_model_is_imported_with_the_package() -> None:
+    code = (
+        "import sys, diffusion_gym.rewards;"
+        "heavy = [m for m in ('ImageReward', 'open_clip') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+# --- asynchronous scoring (no model) ---------------------------------------------------------------------
+
+
+class SlowReward:
+    """Sleeps, then returns the mean pixel of each image; records the order it was called in."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.calls: list[float] = []
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        time.sleep(self.delay)
+        self.calls.append(float(images.mean()))
+        return images.mean(dim=(1, 2, 3))
+
+
+def test_async_overlaps_and_keeps_order() -> None:
+    reward = SlowReward(delay=0.4)
+    batches = [torch.full((2, 3, 4, 4), value) for value in (0.1, 0.2, 0.3)]
+    with AsyncRewardScorer(reward) as scorer:
+        start = time.perf_counter()
+        futures = [scorer.submit(batch, ["a", "b"]) for batch in batches]
+        submitted = time.perf_counter() - start
+        time.sleep(0.4)  # "sampling the next batch" while the first one is scored
+        results = [future.result(timeout=10) for future in futures]
+        elapsed = time.perf_counter() - start
+    assert submitted < 0.2  # submit does not wait for scoring
+    assert elapsed < 3 * 0.4 + 0.3  # the main thread's work overlapped the scoring
+    assert reward.calls == pytest.approx([0.1, 0.2, 0.3])  # one worker: submission order
+    for batch, result in zip(batches, results, strict=True):
+        torch.testing.assert_close(result, batch.mean(dim=(1, 2, 3)))
+        assert result.dtype == torch.float32
+
+
+def test_async_errors_surface_on_result_with_the_original_exception() -> None:
+    error = ValueError("reward model exploded")
+    calls = []
+
+    def flaky(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            raise error
+        return torch.ones(len(prompts))
+
+    with AsyncRewardScorer(flaky) as scorer:
+        failed = scorer.submit(torch.zeros(2, 3, 4, 4), ["a", "b"])
+        with pytest.raises(ValueError, match="exploded") as raised:
+            failed.result(timeout=10)
+        assert raised.value is error
+        assert "flaky" in "".join(traceback.format_tb(raised.value.__traceback__))
+        # The worker survives an error and goes on scoring.
+        torch.testing.assert_close(scorer.score(torch.zeros(2, 3, 4, 4), ["a", "b"]), torch.ones(2))
+
+
+def test_async_checks_the_reward_output_and_closing() -> None:
+    scorer = AsyncRewardScorer(lambda images, prompts: torch.zeros(len(prompts) + 1))
+    with pytest.raises(ValueError, match="shape"):
+        scorer.score(torch.zeros(2, 3, 4, 4), ["a", "b"])
+    scorer.close()
+    scorer.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        scorer.submit(torch.zeros(1, 3, 4, 4), ["a"])
+
+
+def test_async_worker_thread_ends_on_close() -> None:
+    before = {thread.ident for thread in threading.enumerate()}
+    scorer = AsyncRewardScorer(lambda images, prompts: torch.zeros(len(prompts)))
+    scorer.score(torch.zeros(1, 3, 4, 4), ["x"])
+    scorer.close()
+    leftover = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("reward-scorer")]
+    assert not leftover

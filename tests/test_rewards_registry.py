@@ -1,0 +1,103 @@
+"""The reward registry: weighted sums, unknown names, bad weights, lazy full-scale registrations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion_gym.rewards import (
+    UnknownRewardError,
+    WeightedSumReward,
+    make_reward,
+    parse_reward_weights,
+    register_reward,
+    registered_rewards,
+    reward_spec,
+    validate_reward,
+)
+
+
+class Constant:
+    def __init__(self, value: float):
+        self.value = value
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return torch.full((images.shape[0],), self.value)
+
+
+class MeanPixel:
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return images.mean(dim=(1, 2, 3)).double()  # not float32 on purpose: the sum casts
+
+
+def _register_test_rewards() -> None:
+    if "test-constant-three" not in registered_rewards():
+        register_reward("test-constant-three", lambda device: Constant(3.0), description="3", uses_prompt=False)
+        register_reward("test-mean-pixel", lambda device: MeanPixel(), description="mean", uses_prompt=False)
+
+
+_register_test_rewards()
+
+
+def test_full_scale_rewards_are_registered_without_loading_anything() -> None:
+    names = registered_rewards()
+    for name in ("imagereward", "aesthetic", "clipscore"):
+        assert name in names and names[name].description
+    assert names["clipscore"].value_range == (0.0, 2.5)
+    # Checking a reward string builds no model (and needs no weights).
+    assert validate_reward("imagereward:1.0,aesthetic:0.1") == "imagereward:1.0,aesthetic:0.1"
+
+
+def test_weighted_sum() -> None:
+    images = torch.rand(4, 3, 8, 8)
+    reward = make_reward("test-constant-three:2.0,test-mean-pixel:-0.5")
+    assert isinstance(reward, WeightedSumReward)
+    scores = reward(images, ["p"] * 4)
+    assert scores.shape == (4,) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, 6.0 - 0.5 * images.mean(dim=(1, 2, 3)))
+
+
+def test_weighted_sum_of_builtin_rewards_and_parsing() -> None:
+    images = torch.rand(2, 3, 16, 16)
+    both = make_reward("jpeg-compressibility:1.0, jpeg-incompressibility:1")  # spaces allowed
+    torch.testing.assert_close(both(images, ["a", "b"]), torch.zeros(2))
+    assert parse_reward_weights("imagereward:1.0,aesthetic:0.1") == [("imagereward", 1.0), ("aesthetic", 0.1)]
+    assert parse_reward_weights("clipscore") == [("clipscore", 1.0)]
+    assert parse_reward_weights("aesthetic:1e-1") == [("aesthetic", 0.1)]
+    # A single name with weight 1 is the reward itself, cached per name and device.
+    assert make_reward("test-mean-pixel") is make_reward("test-mean-pixel:1.0")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["no-such-reward", "imagereward:1.0,no-such-reward:0.5", "ImageReward", ":1.0", "imagereward,"],
+)
+def test_unknown_names(spec: str) -> None:
+    with pytest.raises(UnknownRewardError, match="registered rewards") as raised:
+        validate_reward(spec)
+    assert isinstance(raised.value, KeyError)
+    assert "imagereward" in str(raised.value)  # the message lists what is registered
+    with pytest.raises(UnknownRewardError):
+        make_reward(spec)
+    with pytest.raises(KeyError):
+        reward_spec("no-such-reward")
+
+
+@pytest.mark.parametrize("spec", ["imagereward:abc", "imagereward:", "aesthetic:0.1:2", "clipscore:1,0"])
+def test_bad_weights(spec: str) -> None:
+    with pytest.raises((ValueError, UnknownRewardError)):
+        validate_reward(spec)
+
+
+@pytest.mark.parametrize("spec", ["", "   ", None, 3])
+def test_empty_or_non_string(spec: object) -> None:
+    with pytest.raises(ValueError, match="non-empty string"):
+        validate_reward(spec)  # type: ignore[arg-type]
+
+
+def test_names_may_not_contain_separators_or_repeat() -> None:
+    for bad in ("a:b", "a,b"):
+        with pytest.raises(ValueError, match="may not contain"):
+            register_reward(bad, lambda device: Constant(0.0), description="", uses_prompt=False)
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("imagereward", lambda device: Constant(0.0), description="", uses_prompt=True)
