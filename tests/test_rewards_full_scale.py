@@ -110,11 +110,16 @@ def write_aesthetic_mlp(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def open_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_open_clip_folder(tmp_path_factory.mktemp("open-clip") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, open_clip_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("full-scale-rewards")
     return {
         "imagereward": write_imagereward_folder(root / "imagereward"),
-        "open_clip": write_open_clip_folder(root / "open_clip"),
+        "open_clip": open_clip_dir,
         "aesthetic_mlp": write_aesthetic_mlp(root / "aesthetic-mlp.safetensors"),
     }
 
@@ -193,7 +198,7 @@ def test_imagereward_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ImageReward\.pt"):
         ImageRewardScorer.from_folder(folder)
     torch.save({"blip.something": torch.zeros(1)}, folder / "ImageReward.pt")
-    with pytest.raises(ValueError, match="ImageReward"):
+    with pytest.warns(UserWarning, match="unexpected"), pytest.raises(ValueError, match="not an ImageReward"):
         ImageRewardScorer.from_folder(folder)
 
 
@@ -283,8 +288,8 @@ def test_aesthetic_defaults_and_architecture() -> None:
     assert list(AestheticMLP().state_dict()) == [f"layers.{i}.{k}" for i in (0, 2, 4, 6, 7) for k in ("weight", "bias")]
 
 
-def test_aesthetic_missing_corrupt_and_wrong_weights(tmp_path: Path, files: dict[str, Path]) -> None:
-    clip_dir = f"local-dir:{files['open_clip']}"
+def test_aesthetic_missing_corrupt_and_wrong_weights(tmp_path: Path, open_clip_dir: Path) -> None:
+    clip_dir = f"local-dir:{open_clip_dir}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIFFUSION_GYM_AESTHETIC_PATH", str(tmp_path / "mlp.safetensors"))
         with pytest.raises(FileNotFoundError, match="DIFFUSION_GYM_AESTHETIC_PATH"):

@@ -58,7 +58,7 @@ def require_file(path: str | os.PathLike[str], what: str, env_var: str | None = 
     """``Path(path)`` if it is a file, else ``FileNotFoundError`` naming the path (and the env var)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        hint = f" (set {env_var} to point to it)" if env_var else ""
+        hint = f" (check {env_var})" if env_var else ""
         raise FileNotFoundError(f"{what} not found: {path}{hint}")
     return path
 

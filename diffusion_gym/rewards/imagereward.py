@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class ImageRewardScorer:
         tokenizer_dir: a BERT tokenizer folder (``vocab.txt``); ``None`` loads ``bert-base-uncased``.
         device: where the model runs.
         batch_size: images per forward pass (bounds memory).
+        dtype: the model's dtype (``torch.float16`` halves its ~1.8 GB on a GPU).
         env_var: named in the errors for missing files (set by :meth:`from_env`).
     """
 
@@ -101,6 +103,7 @@ class ImageRewardScorer:
         tokenizer_dir: str | Path | None = None,
         device: torch.device | str = "cpu",
         batch_size: int = 16,
+        dtype: torch.dtype = torch.float32,
         env_var: str | None = None,
     ):
         import_image_reward()
@@ -117,9 +120,14 @@ class ImageRewardScorer:
 
         with _BUILD_LOCK, _tokenizer_from(source), init_empty_weights(include_buffers=False):
             model = model_cls(med_config=str(med_config), device=self.device)
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        if unexpected:
-            raise ValueError(f"{checkpoint} has keys ImageReward does not: {unexpected[:5]}")
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"{checkpoint} does not fit the model of {med_config}: {err}") from err
+        if unexpected:  # the package loads with strict=False too; a wrong file fails on missing keys below
+            warnings.warn(
+                f"{checkpoint}: ignoring {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}", stacklevel=2
+            )
         still_missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if still_missing:
             raise ValueError(
@@ -127,7 +135,8 @@ class ImageRewardScorer:
                 f"{len(still_missing)} missing tensors, e.g. {still_missing[:5]}"
             )
         del state
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval().requires_grad_(False)
         self.tokenizer = model.blip.tokenizer
 
     @classmethod
@@ -177,7 +186,7 @@ class ImageRewardScorer:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, 224, 224)`` normalised, on the model's device."""
         images = images.to(self.device, torch.float32)
         images = resize_center_crop(images, IMAGE_SIZE, "bicubic")
-        return normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        return normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).to(self.dtype)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
