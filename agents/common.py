@@ -1,0 +1,477 @@
+r"""What every agent shares: the config, the rollout through the env, the batches, and the update loop.
+
+An agent (:class:`Agent`) runs, each epoch (``train_epoch``):
+
+1. **rollout** -- ``batches_per_epoch`` batches of ``batch_size`` episodes, driven through the env's
+   ``reset``/``step`` with actions sampled from its policy (:func:`collect_trajectories`);
+2. **advantages** -- one scalar per trajectory (each algorithm's own :meth:`Agent.advantages`);
+3. **update** -- ``inner_epochs`` passes over the trajectories in minibatches of ``train_batch_size``; for each
+   minibatch, a random ``train_timestep_fraction`` of its stochastic steps, one forward/backward per step,
+   gradients accumulated over the steps, then one clipped optimiser step (DDPO's scheme). The per-step loss
+   is each algorithm's own :meth:`Agent.step_loss`.
+
+HERD (``agents/herd.py``) wraps any agent by feeding relabeled trajectories into steps 2 and 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from agents.math import PerPromptStatTracker, clip_advantages, normalize_advantages, sample_train_timesteps
+from agents.policy import DiffusionPolicy
+from diffusion_gym.sampling import PolicyStep
+
+
+# ============================================================================================== config
+@dataclass
+class AgentConfig:
+    """One flat config for every agent (fields an agent doesn't use are ignored), so CLI flags map 1:1.
+
+    Log-probs are **sums** over latent dims (see :mod:`agents.math`), so ``clip_range`` is in those units: the
+    per-step ratio of a 4x8x8 latent moves ~256x faster in log space than DDPO's per-dim mean ratio, and 0.2
+    here is about DDPO's 1e-3. The defaults were picked on the Shapes world (LoRA rank 8, lr 3e-4: LoRA
+    tolerates ~10x the learning rate of a full fine-tune, as TRL's blog recommends).
+    """
+
+    seed: int = 0
+    batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
+    batches_per_epoch: int = 2
+    guidance_scale: float | None = None  # None -> env.model.world.guidance_scale
+    eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
+    lora_rank: int = 8  # 0 -> full fine-tune
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    train_batch_size: int | None = None  # trajectories per optimiser step; None -> batch_size
+    train_timestep_fraction: float = 1.0
+    inner_epochs: int = 1
+    clip_range: float = 0.2  # PPO clip on the ratio of SUMMED per-step log-probs
+    dual_clip: float | None = 3.0  # dual-clip PPO bound for negative advantages (None: off)
+    adv_clip_max: float = 5.0
+    per_prompt_stats: bool = True
+    stat_buffer_size: int = 32
+    stat_min_count: int = 16
+    reinforce_baseline: bool = True  # REINFORCE: subtract the (per-prompt) mean reward
+    kl_beta: float = 0.01  # DPOK: weight of the per-step KL to the pretrained policy
+    reward_alpha: float = 1.0  # DPOK: weight of the reward term
+    value_learning_rate: float = 1e-3  # DPOK: value function V(x_t, c, t)
+    loop_k: int = 4  # LOOP: trajectories per prompt
+    herd_base: str = "ddpo"
+    herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
+    herd_keep_history: bool = False
+    herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)
+    herd_off_policy_correction: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        checks: list[tuple[bool, str]] = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batches_per_epoch >= 1, f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}"),
+            (self.guidance_scale is None or self.guidance_scale >= 0, "guidance_scale must be >= 0 or None"),
+            (math.isfinite(self.eta) and self.eta > 0, f"eta must be > 0 (eta = 0 is deterministic), got {self.eta}"),
+            (self.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tune), got {self.lora_rank}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
+            (
+                self.train_batch_size is None or self.train_batch_size >= 1,
+                f"train_batch_size must be >= 1 or None, got {self.train_batch_size}",
+            ),
+            (
+                0 < self.train_timestep_fraction <= 1,
+                f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}",
+            ),
+            (self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}"),
+            (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
+            (self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None, got {self.dual_clip}"),
+            (self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}"),
+            (self.stat_buffer_size >= 1, f"stat_buffer_size must be >= 1, got {self.stat_buffer_size}"),
+            (self.stat_min_count >= 1, f"stat_min_count must be >= 1, got {self.stat_min_count}"),
+            (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
+            (self.reward_alpha >= 0, f"reward_alpha must be >= 0, got {self.reward_alpha}"),
+            (self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}"),
+            (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
+            (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
+            (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# ============================================================================================== data
+@dataclass
+class Trajectories:
+    """A batch of ``B`` episodes, recorded through the env (tensors on the env's device, rewards on the CPU)."""
+
+    latents: torch.Tensor  # (B, T, C, H, W): x_t, the state at each step
+    next_latents: torch.Tensor  # (B, T, C, H, W): x_{t-1}, the action taken at each step
+    timesteps: torch.Tensor  # (T,) int64: the scheduler timestep t of each step (descending)
+    log_probs: torch.Tensor  # (B, T): behaviour log pi(x_{t-1} | x_t, c), summed over dims; 0 where deterministic
+    stochastic: torch.Tensor  # (T,) bool: steps with a density (sigma_t >= MIN_STD)
+    prompt_embeddings: torch.Tensor  # (B, S, D): the text encoder's embedding of each goal prompt
+    prompts: list[str]  # B goal prompts
+    rewards: torch.Tensor  # (B,) terminal rewards
+    achieved_goals: torch.Tensor  # (B, G) at termination: [prompt | 1 | x_0]
+    desired_goals: torch.Tensor  # (B, G): [prompt | 0 | 0]
+    gold_scores: torch.Tensor | None = None  # (B,) where the world has a gold scorer
+    proxy_scores: torch.Tensor | None = None  # (B,)
+    final_images: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1]
+    relabeled: torch.Tensor | None = None  # (B,) bool: HERD's replayed, relabeled trajectories
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def is_relabeled(self) -> torch.Tensor:
+        """``(B,)`` bool, False unless HERD marked the trajectory."""
+        return self.relabeled if self.relabeled is not None else torch.zeros(len(self), dtype=torch.bool)
+
+    def select(self, rows: torch.Tensor | list[int]) -> Trajectories:
+        """The trajectories at ``rows`` (a new object; tensors are indexed copies)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("timesteps", "stochastic") or value is None:
+                fields[f.name] = value
+            elif f.name == "prompts":
+                fields[f.name] = [value[i] for i in rows.tolist()]
+            else:
+                fields[f.name] = value[rows.to(value.device)]
+        return Trajectories(**fields)
+
+    @staticmethod
+    def cat(parts: list[Trajectories]) -> Trajectories:
+        """Concatenate batches that share a schedule (optional fields are kept only if every part has them)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        for part in parts[1:]:
+            if not torch.equal(part.timesteps, first.timesteps):
+                raise ValueError("cannot concatenate trajectories with different schedules")
+        fields: dict[str, Any] = {"timesteps": first.timesteps, "stochastic": first.stochastic}
+        fields["prompts"] = [p for part in parts for p in part.prompts]
+        fields["relabeled"] = torch.cat([part.is_relabeled for part in parts])
+        for f in dataclasses.fields(Trajectories):
+            if f.name in fields:
+                continue
+            values = [getattr(part, f.name) for part in parts]
+            fields[f.name] = None if any(v is None for v in values) else torch.cat(values)
+        return Trajectories(**fields)
+
+
+class StepBatch(NamedTuple):
+    """One training step for a minibatch of ``M`` trajectories: each row is at its own step ``t``."""
+
+    latents: torch.Tensor  # (M, C, H, W): x_t
+    next_latents: torch.Tensor  # (M, C, H, W): x_{t-1}, the recorded action
+    timesteps: torch.Tensor  # (M,) int64
+    prompt_embeddings: torch.Tensor  # (M, S, D)
+    old_log_probs: torch.Tensor  # (M,): log-probs the ratio is taken against
+    advantages: torch.Tensor  # (M,)
+    relabeled: torch.Tensor  # (M,) bool
+
+
+class StepLoss(NamedTuple):
+    """An algorithm's loss on one :class:`StepBatch` and the extra metrics it wants logged (0-d tensors)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+@dataclass
+class EpochResult:
+    metrics: dict[str, float]
+    final_images: torch.Tensor  # (B, 3, H, W) of the epoch's first batch
+    prompts: list[str]  # the first batch's prompts
+
+
+@dataclass
+class Generation:
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    rewards: torch.Tensor  # (N,)
+    gold_scores: torch.Tensor | None
+    proxy_scores: torch.Tensor | None
+
+
+# ============================================================================================== rollout
+def collect_trajectories(
+    env, policy: DiffusionPolicy, prompts: list[str], seed: int, generator: torch.Generator
+) -> Trajectories:
+    """Run one batch of episodes through ``env`` (a ``DiffusionT2IVectorEnv``) with actions from ``policy``.
+
+    ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``); ``generator`` draws the
+    policy's action noise. Returns the recorded :class:`Trajectories`.
+    """
+    observation, _ = env.reset(seed=seed, options={"prompts": list(prompts)})
+    prompt_embeddings = observation["prompt_embedding"].clone()  # (B, S, D)
+    desired_goals = observation["desired_goal"].clone()  # (B, G)
+    latents, next_latents, log_probs, timesteps, stochastic = [], [], [], [], []
+    terminated = torch.zeros(env.num_envs, dtype=torch.bool)
+    info: dict[str, Any] = {}
+    while not bool(terminated.all()):
+        step: PolicyStep = policy.sample(observation, generator)
+        latents.append(observation["latent"].clone())  # (B, C, H, W)
+        timesteps.append(observation["timestep"][0, 0].clone())  # all envs share the schedule
+        next_latents.append(step.action)  # (B, C, H, W)
+        log_probs.append(step.log_prob)  # (B,)
+        stochastic.append(bool(step.stochastic[0]))
+        observation, reward, terminated, _, info = env.step(step.action)
+    return Trajectories(
+        latents=torch.stack(latents, dim=1),  # T x (B, C, H, W) -> (B, T, C, H, W)
+        next_latents=torch.stack(next_latents, dim=1),  # (B, T, C, H, W)
+        timesteps=torch.stack(timesteps).cpu(),  # (T,)
+        log_probs=torch.stack(log_probs, dim=1),  # T x (B,) -> (B, T)
+        stochastic=torch.tensor(stochastic),  # (T,)
+        prompt_embeddings=prompt_embeddings,
+        prompts=list(prompts),
+        rewards=reward.float().cpu(),  # (B,)
+        achieved_goals=observation["achieved_goal"].clone(),  # (B, G)
+        desired_goals=desired_goals,
+        gold_scores=_cpu(info.get("gold_score")),
+        proxy_scores=_cpu(info.get("proxy_score")),
+        final_images=info["final_images"],  # (B, 3, H, W)
+    )
+
+
+def _cpu(value) -> torch.Tensor | None:
+    return None if value is None else torch.as_tensor(value).float().cpu()
+
+
+def prompt_pool(env) -> list[str]:
+    """The env's training prompt set (the prompts ``reset`` draws from)."""
+    return list(env.mdp.prompt_pool)
+
+
+# ============================================================================================== the agent
+class Agent:
+    """Base class: rollout, generation, the update loop and checkpointing; subclasses define the algorithm.
+
+    A subclass overrides :meth:`advantages` (one scalar per trajectory) and :meth:`step_loss` (the loss of one
+    step of a minibatch), and may override :meth:`sample_prompts`.
+    """
+
+    name = "agent"
+
+    def __init__(self, env, config: AgentConfig):
+        config.validate()
+        env = env.unwrapped
+        if config.batch_size != env.num_envs:
+            raise ValueError(
+                f"config.batch_size={config.batch_size} must equal the env's num_envs={env.num_envs} "
+                "(one sampling batch is one step of the vector env)"
+            )
+        self.env = env
+        self.config = config
+        with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded
+            torch.manual_seed(config.seed)
+            self.policy = DiffusionPolicy(env, config.lora_rank, config.guidance_scale, config.eta)
+        self.parameters = self.policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)  # prompts, env seeds
+        self.generator = torch.Generator().manual_seed(config.seed)  # action noise, shuffles, timestep choice
+        self.stat_tracker = PerPromptStatTracker(config.stat_buffer_size, config.stat_min_count)
+        self.prompts = prompt_pool(env)
+        self.epoch = 0
+
+    # ------------------------------------------------------------------------------ rollout
+    def sample_prompts(self) -> list[str]:
+        """``batch_size`` training prompts, uniformly with replacement."""
+        rows = self.rng.integers(len(self.prompts), size=self.config.batch_size)
+        return [self.prompts[i] for i in rows]
+
+    def collect(self) -> list[Trajectories]:
+        """``batches_per_epoch`` batches from the current policy."""
+        batches = []
+        for _ in range(self.config.batches_per_epoch):
+            prompts = self.sample_prompts()
+            seed = int(self.rng.integers(2**31 - self.config.batch_size))
+            batches.append(collect_trajectories(self.env, self.policy, prompts, seed, self.generator))
+        return batches
+
+    # ------------------------------------------------------------------------------ advantages
+    def normalized_rewards(self, samples: Trajectories) -> torch.Tensor:
+        """Rewards normalised per prompt (stat tracker) or batch-wide: ``(N,)``."""
+        if self.config.per_prompt_stats:
+            return self.stat_tracker.update(samples.prompts, samples.rewards)
+        return normalize_advantages(samples.rewards)
+
+    def advantages(self, samples: Trajectories) -> torch.Tensor:
+        """One advantage per trajectory, ``(N,)``: normalised rewards, clipped (DDPO)."""
+        return clip_advantages(self.normalized_rewards(samples), self.config.adv_clip_max)
+
+    # ------------------------------------------------------------------------------ update
+    def step_loss(self, batch: StepBatch, step: PolicyStep) -> StepLoss:
+        """The loss of one step; ``step`` is the current policy scoring ``batch.next_latents``."""
+        raise NotImplementedError
+
+    def optimizer_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def update(self, samples: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
+        """``inner_epochs`` passes of minibatch updates over ``samples``; returns the mean metrics."""
+        config = self.config
+        device = samples.latents.device
+        advantages = advantages.to(device)
+        relabeled = samples.is_relabeled.to(device)
+        minibatch = config.train_batch_size or config.batch_size
+        totals: dict[str, list[torch.Tensor]] = {}
+        for _ in range(config.inner_epochs):
+            order = torch.randperm(len(samples), generator=self.generator).to(device)  # (N,)
+            for start in range(0, len(samples), minibatch):
+                rows = order[start : start + minibatch]  # (M,)
+                steps = sample_train_timesteps(
+                    samples.stochastic, len(rows), config.train_timestep_fraction, self.generator
+                ).to(device)  # (M, k)
+                for j in range(steps.shape[1]):
+                    index = steps[:, j]  # (M,): each trajectory's step for this pass
+                    batch = StepBatch(
+                        latents=samples.latents[rows, index],  # (M, C, H, W)
+                        next_latents=samples.next_latents[rows, index],  # (M, C, H, W)
+                        timesteps=samples.timesteps.to(device)[index],  # (M,)
+                        prompt_embeddings=samples.prompt_embeddings[rows],  # (M, S, D)
+                        old_log_probs=samples.log_probs[rows, index],  # (M,)
+                        advantages=advantages[rows],  # (M,)
+                        relabeled=relabeled[rows],  # (M,)
+                    )
+                    step = self.policy(batch.latents, batch.timesteps, batch.prompt_embeddings, batch.next_latents)
+                    out = self.step_loss(batch, step)
+                    (out.loss / steps.shape[1]).backward()  # average the gradient over the steps
+                    for key, value in {"loss": out.loss, **out.metrics, **self._ratio_metrics(batch, step)}.items():
+                        totals.setdefault(key, []).append(value.detach().float())
+                self.optimizer_step()
+        return {key: float(torch.stack(values).nanmean()) for key, values in totals.items()}
+
+    def _ratio_metrics(self, batch: StepBatch, step: PolicyStep) -> dict[str, torch.Tensor]:
+        """approx_kl / clipfrac of the on-policy rows (HERD's relabeled rows are reported apart)."""
+        with torch.no_grad():
+            log_ratio = step.log_prob - batch.old_log_probs  # (M,)
+            clipped = ((log_ratio.exp() - 1).abs() > self.config.clip_range).float()
+            on, off = ~batch.relabeled, batch.relabeled
+            nan = torch.tensor(float("nan"))
+            metrics = {
+                "approx_kl": (0.5 * log_ratio[on] ** 2).mean() if bool(on.any()) else nan,
+                "clipfrac": clipped[on].mean() if bool(on.any()) else nan,
+            }
+            if bool(off.any()):
+                metrics["herd_clipfrac"] = clipped[off].mean()
+            return metrics
+
+    # ------------------------------------------------------------------------------ the epoch
+    def train_epoch(self) -> EpochResult:
+        """Sample ``batches_per_epoch`` batches through the env, compute advantages, update the policy."""
+        start = time.perf_counter()
+        batches = self.collect()
+        samples = Trajectories.cat(batches)
+        stats = self.update(samples, self.advantages(samples))
+        self.epoch += 1
+        return self.epoch_result(batches, samples, stats, time.perf_counter() - start)
+
+    def epoch_result(
+        self, batches: list[Trajectories], train: Trajectories, stats: dict[str, float], seconds: float
+    ) -> EpochResult:
+        new = Trajectories.cat(batches)
+        metrics = {
+            "reward_mean": float(new.rewards.mean()),
+            "reward_std": float(new.rewards.std(unbiased=False)),
+            **stats,
+            "epoch_seconds": seconds,
+            "samples_per_second": len(new) / seconds,
+            "num_train_samples": float(len(train)),
+        }
+        if new.gold_scores is not None:
+            metrics["gold_score"] = float(new.gold_scores.mean())
+        if new.proxy_scores is not None:
+            metrics["proxy_score"] = float(new.proxy_scores.mean())
+        return EpochResult(metrics, batches[0].final_images, list(batches[0].prompts))
+
+    # ------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int) -> Generation:
+        """Images of the current policy for ``prompts``, through the env, in chunks of ``num_envs``.
+
+        Sample ``i`` uses env seed ``seed + i`` (its initial noise) whatever the chunking, so the same
+        ``seed`` gives comparable images before and after training. The training RNGs are not touched.
+        """
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
+        size = self.env.num_envs
+        parts = []
+        for start in range(0, len(prompts), size):
+            chunk = list(prompts[start : start + size])
+            real = len(chunk)
+            chunk += [chunk[-1]] * (size - real)  # pad the last chunk; the padding is dropped below
+            generator = torch.Generator().manual_seed(seed + start)
+            samples = collect_trajectories(self.env, self.policy, chunk, seed + start, generator)
+            parts.append(samples.select(range(real)))
+        samples = Trajectories.cat(parts)
+        return Generation(samples.final_images, samples.rewards, samples.gold_scores, samples.proxy_scores)
+
+    # ------------------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume exactly: trainable params, optimiser, stat tracker, RNGs, epoch.
+
+        Only tensors and plain Python values (nested dicts/lists of str, int, float, bool, None).
+        """
+        return {
+            "agent": self.name,
+            "epoch": self.epoch,
+            "policy": {k: v.detach().clone() for k, v in self.policy.named_trainable_parameters().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "stat_tracker": self.stat_tracker.state_dict(),
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": self.generator.get_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("agent") != self.name:
+            raise ValueError(f"state was saved by agent {state.get('agent')!r}, not {self.name!r}")
+        parameters = self.policy.named_trainable_parameters()
+        missing = set(parameters) ^ set(state["policy"])
+        if missing:
+            raise ValueError(f"policy parameters do not match the checkpoint: {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                parameter.copy_(state["policy"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stat_tracker.load_state_dict(state["stat_tracker"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.generator.set_state(state["rng"]["torch"])
+        self.epoch = int(state["epoch"])
+
+    def close(self) -> None:
+        """Release the policy's adapter from the shared UNet."""
+        self.policy.close()
+
+
+def trajectories_to_state(samples: Trajectories) -> dict[str, Any]:
+    """A :class:`Trajectories` as tensors and plain values (for checkpoints)."""
+    return {f.name: getattr(samples, f.name) for f in dataclasses.fields(samples)}
+
+
+def trajectories_from_state(state: dict[str, Any]) -> Trajectories:
+    return Trajectories(**state)
+
+
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "EpochResult",
+    "Generation",
+    "StepBatch",
+    "StepLoss",
+    "Trajectories",
+    "collect_trajectories",
+    "prompt_pool",
+    "trajectories_from_state",
+    "trajectories_to_state",
+]

@@ -1,0 +1,197 @@
+r"""The math every agent shares, as small pure functions (hand-checked in ``tests/test_agents_math.py``).
+
+Notation (DDPO, Black et al.; PPO, Schulman et al.): a trajectory is :math:`x_T \to \dots \to x_0` for a
+prompt :math:`c`; the policy's step :math:`\pi_\theta(x_{t-1} \mid x_t, c)` is Gaussian (DDIM with
+:math:`\eta > 0`); :math:`r(x_0, c)` is the terminal reward and :math:`A` an advantage.
+
+**Log-probabilities are sums over the latent dims** (the env's convention, :mod:`diffusion_gym.ddim`), not
+DDPO's per-dimension mean. The per-step log-ratio is therefore ``C*H*W`` times DDPO's, so the PPO ratio is
+much sharper: a clip range of ``eps`` here is about ``eps / (C*H*W)`` in DDPO's units.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+
+import torch
+
+from diffusion_gym.ddim import MIN_STD, ddim_step_kl, ddim_step_log_prob
+
+__all__ = [
+    "MIN_STD",
+    "PerPromptStatTracker",
+    "clip_advantages",
+    "gaussian_step_kl",
+    "leave_one_out_baseline",
+    "normalize_advantages",
+    "ppo_clipped_loss",
+    "sample_train_timesteps",
+    "split_sentences",
+    "step_log_prob",
+]
+
+# The log-ratio is clamped before exp() so that a far off-policy sample (HERD's relabeled trajectories) gives
+# a large but finite ratio; every clamped term is clipped anyway (see ppo_clipped_loss), so no gradient is lost.
+MAX_LOG_RATIO = 20.0
+
+
+# ------------------------------------------------------------------------------------------ per-step Gaussians
+def step_log_prob(action: torch.Tensor, mean: torch.Tensor, std_dev_t: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log\pi(x_{t-1} \mid x_t, c)` summed over latent dims, ``(B,)`` (``ddim.ddim_step_log_prob``)."""
+    return ddim_step_log_prob(action, mean, std_dev_t)
+
+
+def gaussian_step_kl(mean_policy: torch.Tensor, mean_reference: torch.Tensor, std_dev_t: torch.Tensor) -> torch.Tensor:
+    r"""DPOK's per-step :math:`\mathrm{KL}(\pi_\theta \| \pi_{pre}) = \lVert\mu_\theta - \mu_{pre}\rVert^2/2\sigma_t^2`.
+
+    Returns ``(B,)``.
+
+    A thin wrapper of :func:`diffusion_gym.ddim.ddim_step_kl` (both steps share :math:`\sigma_t`).
+    """
+    return ddim_step_kl(mean_policy, mean_reference, std_dev_t)
+
+
+# ------------------------------------------------------------------------------------------ PPO
+def ppo_clipped_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    dual_clip: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""PPO's clipped surrogate, as a loss to minimise; returns ``(loss, clipfrac, approx_kl)`` (0-d tensors).
+
+    .. math::
+
+        \rho = \exp(\log\pi_\theta - \log\pi_{old}), \qquad
+        L = -\,\mathbb E\big[\min(\rho A,\ \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon) A)\big]
+
+    With ``dual_clip = c > 1`` (dual-clip PPO, Ye et al. 2020) the objective of a negative advantage is also
+    bounded below, :math:`\max(\min(\rho A, \mathrm{clip}(\rho) A),\ c A)`, so a sample whose ratio exploded
+    (an off-policy sample) cannot dominate the update. ``clipfrac`` is the fraction of terms with
+    :math:`|\rho - 1| > \epsilon`; ``approx_kl`` is DDPO's :math:`\tfrac12\mathbb E[(\log\rho)^2]`.
+    All inputs are ``(N,)``; ``old_log_probs`` and ``advantages`` are treated as constants.
+    """
+    if clip_range <= 0:
+        raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    log_ratio = log_probs - old_log_probs.detach()  # (N,)
+    ratio = torch.exp(log_ratio.clamp(max=MAX_LOG_RATIO))  # (N,)
+    advantages = advantages.detach()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
+    objective = torch.minimum(unclipped, clipped)  # (N,)
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        objective = torch.where(advantages < 0, torch.maximum(objective, dual_clip * advantages), objective)
+    loss = -objective.mean()
+    with torch.no_grad():
+        clipfrac = ((ratio - 1.0).abs() > clip_range).float().mean()
+        approx_kl = 0.5 * (log_ratio**2).mean()
+    return loss, clipfrac, approx_kl
+
+
+# ------------------------------------------------------------------------------------------ advantages
+def normalize_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    r"""Batch-wide :math:`A_i = (r_i - \bar r) / (\mathrm{std}(r) + \epsilon)` (population std), ``(N,)``."""
+    rewards = rewards.double()
+    return ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)).float()
+
+
+def clip_advantages(advantages: torch.Tensor, max_abs: float) -> torch.Tensor:
+    """DDPO's advantage clipping to ``[-max_abs, max_abs]``."""
+    return advantages.clamp(-max_abs, max_abs)
+
+
+class PerPromptStatTracker:
+    r"""Per-prompt reward normalisation, as DDPO's and TRL's ``PerPromptStatTracker``.
+
+    Each prompt keeps its last ``buffer_size`` rewards. :meth:`update` adds a batch's rewards, then
+    normalises each reward with its prompt's buffer mean/std, or, while the prompt has fewer than
+    ``min_count`` rewards, with the mean/std of the whole batch passed in.
+    """
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16):
+        if buffer_size < 1 or min_count < 1:
+            raise ValueError(f"buffer_size and min_count must be >= 1, got {buffer_size}, {min_count}")
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.stats: dict[str, deque[float]] = {}
+
+    def update(self, prompts: list[str], rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Advantages ``(N,)`` for ``rewards`` ``(N,)`` of ``prompts`` (and remember the rewards)."""
+        if len(prompts) != rewards.shape[0]:
+            raise ValueError(f"got {len(prompts)} prompts for {rewards.shape[0]} rewards")
+        rewards = rewards.detach().double().cpu()
+        batch_mean, batch_std = rewards.mean(), rewards.std(unbiased=False)
+        advantages = torch.empty_like(rewards)
+        for prompt in dict.fromkeys(prompts):  # unique, in order of first appearance
+            rows = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
+            buffer = self.stats.setdefault(prompt, deque(maxlen=self.buffer_size))
+            buffer.extend(rewards[rows].tolist())
+            if len(buffer) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                history = torch.tensor(list(buffer), dtype=torch.float64)
+                mean, std = history.mean(), history.std(unbiased=False)
+            advantages[rows] = (rewards[rows] - mean) / (std + eps)
+        return advantages.float()
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {prompt: list(buffer) for prompt, buffer in self.stats.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.stats = {prompt: deque(values, maxlen=self.buffer_size) for prompt, values in state.items()}
+
+
+def leave_one_out_baseline(rewards: torch.Tensor, groups: list[str] | None = None) -> torch.Tensor:
+    r"""LOOP's baseline :math:`b_i = \frac{1}{K-1}\sum_{j \ne i} r_j` over the other samples of ``i``'s group.
+
+    ``rewards`` is ``(G, K)`` (``K`` samples of each of ``G`` prompts), or ``(N,)`` with one group label per
+    sample in ``groups``. A group of one sample has no "others": its baseline is the mean of all rewards.
+    Returns the baselines, same shape as ``rewards``.
+    """
+    if groups is None:
+        if rewards.ndim != 2 or rewards.shape[1] < 2:
+            raise ValueError(f"rewards must be (G, K) with K >= 2 when no groups are given, got {tuple(rewards.shape)}")
+        total = rewards.sum(dim=1, keepdim=True)  # (G, 1)
+        return (total - rewards) / (rewards.shape[1] - 1)  # (G, K)
+    if rewards.ndim != 1 or len(groups) != rewards.shape[0]:
+        raise ValueError(f"got {len(groups)} group labels for rewards of shape {tuple(rewards.shape)}")
+    baseline = torch.full_like(rewards, float(rewards.mean()))
+    for group in dict.fromkeys(groups):
+        rows = torch.tensor([i for i, g in enumerate(groups) if g == group])
+        if len(rows) >= 2:
+            baseline[rows] = (rewards[rows].sum() - rewards[rows]) / (len(rows) - 1)
+    return baseline
+
+
+# ------------------------------------------------------------------------------------------ timesteps
+def sample_train_timesteps(
+    stochastic: torch.Tensor, num_samples: int, fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    """DDPO's timestep subsampling: for each sample, a random ``fraction`` of the stochastic steps.
+
+    ``stochastic`` is ``(T,)`` bool. Returns step indices ``(num_samples, k)``, ``k = ceil(fraction * S)``
+    for ``S`` stochastic steps; each row is an independent random choice without replacement, in random order.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    candidates = torch.nonzero(stochastic).flatten()  # (S,)
+    if candidates.numel() == 0:
+        raise ValueError("no stochastic step to train on (eta = 0 or a degenerate schedule)")
+    k = max(1, math.ceil(fraction * candidates.numel()))
+    order = torch.argsort(torch.rand(num_samples, candidates.numel(), generator=generator), dim=1)  # (N, S)
+    return candidates[order[:, :k]]  # (N, k)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(prompt: str) -> list[str]:
+    """HERD's relabeling unit: the sentences of ``prompt`` (split after ``.``, ``!``, ``?``), stripped."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(prompt.strip())]
+    return [s for s in sentences if s] or [prompt]

@@ -1,0 +1,168 @@
+r"""The trainable diffusion policy: the env's UNet plus a LoRA adapter (or fully fine-tuned), guided DDIM steps.
+
+:math:`\pi_\theta(x_{t-1} \mid x_t, c) = \mathcal N(\mu_\theta(x_t, t, c), \sigma_t^2 I)`, with
+:math:`\mu_\theta` the DDIM mean computed from the classifier-free-guided noise prediction
+:math:`\hat\epsilon = \epsilon_\varnothing + w(\epsilon_\theta(x_t, t, c) - \epsilon_\varnothing)`,
+:math:`\epsilon_\varnothing = \epsilon_\theta(x_t, t, \varnothing)`.
+
+* **LoRA** (``lora_rank > 0``): a peft adapter on the attention projections ``to_q, to_k, to_v, to_out.0`` of
+  the env's (shared, frozen) UNet. peft zero-initialises ``B``, so the policy starts exactly at the
+  pretrained model. The **reference** policy :math:`\pi_{pre}` is the same UNet with the adapter disabled:
+  no second copy of the weights.
+* **Full fine-tune** (``lora_rank == 0``): the policy trains a private copy of the UNet; the env's UNet stays
+  untouched and is the reference.
+
+The env's model is loaded once per process and shared, so several policies can live on one UNet: each
+adds its own uniquely named adapter and enables it only for the duration of its own forward passes; outside
+them the UNet is left with every adapter disabled (the pretrained model, as any other user expects).
+Call :meth:`DiffusionPolicy.close` to remove the adapter when done.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
+
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+_ADAPTER_IDS = itertools.count()
+
+
+class DiffusionPolicy:
+    """A guided DDIM policy on the env's UNet; trainable through LoRA or in full."""
+
+    def __init__(self, env, lora_rank: int = 8, guidance_scale: float | None = None, eta: float = 1.0):
+        if lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tune), got {lora_rank}")
+        if eta <= 0:
+            raise ValueError(f"eta must be > 0: with eta = 0 every DDIM step is deterministic (no policy), got {eta}")
+        world = env.model.world
+        self.env = env
+        self.scheduler = env.scheduler
+        self.eta = float(eta)
+        self.guidance_scale = float(world.guidance_scale if guidance_scale is None else guidance_scale)
+        self.lora_rank = lora_rank
+        self.negative_embeddings = env.model.encode_prompts([""]).float()  # (1, S, D): the CFG null prompt
+        self.reference_unet = env.model.unet
+        self.adapter_name: str | None = None
+        self._lora_layers: list = []
+        if lora_rank > 0:
+            self.unet = self.reference_unet
+            self._add_adapter(lora_rank)
+        else:
+            self.unet = copy.deepcopy(self.reference_unet).requires_grad_(True)
+        self.unet.eval()  # no dropout: the log-probs must be exact
+
+    # ------------------------------------------------------------------------------ adapter handling
+    def _add_adapter(self, rank: int) -> None:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.adapter_name = f"policy_{next(_ADAPTER_IDS)}"
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, lora_dropout=0.0, init_lora_weights=True, target_modules=list(LORA_TARGET_MODULES)
+        )
+        with warnings.catch_warnings():  # peft warns that the UNet already holds another policy's adapter
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            self.unet.add_adapter(config, adapter_name=self.adapter_name)  # B = 0: starts at the pretrained model
+        self._lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
+        self._set_adapter(False)
+
+    def _set_adapter(self, enabled: bool) -> None:
+        """Enable this policy's adapter (and only it) or disable every adapter: a cheap loop over LoRA layers.
+
+        peft's ``enable_adapters(False)`` also sets ``requires_grad=False`` on the adapter weights, which would
+        drop the gradients of a graph built while they were enabled; so only the layer's
+        ``_disable_adapters`` flag is toggled here, and ``set_adapter`` is called when another policy's adapter
+        was the active one (it makes only the active adapter's weights require grad).
+        """
+        for layer in self._lora_layers:
+            if enabled and list(layer.active_adapters) != [self.adapter_name]:
+                layer.set_adapter(self.adapter_name)
+            layer._disable_adapters = not enabled
+
+    @contextmanager
+    def _adapter(self, enabled: bool) -> Iterator[None]:
+        if self.adapter_name is None:
+            yield
+            return
+        self._set_adapter(enabled)
+        try:
+            yield
+        finally:
+            self._set_adapter(False)
+
+    def close(self) -> None:
+        """Remove this policy's adapter from the shared UNet (the policy is unusable afterwards)."""
+        if self.adapter_name is not None and self.adapter_name in getattr(self.unet, "peft_config", {}):
+            with warnings.catch_warnings():  # "adapter ... was active which is now deleted": we disable it anyway
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                self.unet.delete_adapters(self.adapter_name)
+        self._lora_layers = []
+        self.adapter_name = None
+
+    # ------------------------------------------------------------------------------ parameters
+    def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters the optimiser updates: this adapter's LoRA weights, or the whole private UNet."""
+        if self.adapter_name is None:
+            return dict(self.unet.named_parameters())
+        marker = f".{self.adapter_name}."
+        return {name: p for name, p in self.unet.named_parameters() if marker in name}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        parameters = list(self.named_trainable_parameters().values())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        return parameters
+
+    # ------------------------------------------------------------------------------ the policy
+    def _step(
+        self,
+        unet: torch.nn.Module,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeddings: torch.Tensor,
+        generator: torch.Generator | None,
+        action: torch.Tensor | None,
+    ) -> PolicyStep:
+        noise = guided_noise_prediction(
+            unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, self.guidance_scale
+        )  # (B, C, H, W)
+        return ddim_policy_step(self.scheduler, noise, latents, timesteps, self.eta, generator, action)
+
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeddings: torch.Tensor,
+        action: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PolicyStep:
+        r"""One step of :math:`\pi_\theta`: sample an action (``action=None``) or score the given one.
+
+        ``latents`` :math:`x_t` ``(B, C, H, W)``, ``timesteps`` ``(B,)``, ``prompt_embeddings`` ``(B, S, D)``.
+        Gradients flow to the trainable parameters unless called under ``torch.no_grad()``.
+        """
+        with self._adapter(True):
+            return self._step(self.unet, latents, timesteps, prompt_embeddings, generator, action)
+
+    @torch.no_grad()
+    def reference(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeddings: torch.Tensor, action: torch.Tensor
+    ) -> PolicyStep:
+        r"""The pretrained policy :math:`\pi_{pre}` scoring ``action`` (the UNet with the adapter disabled)."""
+        with self._adapter(False):
+            return self._step(self.reference_unet, latents, timesteps, prompt_embeddings, None, action)
+
+    def sample(self, observation: dict[str, torch.Tensor], generator: torch.Generator) -> PolicyStep:
+        """Sample an action for an env observation, without gradients."""
+        with torch.no_grad():
+            return self(
+                observation["latent"], observation["timestep"][:, 0], observation["prompt_embedding"], None, generator
+            )

@@ -1,0 +1,151 @@
+"""The agents' shared math against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agents.math import (
+    PerPromptStatTracker,
+    clip_advantages,
+    gaussian_step_kl,
+    leave_one_out_baseline,
+    normalize_advantages,
+    ppo_clipped_loss,
+    sample_train_timesteps,
+    split_sentences,
+    step_log_prob,
+)
+
+
+# ------------------------------------------------------------------------------------------ PPO
+def test_ppo_clipped_loss_hand_computed():
+    # ratios e^{log}: [1.0, 1.5, 0.5, 1.05]; eps = 0.2; advantages [1, 1, -2, -1]
+    old = torch.zeros(4)
+    new = torch.tensor([0.0, math.log(1.5), math.log(0.5), math.log(1.05)])
+    adv = torch.tensor([1.0, 1.0, -2.0, -1.0])
+    loss, clipfrac, approx_kl = ppo_clipped_loss(new, old, adv, clip_range=0.2)
+    # min(rA, clip(r)A): 1*1=1 ; min(1.5, 1.2)=1.2 ; min(-1.0, 0.8*-2=-1.6)=-1.6 ; min(-1.05, -1.05)=-1.05
+    expected = -(1.0 + 1.2 - 1.6 - 1.05) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(0.5)  # |1.5-1| and |0.5-1| > 0.2
+    assert approx_kl.item() == pytest.approx(0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.05) ** 2) / 4)
+
+
+def test_ppo_gradient_hand_computed():
+    # d/dlogp of -min(rA, clip(r)A)/N: -rA/N where unclipped is the min, 0 where the clipped term is
+    new = torch.tensor([0.0, math.log(1.5), math.log(0.5)], requires_grad=True)
+    adv = torch.tensor([2.0, 1.0, 1.0])
+    loss, _, _ = ppo_clipped_loss(new, torch.zeros(3), adv, clip_range=0.2)
+    loss.backward()
+    # row 0: r=1, -2/3; row 1: r=1.5>1.2 with A>0, clipped -> 0; row 2: r=0.5 with A>0: min(0.5, 0.8) = 0.5 unclipped
+    assert new.grad.tolist() == pytest.approx([-2.0 / 3, 0.0, -0.5 / 3], abs=1e-6)
+
+
+def test_ppo_dual_clip_bounds_negative_advantages():
+    new = torch.tensor([math.log(10.0), math.log(10.0)], requires_grad=True)
+    adv = torch.tensor([-1.0, 1.0])
+    loss, _, _ = ppo_clipped_loss(new, torch.zeros(2), adv, clip_range=0.2, dual_clip=3.0)
+    # A<0: max(min(-10, -1.2), 3 * -1) = -3 ; A>0: min(10, 1.2) = 1.2
+    assert loss.item() == pytest.approx(-(-3.0 + 1.2) / 2)
+    loss.backward()
+    assert new.grad.tolist() == [0.0, 0.0]  # both bounded: no gradient
+    # a huge off-policy log-ratio stays finite
+    loss, _, _ = ppo_clipped_loss(torch.tensor([500.0]), torch.zeros(1), torch.tensor([-1.0]), 0.2, 3.0)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(3.0)
+
+
+def test_ppo_rejects_bad_clip():
+    with pytest.raises(ValueError, match="clip_range"):
+        ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.0)
+    with pytest.raises(ValueError, match="dual_clip"):
+        ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.1, dual_clip=1.0)
+
+
+# ------------------------------------------------------------------------------------------ advantages
+def test_normalize_and_clip_advantages():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, population std sqrt(3.5)
+    expected = [(r - 3.0) / math.sqrt(3.5) for r in (1.0, 2.0, 3.0, 6.0)]
+    assert normalize_advantages(rewards).tolist() == pytest.approx(expected, abs=1e-5)
+    assert clip_advantages(torch.tensor([-9.0, 0.5, 9.0]), 5.0).tolist() == [-5.0, 0.5, 5.0]
+
+
+def test_per_prompt_stat_tracker_falls_back_then_uses_history():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    # batch 1: "a" has 2 rewards (< min_count) -> batch stats over all 4 rewards: mean 2.5, std sqrt(1.25)
+    adv = tracker.update(["a", "a", "b", "b"], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert adv.tolist() == pytest.approx([(r - 2.5) / math.sqrt(1.25) for r in (1, 2, 3, 4)], abs=1e-5)
+    # batch 2: "a" now has [1, 2, 3, 5] (>= 3) -> its own mean 2.75 and std
+    adv = tracker.update(["a", "a"], torch.tensor([3.0, 5.0]))
+    history = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    mean, std = history.mean().item(), history.std(unbiased=False).item()
+    assert adv.tolist() == pytest.approx([(3 - mean) / std, (5 - mean) / std], abs=1e-5)
+    # the buffer keeps the last 4 rewards only
+    tracker.update(["a"], torch.tensor([7.0]))
+    assert list(tracker.stats["a"]) == [2.0, 3.0, 5.0, 7.0]
+    # state round trip
+    clone = PerPromptStatTracker(buffer_size=4, min_count=3)
+    clone.load_state_dict(tracker.state_dict())
+    assert clone.state_dict() == tracker.state_dict()
+
+
+def test_leave_one_out_baseline_hand_example():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
+    baseline = leave_one_out_baseline(rewards)
+    # group 1, sum 12: (12-1)/3, (12-2)/3, (12-3)/3, (12-6)/3 ; group 2, sum 8: 8/3, 8/3, 4/3, 4/3
+    assert baseline.tolist()[0] == pytest.approx([11 / 3, 10 / 3, 3.0, 2.0])
+    assert baseline.tolist()[1] == pytest.approx([8 / 3, 8 / 3, 4 / 3, 4 / 3])
+    # LOO advantage r_i - b_i = K/(K-1) (r_i - mean)
+    assert (rewards - baseline)[0].tolist() == pytest.approx([4 / 3 * (r - 3.0) for r in (1, 2, 3, 6)])
+
+
+def test_leave_one_out_baseline_with_group_labels():
+    rewards = torch.tensor([1.0, 5.0, 2.0, 3.0, 10.0])
+    groups = ["x", "y", "x", "x", "z"]
+    baseline = leave_one_out_baseline(rewards, groups)
+    # x: [1, 2, 3] -> (5, 4, 3)/2 ; y and z are alone -> the mean of all rewards, 21/5
+    assert baseline.tolist() == pytest.approx([2.5, 4.2, 2.0, 1.5, 4.2])
+    with pytest.raises(ValueError):
+        leave_one_out_baseline(torch.ones(3, 1))
+
+
+# ------------------------------------------------------------------------------------------ timesteps
+def test_sample_train_timesteps():
+    stochastic = torch.tensor([True, True, False, True, True])
+    generator = torch.Generator().manual_seed(0)
+    steps = sample_train_timesteps(stochastic, num_samples=6, fraction=0.5, generator=generator)
+    assert steps.shape == (6, 2)  # ceil(0.5 * 4 stochastic steps)
+    for row in steps.tolist():
+        assert len(set(row)) == 2 and 2 not in row  # distinct, never the deterministic step
+    full = sample_train_timesteps(stochastic, 3, 1.0, generator)
+    assert all(sorted(row) == [0, 1, 3, 4] for row in full.tolist())
+    with pytest.raises(ValueError, match="fraction"):
+        sample_train_timesteps(stochastic, 1, 0.0, generator)
+    with pytest.raises(ValueError, match="stochastic"):
+        sample_train_timesteps(torch.zeros(3, dtype=torch.bool), 1, 1.0, generator)
+
+
+# ------------------------------------------------------------------------------------------ Gaussians
+def test_step_log_prob_and_kl_hand_computed():
+    # d = 2 dims, sigma = 0.5: log N(x; mu, s^2 I) = -|x-mu|^2/(2 s^2) - d log s - d/2 log 2pi
+    mean = torch.tensor([[[[0.0, 1.0]]]])  # (1, 1, 1, 2)
+    action = torch.tensor([[[[1.0, 1.0]]]])
+    sigma = torch.tensor([0.5])
+    expected = -1.0 / (2 * 0.25) - 2 * math.log(0.5) - math.log(2 * math.pi)
+    assert step_log_prob(action, mean, sigma).item() == pytest.approx(expected, abs=1e-5)
+    # KL(N(mu1, s^2) || N(mu2, s^2)) = |mu1 - mu2|^2 / (2 s^2)
+    assert gaussian_step_kl(action, mean, sigma).item() == pytest.approx(1.0 / 0.5)
+    assert gaussian_step_kl(mean, mean, sigma).item() == 0.0
+
+
+def test_split_sentences():
+    prompt = "A large red circle on the left. A small blue triangle at the top right. A gray background."
+    assert split_sentences(prompt) == [
+        "A large red circle on the left.",
+        "A small blue triangle at the top right.",
+        "A gray background.",
+    ]
+    assert split_sentences("one sentence without a stop") == ["one sentence without a stop"]
+    assert split_sentences("Wow! Really? Yes.") == ["Wow!", "Really?", "Yes."]
