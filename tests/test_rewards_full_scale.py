@@ -357,6 +357,18 @@ def test_no_model_is_imported_with_the_package() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+def test_importing_image_reward_leaves_warnings_and_logging_alone() -> None:
+    code = (
+        "import warnings; from transformers.utils import logging; level = logging.get_verbosity();"
+        "from diffusion_gym.rewards._transformers_compat import import_image_reward; import_image_reward();"
+        "blanket = [f for f in warnings.filters if f[0] == 'ignore' and f[1] is None and f[3] is None];"
+        "assert not [f for f in blanket if f[2] is Warning], blanket;"  # BLIP's filterwarnings('ignore')
+        "assert logging.get_verbosity() == level, 'transformers verbosity changed'"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
 # --- asynchronous scoring (no model) ---------------------------------------------------------------------
 
 
@@ -428,3 +440,45 @@ def test_async_worker_thread_ends_on_close() -> None:
     scorer.close()
     leftover = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("reward-scorer")]
     assert not leftover
+
+
+# --- the transformers-5 compatibility layer --------------------------------------------------------------
+
+
+def test_compat_layer_only_adds_what_is_missing() -> None:
+    import transformers.modeling_utils as modeling_utils
+    from transformers import pytorch_utils
+    from transformers.modeling_utils import PreTrainedModel
+
+    from diffusion_gym.rewards import _transformers_compat as compat
+
+    init_weights, post_init = PreTrainedModel.init_weights, PreTrainedModel.post_init
+    compat.import_image_reward()
+    patched = compat.apply()
+    assert compat.apply() == patched  # idempotent
+    from ImageReward.models.BLIP import med
+
+    # What transformers still has elsewhere is reused, not reimplemented; nothing existing is replaced.
+    for name in ("apply_chunking_to_forward", "prune_linear_layer"):
+        if hasattr(pytorch_utils, name):
+            assert getattr(modeling_utils, name) is getattr(pytorch_utils, name)
+        assert getattr(med, name) is getattr(modeling_utils, name)
+    assert PreTrainedModel.init_weights is init_weights and PreTrainedModel.post_init is post_init
+
+
+def test_compat_helpers_behave_like_transformers_4() -> None:
+    from diffusion_gym.rewards import _transformers_compat as compat
+
+    heads, index = compat.find_pruneable_heads_and_indices([1, 3], n_heads=4, head_size=2, already_pruned_heads={3})
+    assert heads == {1} and index.tolist() == [0, 1, 4, 5, 6, 7]
+    layer = torch.nn.Linear(4, 6)
+    pruned = compat._prune_linear_layer(layer, torch.tensor([0, 2]))
+    torch.testing.assert_close(pruned.weight, layer.weight[[0, 2]].detach())
+    chunked = compat._apply_chunking_to_forward(lambda x: x * 2, 2, 1, torch.arange(8.0).view(1, 8, 1))
+    torch.testing.assert_close(chunked, torch.arange(8.0).view(1, 8, 1) * 2)
+
+    module = torch.nn.Linear(2, 2)
+    mask = compat._invert_attention_mask(module, torch.tensor([[1, 1, 0]]))
+    assert mask.shape == (1, 1, 1, 3) and mask[0, 0, 0, :2].eq(0).all() and mask[0, 0, 0, 2] < -1e30
+    assert compat._get_head_mask(module, None, 3) == [None, None, None]
+    assert compat._get_head_mask(module, torch.ones(4), 3).shape == (3, 1, 4, 1, 1)

@@ -206,7 +206,12 @@ def import_image_reward() -> ModuleType:
         ImportError: with the install command if ``image-reward`` (or what it imports) is missing.
     """
     apply()
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
     try:
+        # ImageReward's BLIP code calls warnings.filterwarnings("ignore") and sets transformers' logging to
+        # errors only, for the whole process, on import: catch_warnings() and the verbosity reset undo that.
         with warnings.catch_warnings():
             # clip-anytorch (imported by image-reward) imports the deprecated pkg_resources: not our concern.
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -214,9 +219,11 @@ def import_image_reward() -> ModuleType:
             from ImageReward.models.BLIP import med
     except ImportError as err:
         raise ImportError(
-            "the imagereward reward needs the image-reward package: "
-            "pip install --no-deps image-reward==1.5 clip-anytorch fairscale datasets 'setuptools<81' "
+            "the imagereward reward needs the image-reward package: pip install --no-deps image-reward==1.5 "
+            "&& pip install clip-anytorch fairscale datasets 'setuptools<81' "
             f"(import failed: {err})"
         ) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     _patch_med(med)
     return ImageReward
