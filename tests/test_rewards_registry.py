@@ -12,6 +12,7 @@ from diffusion_gym.rewards import (
     parse_reward_weights,
     register_reward,
     registered_rewards,
+    registry,
     reward_spec,
     validate_reward,
 )
@@ -30,13 +31,14 @@ class MeanPixel:
         return images.mean(dim=(1, 2, 3)).double()  # not float32 on purpose: the sum casts
 
 
-def _register_test_rewards() -> None:
-    if "test-constant-three" not in registered_rewards():
-        register_reward("test-constant-three", lambda device: Constant(3.0), description="3", uses_prompt=False)
-        register_reward("test-mean-pixel", lambda device: MeanPixel(), description="mean", uses_prompt=False)
-
-
-_register_test_rewards()
+@pytest.fixture(autouse=True)
+def test_rewards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two extra rewards, registered in a copy of the registry that is restored after each test."""
+    registered_rewards()  # the built-in rewards first
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_CACHE", {})
+    register_reward("test-constant-three", lambda device: Constant(3.0), description="3", uses_prompt=False)
+    register_reward("test-mean-pixel", lambda device: MeanPixel(), description="mean", uses_prompt=False)
 
 
 def test_full_scale_rewards_are_registered_without_loading_anything() -> None:
