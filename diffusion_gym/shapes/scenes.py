@@ -126,9 +126,7 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     image[:] = BACKGROUND_COLOURS[scene.background]
     scale = size / IMAGE_SIZE
     for obj in scene.objects:
-        mask = shape_mask(
-            obj.shape, obj.centre[0] * scale, obj.centre[1] * scale, HALF_SIZE[obj.size] * scale, size
-        )
+        mask = shape_mask(obj.shape, obj.centre[0] * scale, obj.centre[1] * scale, HALF_SIZE[obj.size] * scale, size)
         image[mask] = OBJECT_COLOURS[obj.colour]
     return image
 

@@ -1,0 +1,293 @@
+"""Measure the Shapes world: VAE fidelity, the base model's held-out gold score, rollout speed, the proxy.
+
+    python -m diffusion_gym.shapes.evaluate --output-dir runs/shapes_eval
+
+Prints and writes ``<output-dir>/shapes_eval.json`` (the figures) and ``<output-dir>/shapes_grid.png``
+(prompts, the ground-truth scene and samples of the base model, each with its gold score).
+Sampling uses ``StableDiffusionPipeline.__call__`` with DDIM at the guidance / steps / eta of the pipeline's
+``diffusion_gym.json`` unless overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion_gym.shapes import PIPELINE_DIR, PROXY_DIR
+from diffusion_gym.shapes.gold import gold_per_sentence, parse_prompt
+from diffusion_gym.shapes.prompt_sets import (
+    LONG_PROMPT,
+    LONG_SCENE,
+    STANDARD_PROMPT,
+    STANDARD_SCENE,
+    heldout_scenes_and_prompts,
+)
+from diffusion_gym.shapes.scenes import render, split_sentences
+
+
+@dataclass
+class EvalReport:
+    pipeline: str
+    guidance_scale: float
+    num_inference_steps: int
+    eta: float
+    samples_per_prompt: int
+    num_heldout_prompts: int
+    ground_truth_gold: float  # rendered held-out scenes vs their captions (the scorer's ceiling)
+    shuffled_caption_floor: float  # rendered held-out scenes vs other scenes' captions
+    vae_reconstruction_gold: float  # VAE(encode -> decode) of the held-out scenes
+    base_gold: float  # mean over held-out prompts and samples
+    base_gold_all_sentences: float  # fraction-like: the min over sentences, averaged
+    base_gold_by_objects: dict[str, float]
+    base_gold_by_sentences: dict[str, float]
+    base_gold_by_sentence_type: dict[str, float]
+    shuffled_floor_on_samples: float  # base samples vs shuffled prompts
+    standard_prompt_gold: float
+    long_prompt_gold: float
+    rollout_seconds_32_images_20_steps_cfg: float
+    proxy_pearson: float
+    proxy_spearman: float
+    proxy_mean: float
+    guidance_sweep: dict[str, float] = field(default_factory=dict)
+    threads: int = 2
+
+
+def load_pipeline(folder: str | Path = PIPELINE_DIR):
+    """``StableDiffusionPipeline.from_pretrained(folder)`` (offline), progress bars off."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def load_metadata(folder: str | Path = PIPELINE_DIR) -> dict:
+    return json.loads((Path(folder) / "diffusion_gym.json").read_text())
+
+
+@torch.no_grad()
+def sample(
+    pipeline,
+    prompts: Sequence[str],
+    *,
+    guidance_scale: float,
+    num_inference_steps: int,
+    eta: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Images ``(N, 3, 32, 32)`` in [0, 1] for ``prompts``, in batches, from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        out = pipeline(
+            list(prompts[start : start + batch_size]),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            generator=generator,
+            output_type="pt",
+        )
+        images.append(out.images.float().cpu())
+    return torch.cat(images)  # (N, 3, H, W)
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _prompt_scores(images, prompts) -> tuple[np.ndarray, np.ndarray, list[list[float]]]:
+    per_sentence = gold_per_sentence(images, prompts)
+    return np.array([np.mean(s) for s in per_sentence]), np.array([np.min(s) for s in per_sentence]), per_sentence
+
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    order = rng.permutation(n)
+    result = np.empty(n, dtype=int)
+    result[order] = np.roll(order, 1)  # every index maps to another
+    return result
+
+
+def save_grid(path: Path, rows: list[tuple[str, np.ndarray, list[np.ndarray], list[float]]]) -> None:
+    """A PNG: per row the prompt, the ground-truth scene and samples titled with their gold score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 1 + max(len(r[2]) for r in rows)
+    fig, axes = plt.subplots(len(rows), columns + 2, figsize=(1.3 * (columns + 2), 1.45 * len(rows)))
+    for row, (prompt, truth, samples, scores) in zip(axes, rows, strict=True):
+        for ax in row:
+            ax.axis("off")
+        row[0].text(0, 0.5, textwrap.fill(prompt, 34), fontsize=5.5, va="center", ha="left")
+        row[2].imshow(truth, interpolation="nearest")
+        row[2].set_title("scene", fontsize=6)
+        for ax, image, score in zip(row[3:], samples, scores, strict=False):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(f"gold {score:.2f}", fontsize=6)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def evaluate(
+    pipeline_dir: str | Path = PIPELINE_DIR,
+    proxy_dir: str | Path = PROXY_DIR,
+    output_dir: str | Path = "runs/shapes_eval",
+    *,
+    samples_per_prompt: int = 2,
+    guidance_scale: float | None = None,
+    num_inference_steps: int | None = None,
+    sweep: Sequence[float] = (),
+    seed: int = 0,
+    threads: int = 2,
+) -> EvalReport:
+    torch.set_num_threads(threads)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metadata = load_metadata(pipeline_dir)
+    guidance = float(metadata["guidance_scale"] if guidance_scale is None else guidance_scale)
+    steps = int(metadata["num_inference_steps"] if num_inference_steps is None else num_inference_steps)
+    eta = float(metadata.get("eta", 1.0))
+    pipeline = load_pipeline(pipeline_dir)
+    rng = np.random.default_rng(seed)
+
+    # The scorer on ground truth, the shuffled-caption floor and the VAE's reconstructions.
+    scenes, prompts = heldout_scenes_and_prompts()
+    truth = np.stack([render(s) for s in scenes])  # (N, 32, 32, 3) uint8
+    truth_gold = _prompt_scores(truth, prompts)[0].mean()
+    shuffled = [prompts[j] for j in _derangement(len(prompts), rng)]
+    floor = _prompt_scores(truth, shuffled)[0].mean()
+    with torch.no_grad():
+        pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 32, 32)
+        vae = pipeline.vae
+        reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    vae_gold = _prompt_scores((reconstruction.clamp(-1, 1) + 1) / 2, prompts)[0].mean()
+
+    # Rollout timing: 32 images, 20 DDIM steps, classifier-free guidance (one warm-up first).
+    timing_prompts = list(prompts[:32])
+    sample(pipeline, timing_prompts[:4], guidance_scale=guidance, num_inference_steps=2, seed=seed)
+    started = time.perf_counter()
+    sample(pipeline, timing_prompts, guidance_scale=guidance, num_inference_steps=20, eta=eta, seed=seed)
+    rollout_seconds = time.perf_counter() - started
+
+    # The base model on the held-out prompts.
+    eval_prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+    images = sample(pipeline, eval_prompts, guidance_scale=guidance, num_inference_steps=steps, eta=eta, seed=seed)
+    means, mins, per_sentence = _prompt_scores(images, eval_prompts)
+    num_objects = [len(s.objects) for s in scenes for _ in range(samples_per_prompt)]
+    by_objects, by_sentences, by_type = defaultdict(list), defaultdict(list), defaultdict(list)
+    for prompt, k, score, sentence_scores in zip(eval_prompts, num_objects, means, per_sentence, strict=True):
+        by_objects[str(k)].append(score)
+        by_sentences[str(len(split_sentences(prompt)))].append(score)
+        for parsed, value in zip(parse_prompt(prompt), sentence_scores, strict=True):
+            by_type[type(parsed).__name__.removesuffix("Sentence").lower()].append(value)
+    shuffled_samples = [eval_prompts[j] for j in _derangement(len(eval_prompts), rng)]
+    floor_samples = _prompt_scores(images, shuffled_samples)[0].mean()
+
+    # The HERD-style standard and long prompts.
+    special = {}
+    for name, prompt in (("standard", STANDARD_PROMPT), ("long", LONG_PROMPT)):
+        special_images = sample(pipeline, [prompt] * 16, guidance_scale=guidance, num_inference_steps=steps, seed=seed)
+        special[name] = (special_images, _prompt_scores(special_images, [prompt] * 16)[0])
+
+    # The proxy against gold.
+    from scipy.stats import pearsonr, spearmanr
+
+    from diffusion_gym.shapes.proxy import ShapesClipReward
+
+    proxy = ShapesClipReward.from_pretrained(proxy_dir)
+    proxy_scores = torch.cat(
+        [proxy(images[i : i + 256], eval_prompts[i : i + 256]) for i in range(0, len(images), 256)]
+    )
+    pearson = float(pearsonr(proxy_scores.numpy(), means).statistic)
+    spearman = float(spearmanr(proxy_scores.numpy(), means).statistic)
+
+    # Optional guidance sweep (one sample per held-out prompt).
+    sweep_results = {}
+    for value in sweep:
+        swept = sample(pipeline, list(prompts), guidance_scale=value, num_inference_steps=steps, eta=eta, seed=seed + 1)
+        sweep_results[f"{value:g}"] = float(_prompt_scores(swept, prompts)[0].mean())
+
+    report = EvalReport(
+        pipeline=str(pipeline_dir),
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        eta=eta,
+        samples_per_prompt=samples_per_prompt,
+        num_heldout_prompts=len(prompts),
+        ground_truth_gold=float(truth_gold),
+        shuffled_caption_floor=float(floor),
+        vae_reconstruction_gold=float(vae_gold),
+        base_gold=float(means.mean()),
+        base_gold_all_sentences=float(mins.mean()),
+        base_gold_by_objects={k: _mean(v) for k, v in sorted(by_objects.items())},
+        base_gold_by_sentences={k: _mean(v) for k, v in sorted(by_sentences.items())},
+        base_gold_by_sentence_type={k: _mean(v) for k, v in sorted(by_type.items())},
+        shuffled_floor_on_samples=float(floor_samples),
+        standard_prompt_gold=float(special["standard"][1].mean()),
+        long_prompt_gold=float(special["long"][1].mean()),
+        rollout_seconds_32_images_20_steps_cfg=round(rollout_seconds, 2),
+        proxy_pearson=pearson,
+        proxy_spearman=spearman,
+        proxy_mean=float(proxy_scores.mean()),
+        guidance_sweep=sweep_results,
+        threads=threads,
+    )
+    (output_dir / "shapes_eval.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+
+    # The image grid: the standard and long prompts, then held-out prompts with 1, 2, 3 objects.
+    def to_numpy(batch: torch.Tensor) -> list[np.ndarray]:
+        return list((batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+    rows = []
+    for name, scene, prompt in (("standard", STANDARD_SCENE, STANDARD_PROMPT), ("long", LONG_SCENE, LONG_PROMPT)):
+        rows.append((prompt, render(scene), to_numpy(special[name][0][:5]), list(special[name][1][:5])))
+    for k in (1, 2, 3):
+        chosen = [i for i, s in enumerate(scenes) if len(s.objects) == k][:3]
+        for i in chosen:
+            picks = range(i * samples_per_prompt, (i + 1) * samples_per_prompt)
+            rows.append((prompts[i], truth[i], to_numpy(images[list(picks)]), [means[j] for j in picks]))
+    save_grid(output_dir / "shapes_grid.png", rows)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate the Shapes world's pipeline and proxy.")
+    parser.add_argument("--pipeline", default=str(PIPELINE_DIR))
+    parser.add_argument("--proxy", default=str(PROXY_DIR))
+    parser.add_argument("--output-dir", default="runs/shapes_eval")
+    parser.add_argument("--samples-per-prompt", type=int, default=2)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: diffusion_gym.json")
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: diffusion_gym.json")
+    parser.add_argument("--sweep", default="", help="comma-separated guidance scales to also measure")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
+    report = evaluate(
+        args.pipeline,
+        args.proxy,
+        args.output_dir,
+        samples_per_prompt=args.samples_per_prompt,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        sweep=sweep,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    print(json.dumps(asdict(report), indent=2))
+
+
+if __name__ == "__main__":
+    main()

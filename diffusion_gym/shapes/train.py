@@ -1,0 +1,354 @@
+"""Train the Shapes world's miniature Stable Diffusion and its CLIP proxy, from scratch, on the CPU.
+
+    python -m diffusion_gym.shapes.train --output diffusion_gym/assets/shapes
+
+Stages (seeded; each with a progress bar):
+
+1. generate ``--num-scenes`` scenes with two captions each, skipping the held-out / standard / long scenes;
+2. a tiny ``AutoencoderKL`` (32x32x3 -> 4x8x8); its ``scaling_factor`` is measured on the data so that
+   scaled latents have unit variance;
+3. a tiny ``CLIPTextModel`` (real CLIP BPE tokenizer, hidden 64) jointly with a ``UNet2DConditionModel``
+   (epsilon prediction, classifier-free guidance dropout of the caption, EMA weights);
+4. the ``shapes-clip`` proxy (see :mod:`diffusion_gym.shapes.proxy`) on VAE reconstructions.
+
+Writes ``<output>/pipeline`` (a ``StableDiffusionPipeline.save_pretrained`` folder with a DDIM scheduler and
+``diffusion_gym.json``) and ``<output>/proxy_clip``. Weights are stored in fp16 to keep the repository small;
+``from_pretrained`` loads them as fp32 (the configs say so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion_gym.shapes.gold import gold_score
+from diffusion_gym.shapes.prompt_sets import is_excluded
+from diffusion_gym.shapes.scenes import caption, render, sample_scene
+
+MODEL_MAX_LENGTH = 48  # tokens; the longest generated caption has 48 with <start> and <end>
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 0.00085, 0.012  # Stable Diffusion's scaled_linear schedule
+
+
+@dataclass
+class TrainConfig:
+    output: str = "diffusion_gym/assets/shapes"
+    seed: int = 0
+    threads: int = 2
+    num_scenes: int = 40_000
+    vae_steps: int = 400
+    vae_batch: int = 64
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 2000
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.998
+    proxy_steps: int = 400
+    proxy_batch: int = 256
+    guidance_scale: float = 4.0  # the defaults written to diffusion_gym.json
+    num_inference_steps: int = 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    captions: list[tuple[str, str]]  # two true captions per scene
+
+
+def make_dataset(num_scenes: int, seed: int) -> Dataset:
+    """``num_scenes`` random scenes (1-3 objects) with two captions each, none of them held out."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    while len(images) < num_scenes:
+        scene = sample_scene(rng)
+        pair = (caption(scene, rng), caption(scene, rng))
+        if any(is_excluded(scene, c) for c in pair):
+            continue
+        images.append(render(scene))
+        captions.append(pair)
+    return Dataset(np.stack(images), captions)
+
+
+def _to_model_space(images: np.ndarray) -> torch.Tensor:
+    """``(N, 32, 32, 3)`` uint8 -> ``(N, 3, 32, 32)`` float in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100, floor: float = 0.1):
+    def factor(step: int) -> float:
+        progress = min(step / max(steps, 1), 1.0)
+        return min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def build_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        projection_dim=64,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,  # diffusers' legacy name: the number of heads
+        norm_num_groups=32,
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def train_vae(data: Dataset, config: TrainConfig, rng: np.random.Generator):
+    vae = build_vae().train()
+    pixels = _to_model_space(data.images)  # (N, 3, 32, 32)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    schedule = _cosine_schedule(optimizer, config.vae_steps)
+    bar = tqdm(range(config.vae_steps), desc="VAE")
+    for _ in bar:
+        batch = pixels[torch.from_numpy(rng.choice(len(pixels), config.vae_batch, replace=False))]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        mse = torch.nn.functional.mse_loss(reconstruction, batch)
+        loss = mse + config.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_dataset(vae, data: Dataset, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of every image, ``(N, 4, 8, 8)`` each."""
+    means, stds = [], []
+    pixels = _to_model_space(data.images)
+    for start in tqdm(range(0, len(pixels), batch_size), desc="encode"):
+        posterior = vae.encode(pixels[start : start + batch_size]).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruction_gold(vae, data: Dataset, count: int = 256) -> float:
+    pixels = _to_model_space(data.images[:count])
+    reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    prompts = [pair[0] for pair in data.captions[:count]]
+    return float(gold_score((reconstruction + 1) / 2, prompts).mean())
+
+
+def train_unet(data: Dataset, means: torch.Tensor, stds: torch.Tensor, scaling: float, config: TrainConfig, rng):
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(Path(config.output) / "pipeline" / "tokenizer")
+    flat = [c for pair in data.captions for c in pair]
+    tokens = tokenizer(flat, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True, return_tensors="pt")
+    ids = tokens.input_ids.view(len(data.captions), 2, MODEL_MAX_LENGTH)  # (N, 2, L)
+    empty = tokenizer([""], padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt").input_ids[0]
+
+    text_encoder, unet = build_text_encoder().train(), build_unet().train()
+    ema_text, ema_unet = copy.deepcopy(text_encoder).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    ema_params = list(ema_text.parameters()) + list(ema_unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.0)
+    schedule = _cosine_schedule(optimizer, config.unet_steps)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="scaled_linear"
+    )
+    bar = tqdm(range(config.unet_steps), desc="UNet + text encoder")
+    running = None
+    for step in bar:
+        index = torch.from_numpy(rng.choice(len(ids), config.unet_batch, replace=False))
+        variant = torch.from_numpy(rng.integers(2, size=config.unet_batch))
+        batch_ids = ids[index, variant]  # (B, L)
+        drop = torch.from_numpy(rng.random(config.unet_batch) < config.cfg_dropout)
+        batch_ids[drop] = empty
+        latents = (means[index] + stds[index] * torch.randn_like(stds[index])) * scaling  # (B, 4, 8, 8)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (config.unet_batch,))
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden = text_encoder(batch_ids).last_hidden_state  # (B, L, 64)
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, hidden).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+    return tokenizer, ema_text.eval(), ema_unet.eval()
+
+
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, config: TrainConfig) -> None:
+    """Save an fp16 ``StableDiffusionPipeline`` folder whose configs ask for fp32 on load, plus metadata."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=vae.half(),
+        text_encoder=text_encoder.half(),
+        tokenizer=tokenizer,
+        unet=unet.half(),
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    # The fast-tokenizer file (3.6 MB) is redundant: CLIPTokenizer loads vocab.json + merges.txt.
+    (folder / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    text_config = folder / "text_encoder" / "config.json"
+    data = json.loads(text_config.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in data:
+            data[key] = "float32"
+    text_config.write_text(json.dumps(data, indent=2) + "\n")
+    for module in (vae, text_encoder, unet):
+        module.float()
+    write_metadata(folder, config.guidance_scale, config.num_inference_steps)
+
+
+def write_metadata(folder: Path, guidance_scale: float, num_inference_steps: int) -> None:
+    metadata = {
+        "world": "shapes",
+        "default_reward": "shapes-gold",
+        "gold_reward": "shapes-gold",
+        "proxy_reward": "shapes-clip",
+        "default_prompts": "shapes-train",
+        "eval_prompts": "shapes-heldout",
+        "guidance_scale": float(guidance_scale),
+        "num_inference_steps": int(num_inference_steps),
+        "eta": 1.0,
+    }
+    (Path(folder) / "diffusion_gym.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+@torch.no_grad()
+def reconstruct(vae, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """VAE reconstructions (posterior mean) of ``(N, 32, 32, 3)`` uint8 images, as uint8."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        decoded = vae.decode(vae.encode(_to_model_space(images[start : start + batch_size])).latent_dist.mean).sample
+        out.append(((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for field, value in asdict(TrainConfig()).items():
+        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
+    config = TrainConfig(**vars(parser.parse_args(argv)))
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    output = Path(config.output)
+    pipeline_dir, proxy_dir = output / "pipeline", output / "proxy_clip"
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    from diffusion_gym.tokenizer import save_clip_tokenizer
+
+    save_clip_tokenizer(pipeline_dir / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
+    data = make_dataset(config.num_scenes, config.seed)
+    timings["data"] = time.perf_counter() - started
+
+    vae = train_vae(data, config, rng)
+    means, stds = encode_dataset(vae, data)
+    sampled = means + stds * torch.randn_like(stds)
+    scaling = float(1.0 / sampled.std())
+    vae.register_to_config(scaling_factor=scaling)
+    recon_gold = reconstruction_gold(vae, data)
+    timings["vae"] = time.perf_counter() - started - sum(timings.values())
+    print(f"VAE: scaling_factor={scaling:.4f}, reconstruction gold={recon_gold:.3f}", flush=True)
+
+    tokenizer, text_encoder, unet = train_unet(data, means, stds, scaling, config, rng)
+    timings["unet"] = time.perf_counter() - started - sum(timings.values())
+    save_pipeline(pipeline_dir, vae, text_encoder, tokenizer, unet, config)
+
+    from diffusion_gym.shapes.proxy import save_proxy, train_proxy
+
+    reconstructions = reconstruct(vae, data.images)
+    proxy, proxy_config = train_proxy(
+        reconstructions, data.captions, steps=config.proxy_steps, batch_size=config.proxy_batch, seed=config.seed
+    )
+    save_proxy(proxy, proxy_config, proxy_dir)
+    timings["proxy"] = time.perf_counter() - started - sum(timings.values())
+    summary = {
+        "config": asdict(config),
+        "vae_scaling_factor": scaling,
+        "vae_reconstruction_gold_train": recon_gold,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

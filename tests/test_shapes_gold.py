@@ -1,0 +1,92 @@
+"""The exact gold scorer of the Shapes world, validated on ground truth and sentence by sentence."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_gym.rewards import make_reward
+from diffusion_gym.shapes.gold import gold_per_sentence, gold_score, parse_sentence
+from diffusion_gym.shapes.scenes import Scene, ShapeObject, caption, full_caption, render, sample_scene
+
+RED_CIRCLE_LEFT = ShapeObject("circle", "red", "large", (1, 0), (5.5, 16.0))
+BLUE_SQUARE_TOP_RIGHT = ShapeObject("square", "blue", "small", (0, 2), (26.5, 5.5))
+GREEN_TRIANGLE_BOTTOM = ShapeObject("triangle", "green", "large", (2, 1), (16.0, 26.5))
+SCENE = Scene("gray", (RED_CIRCLE_LEFT, BLUE_SQUARE_TOP_RIGHT, GREEN_TRIANGLE_BOTTOM))
+
+
+def _score(sentence: str, scene: Scene = SCENE) -> float:
+    return gold_per_sentence(render(scene)[None], [sentence])[0][0]
+
+
+def _random_scenes(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    return scenes, [caption(s, rng) for s in scenes], np.stack([render(s) for s in scenes])
+
+
+def test_ground_truth_scores_at_least_098_and_shuffled_captions_score_low():
+    scenes, captions, images = _random_scenes(300, seed=3)
+    assert gold_score(images, captions).mean() >= 0.98
+    assert gold_score(images, [full_caption(s) for s in scenes]).mean() >= 0.98
+    shuffled = captions[1:] + captions[:1]
+    floor = float(gold_score(images, shuffled).mean())
+    assert floor < 0.35, floor  # measured: about 0.21
+
+
+def test_float_tensor_input_and_resizing():
+    _, captions, images = _random_scenes(8, seed=4)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (B, 3, 32, 32)
+    assert torch.allclose(gold_score(tensor, captions), gold_score(images, captions))
+    upscaled = torch.nn.functional.interpolate(tensor, scale_factor=2, mode="nearest")
+    assert gold_score(upscaled, captions).mean() >= 0.98
+
+
+def test_object_sentences():
+    assert _score("A large red circle on the left.") == 1.0
+    assert _score("A red circle.") == 1.0
+    assert _score("A red square on the left.") == pytest.approx(2 / 3)  # colour + position, wrong shape
+    assert _score("A small red circle on the right.") == pytest.approx(2 / 4)  # wrong size and position
+    assert _score("A yellow circle on the left.") == 0.0  # no yellow object at all
+    assert _score("A small blue square at the top right.") == 1.0
+    assert _score("A large green triangle at the bottom.") == 1.0
+    assert _score("A green circle at the bottom.") == pytest.approx(2 / 3)
+
+
+def test_background_sentences():
+    assert _score("A gray background.") == 1.0
+    assert _score("The background is grey.") == 1.0
+    assert _score("A white background.") == 0.0
+
+
+def test_count_sentences():
+    assert _score("There are three objects.") == 1.0
+    assert _score("There are two objects.") == 0.0
+    assert _score("There is one circle.") == 1.0
+    assert _score("There are two triangles.") == 0.0
+
+
+def test_relation_sentences():
+    assert _score("The red circle is left of the blue square.") == 1.0
+    assert _score("The blue square is above the green triangle.") == 1.0
+    assert _score("The green triangle is above the blue square.") == pytest.approx(2 / 3)
+    assert _score("The red circle is left of the yellow square.") == pytest.approx(1 / 3)
+
+
+def test_unknown_sentences_raise_a_clear_error():
+    with pytest.raises(ValueError, match="A dog on a beach"):
+        parse_sentence("A dog on a beach.")
+    with pytest.raises(ValueError, match="professional photo"):
+        gold_score(render(SCENE)[None], ["A red circle. Dramatic atmosphere, professional photo."])
+
+
+def test_registered_rewards():
+    scenes, captions, images = _random_scenes(6, seed=5)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    gold = make_reward("shapes-gold")(tensor, captions)
+    assert gold.shape == (6,) and gold.dtype == torch.float32 and gold.min() >= 0.98
+    wrong = [captions[-1]] + captions[:-1]
+    per_sentence = make_reward("shapes-gold-per-sentence")(tensor, wrong)
+    mean = make_reward("shapes-gold")(tensor, wrong)
+    assert per_sentence.shape == (6,) and bool((per_sentence <= mean).all())
+    matrix = gold_per_sentence(tensor, wrong)
+    assert [min(row) for row in matrix] == pytest.approx(per_sentence.tolist())

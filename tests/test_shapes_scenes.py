@@ -1,0 +1,60 @@
+"""The Shapes world's scene generator, captions and prompt sets."""
+
+import numpy as np
+
+from diffusion_gym.prompts import resolve_prompts
+from diffusion_gym.shapes.gold import parse_prompt
+from diffusion_gym.shapes.prompt_sets import (
+    LONG_PROMPT,
+    STANDARD_PROMPT,
+    heldout_scenes_and_prompts,
+    is_excluded,
+    train_prompts,
+)
+from diffusion_gym.shapes.scenes import IMAGE_SIZE, caption, render, sample_scene, split_sentences
+
+
+def _draw(seed: int, n: int = 50):
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    return scenes, [caption(s, rng) for s in scenes], np.stack([render(s) for s in scenes])
+
+
+def test_generator_is_deterministic_under_a_seed():
+    scenes_a, captions_a, images_a = _draw(7)
+    scenes_b, captions_b, images_b = _draw(7)
+    assert scenes_a == scenes_b and captions_a == captions_b
+    assert np.array_equal(images_a, images_b)
+    _, captions_c, images_c = _draw(8)
+    assert captions_c != captions_a and not np.array_equal(images_c, images_a)
+
+
+def test_scenes_are_well_formed():
+    scenes, captions, images = _draw(0, 200)
+    assert images.shape == (200, IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == np.uint8
+    for scene, text in zip(scenes, captions, strict=True):
+        assert 1 <= len(scene.objects) <= 3
+        assert len({o.colour for o in scene.objects}) == len(scene.objects)
+        assert len({o.cell for o in scene.objects}) == len(scene.objects)
+        sentences = split_sentences(text)
+        assert len(sentences) >= len(scene.objects) + 1
+        assert sentences[-1].endswith("background.")
+        assert len(parse_prompt(text)) == len(sentences)
+
+
+def test_prompt_sets_are_fixed_disjoint_and_parseable():
+    assert resolve_prompts("shapes-standard") == [STANDARD_PROMPT]
+    assert resolve_prompts("shapes-long") == [LONG_PROMPT]
+    assert len(split_sentences(STANDARD_PROMPT)) == 3
+    assert len(split_sentences(LONG_PROMPT)) >= 4
+    train, heldout = resolve_prompts("shapes-train"), resolve_prompts("shapes-heldout")
+    assert len(train) == len(set(train)) == 256
+    assert len(heldout) == len(set(heldout)) == 120
+    assert not set(train) & set(heldout)
+    assert {STANDARD_PROMPT, LONG_PROMPT}.isdisjoint(train)
+    assert train[:3] == list(train_prompts()[:3])  # cached and stable
+    for prompt in train + heldout:
+        parse_prompt(prompt)
+    scenes, prompts = heldout_scenes_and_prompts()
+    assert [len(s.objects) for s in scenes].count(1) == 40
+    assert all(is_excluded(s, p) for s, p in zip(scenes, prompts, strict=True))
