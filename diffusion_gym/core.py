@@ -37,6 +37,7 @@ class EnvConfig:
     latent_bound: float = 10.0
     max_prompt_bytes: int = 1024
     image_cache_size: int = 256
+    max_prompt_chunks: int = 1
 
 
 class DiffusionMDP:
@@ -61,6 +62,8 @@ class DiffusionMDP:
             if name is not None
         }
 
+        if not isinstance(config.max_prompt_chunks, int) or config.max_prompt_chunks < 1:
+            raise ValueError(f"max_prompt_chunks must be a positive int, got {config.max_prompt_chunks!r}")
         self.codec = GoalCodec(config.max_prompt_bytes, self.model.latent_shape)
         self.prompt_pool = resolve_prompts(
             config.prompts if config.prompts is not None else _required(world.default_prompts, "prompts", config.model)
@@ -88,7 +91,7 @@ class DiffusionMDP:
     def single_observation_space(self) -> spaces.Dict:
         bound = self.config.latent_bound
         goal_low, goal_high = self.codec.bounds(bound)
-        num_tokens = self.model.max_prompt_tokens
+        num_tokens = self.model.max_prompt_tokens * self.config.max_prompt_chunks
         embed_dim = self.model.text_encoder.config.hidden_size
         return spaces.Dict(
             {
@@ -108,12 +111,21 @@ class DiffusionMDP:
     def check_prompt(self, prompt: str) -> None:
         """Raise for a prompt that cannot be a lossless goal (empty, too many bytes or tokens)."""
         self.codec.prompt_bytes(prompt)
-        num_tokens = len(self.model.tokenizer(prompt, truncation=False).input_ids)
-        if num_tokens > self.model.max_prompt_tokens:
+        num_chunks = self.model.count_prompt_chunks(prompt)
+        if num_chunks > self.config.max_prompt_chunks:
             raise ValueError(
-                f"prompt is {num_tokens} tokens, but the text encoder of {self.config.model!r} takes at most "
-                f"{self.model.max_prompt_tokens}; truncating it would break the lossless goal: {prompt!r}"
+                f"prompt needs {num_chunks} windows of {self.model.max_prompt_tokens} tokens, but the text encoder "
+                f"of {self.config.model!r} takes at most {self.model.max_prompt_tokens} tokens and the env uses "
+                f"max_prompt_chunks={self.config.max_prompt_chunks}; truncating it would break the lossless goal "
+                f"(raise max_prompt_chunks to encode it in windows): {prompt!r}"
             )
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt embeddings ``(B, S, D)`` as the env encodes goals (``S`` = tokens x ``max_prompt_chunks``).
+
+        No goal checks: ``encode_text([""])`` is the unconditional embedding of classifier-free guidance.
+        """
+        return self.model.encode_prompts(prompts, self.config.max_prompt_chunks).float()
 
     def sample_start(self, rng: np.random.Generator, prompt: str | None) -> tuple[torch.Tensor, str]:
         """One episode's start from one RNG: ``x_T`` ``(C, H, W)`` on the CPU and its prompt.
@@ -135,7 +147,7 @@ class DiffusionMDP:
         for prompt in prompts:
             self.check_prompt(prompt)
         self.prompts = list(prompts)
-        self.prompt_embeddings = self.model.encode_prompts(self.prompts).float()  # (N, S, D)
+        self.prompt_embeddings = self.encode_text(self.prompts)  # (N, S, D)
         self.desired_goals = self.codec.encode(self.prompts).to(self.model.device)  # (N, G)
         self.achieved_goals = self.desired_goals.clone()  # flag 0: nothing generated yet
         self.latents = initial_latents.to(self.model.device, torch.float32)  # (N, C, H, W)

@@ -41,7 +41,8 @@ class DiffusionT2IEnv(gym.Env):
     |--------------------|--------------------|---------|--------------------------------------------------------|
     | `latent`           | `(C, H, W)`        | float32 | the current latent :math:`x_t`                          |
     | `timestep`         | `(1,)`             | int64   | the scheduler timestep :math:`t` of `latent` (0 at the end) |
-    | `prompt_embedding` | `(S, D)`           | float32 | the frozen text encoder's hidden states for the goal    |
+    | `prompt_embedding` | `(S, D)`           | float32 | the frozen text encoder's hidden states for the goal;  |
+    |                    |                    |         | `S` = 77 x `max_prompt_chunks` for SD                  |
     | `desired_goal`     | `(G,)`             | float32 | the goal prompt (see below)                            |
     | `achieved_goal`    | `(G,)`             | float32 | the prompt and, at the end, the generated :math:`x_0`  |
 
@@ -88,6 +89,9 @@ class DiffusionT2IEnv(gym.Env):
     * ``latent_bound``: the action and latent bound (default 10.0).
     * ``max_prompt_bytes``: the prompt capacity of a goal vector (default 1024 UTF-8 bytes).
     * ``image_cache_size``: decoded images kept for ``compute_reward`` (default 256).
+    * ``max_prompt_chunks``: prompts longer than the text encoder's window (77 tokens for SD) are refused by
+      default (1); with ``k > 1`` they are encoded in up to ``k`` windows of 77 tokens, concatenated, so
+      ``prompt_embedding`` has ``S = 77 k`` rows (e.g. the HERD paper's 94-token forest prompt needs 2).
     * ``render_mode``: ``"rgb_array"`` renders the decoded current latent as ``(H, W, 3)`` uint8.
 
     Empty prompts, prompts with more tokens than the text encoder takes (silent truncation would break the
@@ -119,21 +123,23 @@ class DiffusionT2IEnv(gym.Env):
         latent_bound: float = 10.0,
         max_prompt_bytes: int = 1024,
         image_cache_size: int = 256,
+        max_prompt_chunks: int = 1,
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
         config = EnvConfig(
-            model,
-            reward,
-            prompts,
-            num_inference_steps,
-            device,
-            dtype,
-            latent_bound,
-            max_prompt_bytes,
-            image_cache_size,
+            model=model,
+            reward=reward,
+            prompts=prompts,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            dtype=dtype,
+            latent_bound=latent_bound,
+            max_prompt_bytes=max_prompt_bytes,
+            image_cache_size=image_cache_size,
+            max_prompt_chunks=max_prompt_chunks,
         )
         self.mdp = DiffusionMDP(config, num_envs=1)
         self.observation_space = self.mdp.single_observation_space()

@@ -15,6 +15,7 @@ read into :class:`WorldInfo`.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import warnings
@@ -90,18 +91,40 @@ class DiffusionModel:
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
 
+    def count_prompt_chunks(self, prompt: str) -> int:
+        """How many ``model_max_length``-token windows the prompt needs (BOS and EOS in each window)."""
+        num_ids = len(self.tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids)
+        return max(1, math.ceil(num_ids / (self.max_prompt_tokens - 2)))
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The frozen text encoder's last hidden states, ``(B, S, D)``; refuses prompts it would truncate."""
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_prompt_tokens, truncation=False)
-        for prompt, ids in zip(prompts, tokens.input_ids, strict=True):
-            if len(ids) > self.max_prompt_tokens:
+    def encode_prompts(self, prompts: list[str], num_chunks: int = 1) -> torch.Tensor:
+        """The frozen text encoder's last hidden states, ``(B, num_chunks * S, D)``.
+
+        With ``num_chunks == 1`` this is Stable Diffusion's own encoding (``S = model_max_length`` tokens) and a
+        prompt that needs more tokens is refused: truncating it would break the lossless goal. With
+        ``num_chunks > 1``, the token ids are cut into windows of ``S - 2``, each wrapped in BOS/EOS and padded,
+        encoded separately and concatenated along the sequence (the long-prompt scheme of compel and the
+        A1111 web UI); windows past the end of a prompt are empty (BOS, EOS, padding). The UNet's cross-attention
+        takes any sequence length.
+        """
+        window = self.max_prompt_tokens - 2
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        rows = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+            if len(ids) > num_chunks * window:
                 raise ValueError(
-                    f"prompt is {len(ids)} tokens, but the text encoder of {self.name!r} takes at most "
-                    f"{self.max_prompt_tokens}; truncating it would break the lossless goal: {prompt!r}"
+                    f"prompt is {len(ids) + 2} tokens, but the text encoder of {self.name!r} takes at most "
+                    f"{self.max_prompt_tokens} per window and the env uses max_prompt_chunks={num_chunks}; "
+                    f"truncating it would break the lossless goal (raise max_prompt_chunks): {prompt!r}"
                 )
-        input_ids = torch.tensor(tokens.input_ids, device=self.device)  # (B, S)
-        return self.text_encoder(input_ids)[0].to(self.dtype)  # (B, S, D)
+            for chunk in range(num_chunks):
+                piece = [bos, *ids[chunk * window : (chunk + 1) * window], eos]
+                rows.append(piece + [pad] * (self.max_prompt_tokens - len(piece)))
+        input_ids = torch.tensor(rows, device=self.device)  # (B * num_chunks, S)
+        hidden = self.text_encoder(input_ids)[0].to(self.dtype)  # (B * num_chunks, S, D)
+        return hidden.reshape(len(prompts), num_chunks * self.max_prompt_tokens, -1)  # (B, num_chunks * S, D)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

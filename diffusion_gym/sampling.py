@@ -91,7 +91,7 @@ class PretrainedPolicy:
         self.guidance_scale = world.guidance_scale if guidance_scale is None else guidance_scale
         self.eta = world.eta if eta is None else eta
         self.generator = torch.Generator().manual_seed(seed)
-        self.negative_embeddings = vector_env.model.encode_prompts([""]).float()  # (1, S, D)
+        self.negative_embeddings = vector_env.unconditional_embedding  # (1, S, D)
 
     @torch.no_grad()
     def __call__(self, observation: dict[str, torch.Tensor]) -> PolicyStep:

@@ -46,21 +46,23 @@ class DiffusionT2IVectorEnv(VectorEnv):
         latent_bound: float = 10.0,
         max_prompt_bytes: int = 1024,
         image_cache_size: int = 256,
+        max_prompt_chunks: int = 1,
         render_mode: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
         config = EnvConfig(
-            model,
-            reward,
-            prompts,
-            num_inference_steps,
-            device,
-            dtype,
-            latent_bound,
-            max_prompt_bytes,
-            image_cache_size,
+            model=model,
+            reward=reward,
+            prompts=prompts,
+            num_inference_steps=num_inference_steps,
+            device=device,
+            dtype=dtype,
+            latent_bound=latent_bound,
+            max_prompt_bytes=max_prompt_bytes,
+            image_cache_size=image_cache_size,
+            max_prompt_chunks=max_prompt_chunks,
         )
         self.mdp = DiffusionMDP(config, num_envs=num_envs)
         self.num_envs = num_envs
@@ -135,7 +137,14 @@ class DiffusionT2IVectorEnv(VectorEnv):
         """The frozen text encoder's hidden states ``(B, S, D)`` for (relabeled) goal prompts."""
         for prompt in prompts:
             self.mdp.check_prompt(prompt)
-        return self.mdp.model.encode_prompts(prompts).float()
+        return self.mdp.encode_text(prompts)
+
+    @property
+    def unconditional_embedding(self) -> torch.Tensor:
+        """The empty prompt's embedding ``(1, S, D)``: the null condition of classifier-free guidance."""
+        if not hasattr(self, "_unconditional_embedding"):
+            self._unconditional_embedding = self.mdp.encode_text([""])
+        return self._unconditional_embedding
 
     def render(self):
         if self.render_mode is None:

@@ -225,9 +225,9 @@ def test_vector_env_returns_tensors_on_device_and_batches_calls(tiny_pipeline: s
     calls = {"encode": 0, "decode": 0}
     original_encode, original_decode = model.encode_prompts, model.decode_latents
 
-    def counting_encode(prompts):
+    def counting_encode(prompts, *args):
         calls["encode"] += 1
-        return original_encode(prompts)
+        return original_encode(prompts, *args)
 
     def counting_decode(latents):
         calls["decode"] += 1
@@ -340,3 +340,31 @@ def test_bad_render_mode_and_steps(tiny_pipeline: str) -> None:
         make_env(tiny_pipeline, render_mode="ansi")
     with pytest.raises(ValueError, match="num_inference_steps"):
         make_env(tiny_pipeline, num_inference_steps=-1)
+
+
+def test_single_window_encoding_is_stable_diffusions_own(tiny_pipeline: str) -> None:
+    model = make_env(tiny_pipeline).unwrapped.mdp.model
+    tokens = model.tokenizer(PROMPTS, padding="max_length", max_length=model.max_prompt_tokens, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.text_encoder(tokens.input_ids)[0]
+    torch.testing.assert_close(model.encode_prompts(PROMPTS), expected)
+
+
+def test_long_prompts_are_encoded_in_windows_when_asked(tiny_pipeline: str) -> None:
+    long_prompt = " ".join(["word"] * 100) + "."
+    env = make_vec(tiny_pipeline, 2, prompts=[long_prompt, "A short one."], max_prompt_chunks=2).unwrapped
+    observation, _ = env.reset(seed=0)
+    assert observation["prompt_embedding"].shape == (2, 154, 32)
+    assert env.single_observation_space["prompt_embedding"].shape == (154, 32)
+    assert env.unconditional_embedding.shape == (1, 154, 32)
+    # a short prompt's second window is the empty window
+    short = env.encode_prompts(["A short one."])
+    torch.testing.assert_close(short[:, 77:], env.unconditional_embedding[:, 77:])
+    with pytest.raises(ValueError, match="max_prompt_chunks=2"):
+        env.encode_prompts([" ".join(["word"] * 200)])
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "abc"])
+def test_bad_reward_weights(tiny_pipeline: str, weight: str) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        make_env(tiny_pipeline, reward=f"jpeg-compressibility:{weight}")

@@ -14,6 +14,7 @@ A weighted sum of registered rewards is written ``"name:weight,name:weight"``, e
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ def parse_reward_weights(spec: str) -> list[tuple[str, float]]:
             weight = float(weight_text) if sep else 1.0
         except ValueError:
             raise ValueError(f"bad weight {weight_text!r} for reward {name!r} in {spec!r}") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"weight of reward {name!r} must be finite, got {weight_text!r} in {spec!r}")
         reward_spec(name)  # raises for unknown names
         terms.append((name, weight))
     return terms
