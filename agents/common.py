@@ -423,14 +423,16 @@ class Agent:
 
         Only tensors and plain Python values (nested dicts/lists of str, int, float, bool, None).
         """
-        return {
-            "agent": self.name,
-            "epoch": self.epoch,
-            "policy": {k: v.detach().clone() for k, v in self.policy.named_trainable_parameters().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "stat_tracker": self.stat_tracker.state_dict(),
-            "rng": {"numpy": self.rng.bit_generator.state, "torch": self.generator.get_state()},
-        }
+        return clone_state(
+            {
+                "agent": self.name,
+                "epoch": self.epoch,
+                "policy": self.policy.named_trainable_parameters(),
+                "optimizer": self.optimizer.state_dict(),  # holds live tensors: cloned below
+                "stat_tracker": self.stat_tracker.state_dict(),
+                "rng": {"numpy": self.rng.bit_generator.state, "torch": self.generator.get_state()},
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("agent") != self.name:
@@ -453,6 +455,17 @@ class Agent:
         self.policy.close()
 
 
+def clone_state(value: Any) -> Any:
+    """A deep copy of a nested state (dicts, lists, tuples) with every tensor detached and cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: clone_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(clone_state(v) for v in value)
+    return value
+
+
 def trajectories_to_state(samples: Trajectories) -> dict[str, Any]:
     """A :class:`Trajectories` as tensors and plain values (for checkpoints)."""
     return {f.name: getattr(samples, f.name) for f in dataclasses.fields(samples)}
@@ -470,6 +483,7 @@ __all__ = [
     "StepBatch",
     "StepLoss",
     "Trajectories",
+    "clone_state",
     "collect_trajectories",
     "prompt_pool",
     "trajectories_from_state",

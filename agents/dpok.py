@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.common import Agent, AgentConfig, StepBatch, StepLoss
+from agents.common import Agent, AgentConfig, StepBatch, StepLoss, clone_state
 from agents.math import clip_advantages, gaussian_step_kl, ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
@@ -101,8 +101,8 @@ class DPOKAgent(Agent):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["value"] = {k: v.detach().clone() for k, v in self.value.state_dict().items()}
-        state["value_optimizer"] = self.value_optimizer.state_dict()
+        state["value"] = clone_state(self.value.state_dict())
+        state["value_optimizer"] = clone_state(self.value_optimizer.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

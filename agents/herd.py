@@ -36,6 +36,7 @@ from agents.common import (
     AgentConfig,
     EpochResult,
     Trajectories,
+    clone_state,
     trajectories_from_state,
     trajectories_to_state,
 )
@@ -143,7 +144,7 @@ class HERDAgent(Agent):
 
     # ------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        history = trajectories_to_state(Trajectories.cat(self.history)) if self.history else None
+        history = clone_state(trajectories_to_state(Trajectories.cat(self.history))) if self.history else None
         return {"agent": self.name, "epoch": self.epoch, "base": self.base.state_dict(), "herd_history": history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

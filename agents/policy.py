@@ -109,11 +109,15 @@ class DiffusionPolicy:
 
     # ------------------------------------------------------------------------------ parameters
     def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The parameters the optimiser updates: this adapter's LoRA weights, or the whole private UNet."""
+        """The parameters the optimiser updates: this adapter's LoRA weights, or the whole private UNet.
+
+        Names do not contain the (process-specific) adapter name, so checkpoints load into any process:
+        ``...attn1.to_q.lora_A.weight``.
+        """
         if self.adapter_name is None:
             return dict(self.unet.named_parameters())
         marker = f".{self.adapter_name}."
-        return {name: p for name, p in self.unet.named_parameters() if marker in name}
+        return {name.replace(marker, "."): p for name, p in self.unet.named_parameters() if marker in name}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         parameters = list(self.named_trainable_parameters().values())
