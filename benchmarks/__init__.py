@@ -1,0 +1,1 @@
+"""Benchmarks of diffusion-gym's agents: `python benchmarks/run.py --help`."""

@@ -1,0 +1,272 @@
+"""Comparison mode: several agents (or named variants) x several seeds, on the same sample budget.
+
+Every run is an ordinary run folder (``<output>/<variant>-seed<seed>/``), run one after the other. From the run
+folders, :func:`summarise` writes:
+
+* ``comparison.md``: one markdown table of held-out gold, proxy and reward (base and final), mean ± 95% CI
+  over seeds (t-distribution);
+* ``comparison.png``: the training curves overlaid, per agent the mean over seeds of the running average,
+  with its 95% CI band and the raw mean faded;
+* ``comparison.json``: the same numbers, per variant and per seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from benchmarks.plots import BandCurve, plot_comparison, running_average, smoothing_window
+from benchmarks.training import (
+    CURVE_METRICS,
+    RunResult,
+    RunSettings,
+    json_safe,
+    read_run_result,
+    setting_summary,
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named agent configuration: an agent and ``AgentConfig`` overrides on top of the command line's."""
+
+    name: str
+    agent: str
+    overrides: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    variant.name: variant
+    for variant in (
+        Variant("reinforce", "reinforce", {}, "REINFORCE (DDPO-SF)"),
+        Variant("ddpo", "ddpo", {}, "DDPO-IS: PPO clipping, inner epochs, per-prompt stats"),
+        Variant("dpok", "dpok", {}, "DPOK: reward + beta * per-step KL to the base model, value baseline"),
+        Variant("dpok-nokl", "dpok", {"kl_beta": 0.0}, "DPOK without its KL term (beta = 0)"),
+        Variant("loop", "loop", {"loop_k": 4}, "LOOP with K = 4 trajectories per prompt"),
+        Variant("herd", "herd", {}, "HERD: 1 batch of relabeled trajectories replayed (paper's HERD)"),
+        Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),
+        Variant(
+            "herd-uncorrected",
+            "herd",
+            {"herd_off_policy_correction": False},
+            "HERD without the off-policy correction (as in the paper)",
+        ),
+        Variant("herd-history", "herd", {"herd_keep_history": True}, "HERD keeping an extended history"),
+    )
+}
+
+
+def resolve_variants(names: str, agent_names: Sequence[str]) -> list[Variant]:
+    """``"ddpo,herd,herd-b2"`` -> variants; a plain agent name is a variant without overrides."""
+    variants: list[Variant] = []
+    for name in (part.strip() for part in names.split(",")):
+        if name in VARIANTS:
+            variants.append(VARIANTS[name])
+        elif name in agent_names:
+            variants.append(Variant(name, name))
+        else:
+            known = sorted(set(VARIANTS) | set(agent_names))
+            raise ValueError(f"unknown agent or variant {name!r}; known: {', '.join(known)}")
+    if len({variant.name for variant in variants}) != len(variants):
+        raise ValueError(f"a variant is listed twice in {names!r}")
+    return variants
+
+
+def plan_runs(settings: RunSettings, variants: list[Variant], seeds: list[int], output_dir: Path) -> list[RunSettings]:
+    """One run per variant and seed, all with the command line's settings (hence the same sample budget)."""
+    return [
+        replace(
+            settings,
+            agent=variant.agent,
+            label=variant.name,
+            config=replace(settings.config, seed=seed, **variant.overrides),
+            output_dir=output_dir / f"{variant.name}-seed{seed}",
+        )
+        for variant in variants
+        for seed in seeds
+    ]
+
+
+def run_comparison(
+    settings: RunSettings,
+    variants: list[Variant],
+    seeds: list[int],
+    output_dir: Path,
+    run_one: Callable[[RunSettings], None],
+    command: str = "",
+) -> ComparisonSummary:
+    """Run every variant x seed one after the other with ``run_one``, then summarise the run folders.
+
+    ``command`` (the command line that regenerates the comparison) is recorded in the table and the JSON.
+    """
+    runs = plan_runs(settings, variants, seeds, output_dir)
+    completed: list[RunSettings] = []
+    for index, run in enumerate(runs, start=1):
+        print(f"[{index}/{len(runs)}] {run.name} seed {run.config.seed} -> {run.output_dir}", flush=True)
+        try:
+            run_one(run)
+        except KeyboardInterrupt:
+            print("comparison interrupted; summarising the finished runs", flush=True)
+            break
+        completed.append(run)
+    return summarise(completed, output_dir, {v.name: v.description for v in variants}, command)
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+@dataclass
+class MeanCI:
+    """The mean over seeds and the half-width of its 95% t-interval (NaN with fewer than two seeds)."""
+
+    mean: float
+    half_width: float
+    count: int
+
+    def __str__(self) -> str:
+        if not math.isfinite(self.mean):
+            return "–"
+        if not math.isfinite(self.half_width):
+            return f"{self.mean:.4f}"
+        return f"{self.mean:.4f} ± {self.half_width:.4f}"
+
+
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
+    """Mean ± half-width of the two-sided t confidence interval; missing values are skipped."""
+    present = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(present) == 0:
+        return MeanCI(math.nan, math.nan, 0)
+    if len(present) == 1:
+        return MeanCI(float(present[0]), math.nan, 1)
+    sem = present.std(ddof=1) / math.sqrt(len(present))
+    return MeanCI(float(present.mean()), float(stats.t.ppf((1 + confidence) / 2, len(present) - 1) * sem), len(present))
+
+
+# ----------------------------------------------------------------------------------------------- summary
+SCORE_COLUMNS = (("gold", "gold"), ("proxy", "proxy"), ("reward", "reward"))
+
+
+@dataclass
+class VariantSummary:
+    """One variant over its seeds: held-out scores before and after, and the run folders."""
+
+    name: str
+    description: str
+    seeds: list[int]
+    base: dict[str, MeanCI]  # score name -> mean ± CI
+    final: dict[str, MeanCI]
+    change: dict[str, MeanCI]  # paired per seed: final - base
+    samples_seen: int
+    train_samples_seen: MeanCI
+    wall_minutes: MeanCI
+    runs: list[str]
+
+
+@dataclass
+class ComparisonSummary:
+    variants: list[VariantSummary]
+    table: str
+    output_dir: str
+    command: str
+
+
+def summarise(
+    runs: list[RunSettings], output_dir: Path, description: dict[str, str], command: str = ""
+) -> ComparisonSummary:
+    """Write ``comparison.md``, ``comparison.png`` and ``comparison.json`` from finished run folders."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    by_variant: dict[str, list[RunSettings]] = {}
+    for run in runs:
+        by_variant.setdefault(run.name, []).append(run)
+
+    summaries: list[VariantSummary] = []
+    panels: dict[str, dict[str, BandCurve]] = {}
+    for name, variant_runs in by_variant.items():
+        results = [read_run_result(Path(run.output_dir)) for run in variant_runs]
+        summaries.append(summarise_variant(name, description.get(name, ""), variant_runs, results))
+        histories = [result.history for result in results]
+        for key, label in CURVE_METRICS.items():
+            band = band_curve(histories, key)
+            if band is not None:
+                panels.setdefault(label, {})[name] = band
+
+    first = read_run_result(Path(runs[0].output_dir)) if runs else None
+    title = f"{first.model}: reward {first.reward}, prompts {first.prompts!r}" if first else "no finished runs"
+    table = comparison_table(summaries, title)
+    if command:
+        table += f"\n\nRegenerate with: `{command}`"
+    (output_dir / "comparison.md").write_text(table + "\n")
+    short = setting_summary(first) if first else ""
+    plot_comparison(panels, output_dir / "comparison.png", title=short)
+    summary = ComparisonSummary(summaries, table, str(output_dir), command)
+    (output_dir / "comparison.json").write_text(json.dumps(json_safe(asdict(summary)), indent=2) + "\n")
+    return summary
+
+
+def summarise_variant(name: str, description: str, runs: list[RunSettings], results: list[RunResult]) -> VariantSummary:
+    def scores(when: str, key: str) -> list[float | None]:
+        return [getattr(getattr(result, when), key) for result in results]
+
+    def change(key: str) -> list[float | None]:
+        pairs = zip(scores("base", key), scores("final", key), strict=True)
+        return [None if before is None or after is None else after - before for before, after in pairs]
+
+    return VariantSummary(
+        name=name,
+        description=description,
+        seeds=[run.config.seed for run in runs],
+        base={key: mean_ci(scores("base", key)) for key, _ in SCORE_COLUMNS},
+        final={key: mean_ci(scores("final", key)) for key, _ in SCORE_COLUMNS},
+        change={key: mean_ci(change(key)) for key, _ in SCORE_COLUMNS},
+        samples_seen=results[0].samples_seen,
+        train_samples_seen=mean_ci([result.train_samples_seen for result in results]),
+        wall_minutes=mean_ci([result.wall_seconds / 60 for result in results]),
+        runs=[str(run.output_dir) for run in runs],
+    )
+
+
+def comparison_table(summaries: list[VariantSummary], title: str) -> str:
+    """Markdown: one row per variant, held-out scores as mean ± 95% CI over seeds."""
+    present = [key for key, _ in SCORE_COLUMNS if any(s.final[key].count for s in summaries)]
+    header = ["agent", "seeds"]
+    for key in present:
+        header += [f"base {key}", f"final {key}", f"Δ {key}"]
+    header += ["samples", "trained on", "minutes"]
+    lines = [f"**{title}**; held-out scores, mean ± 95% CI over seeds (t-distribution)", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for s in summaries:
+        row = [s.name, str(len(s.seeds))]
+        for key in present:
+            row += [str(s.base[key]), str(s.final[key]), signed(s.change[key])]
+        row += [str(s.samples_seen), f"{s.train_samples_seen.mean:.0f}", f"{s.wall_minutes.mean:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def signed(value: MeanCI) -> str:
+    text = str(value)
+    return text if text.startswith("-") or text == "–" else "+" + text
+
+
+def band_curve(histories: list[list[dict]], key: str) -> BandCurve | None:
+    """Mean over seeds of one metric's running average, with a 95% t-band; None if no run logged the metric."""
+    length = min(len(history) for history in histories)
+    if length == 0:
+        return None
+    raw = np.array([[record.get(key, np.nan) for record in history[:length]] for history in histories], dtype=float)
+    if not np.isfinite(raw).any():
+        return None
+    window = smoothing_window(length)
+    smoothed = np.stack([running_average(row, window) for row in raw])  # (seeds, E)
+    intervals = [mean_ci(list(smoothed[:, i])) for i in range(length)]
+    means = np.array([interval.mean for interval in intervals])
+    half = np.nan_to_num(np.array([interval.half_width for interval in intervals]))  # one seed: no band
+    steps = np.array([record["global_step"] for record in histories[0][:length]], dtype=float)
+    with np.errstate(all="ignore"):
+        raw_mean = np.nanmean(raw, axis=0)
+    return BandCurve(steps, raw_mean, means, means - half, means + half)

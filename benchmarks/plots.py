@@ -1,0 +1,109 @@
+"""Figures of a run folder and of a comparison (matplotlib, Agg backend: no display needed).
+
+Reward curves follow the HERD paper's figures: the raw per-epoch values faded, a running average over them
+drawn solid.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+MAX_SMOOTHING_WINDOW = 25  # the HERD paper smooths its curves "with a scale of 25"
+
+
+def smoothing_window(num_points: int) -> int:
+    """A running-average window fitting the curve's length: up to 25 points, about a fifth of the curve."""
+    return max(1, min(MAX_SMOOTHING_WINDOW, num_points // 5))
+
+
+def running_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing running average: point ``i`` is the mean of the last ``window`` values up to ``i`` (NaNs skipped)."""
+    values = np.asarray(values, dtype=float)
+    smoothed = np.full_like(values, np.nan)
+    for i in range(len(values)):
+        recent = values[max(0, i - window + 1) : i + 1]
+        if np.isfinite(recent).any():
+            smoothed[i] = np.nanmean(recent)
+    return smoothed
+
+
+@dataclass
+class Curve:
+    """One metric of one run against the number of samples seen."""
+
+    steps: np.ndarray  # (E,)
+    values: np.ndarray  # (E,), NaN where missing
+
+
+def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None:
+    """``reward_curve.png``: one panel per metric (e.g. training reward, gold score), raw faded + smoothed."""
+    panels = {name: curve for name, curve in curves.items() if np.isfinite(curve.values).any()}
+    width = max(7.0, 5.5 * len(panels))
+    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(width, 4.2), squeeze=False)
+    for axis, (name, curve) in zip(axes[0], panels.items(), strict=False):
+        window = smoothing_window(len(curve.values))
+        (line,) = axis.plot(curve.steps, curve.values, alpha=0.3, linewidth=1)
+        axis.plot(curve.steps, running_average(curve.values, window), color=line.get_color(), linewidth=2)
+        axis.set(xlabel="samples", ylabel=name, title=f"{name}, running average over {window} epochs")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@dataclass
+class BandCurve:
+    """One metric of one agent over several seeds: the smoothed mean and its confidence band."""
+
+    steps: np.ndarray  # (E,)
+    raw_mean: np.ndarray  # (E,): mean over seeds of the raw values
+    smoothed_mean: np.ndarray  # (E,): mean over seeds of the smoothed values
+    low: np.ndarray  # (E,)
+    high: np.ndarray  # (E,)
+
+
+def plot_comparison(panels: dict[str, dict[str, BandCurve]], path: Path, title: str) -> None:
+    """Overlaid curves: a panel per metric; per agent the smoothed mean, its CI band and the raw mean faded."""
+    width = max(7.5, 6 * len(panels))
+    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(width, 4.6), squeeze=False)
+    for axis, (metric, by_agent) in zip(axes[0], panels.items(), strict=False):
+        for agent, band in by_agent.items():
+            (line,) = axis.plot(band.steps, band.smoothed_mean, linewidth=2, label=agent, zorder=3)
+            axis.plot(band.steps, band.raw_mean, color=line.get_color(), alpha=0.35, linewidth=1, zorder=2)
+            axis.fill_between(band.steps, band.low, band.high, color=line.get_color(), alpha=0.12, linewidth=0)
+        axis.set(xlabel="samples", ylabel=metric, title=f"{metric}: mean over seeds, 95% CI band")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_before_after(before: torch.Tensor, after: torch.Tensor, prompts: Sequence[str], path: Path) -> None:
+    """Two rows of images ``(N, 3, H, W)`` in [0, 1] on the same seeds and prompts: base model, fine-tuned."""
+    count = len(prompts)
+    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 5.2), squeeze=False)
+    for column, prompt in enumerate(prompts):
+        for row, (images, label) in enumerate(((before, "base model"), (after, "fine-tuned"))):
+            axis = axes[row][column]
+            axis.imshow(images[column].permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(label, fontsize=10)
+        axes[0][column].set_title(textwrap.fill(prompt, 28), fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,428 @@
+"""Fine-tune the env's diffusion model with an RL agent and write a run folder; or compare agents over seeds.
+
+    python benchmarks/run.py --agent herd                       # HERD on the Shapes world, default settings
+    python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
+    python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
+
+A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics.jsonl``, ``reward_curve.png``,
+``before_after.png``, ``results.json`` and ``agent_state.safetensors`` (see ``benchmarks/training.py``); a
+comparison folder holds one run folder per agent and seed plus ``comparison.md``, ``comparison.png`` and
+``comparison.json`` (see ``benchmarks/compare.py``).
+
+The agent flags are generated from the fields of ``agents.common.AgentConfig``, so the CLI never drifts from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import types
+import typing
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from agents import AGENT_NAMES  # noqa: E402
+from agents.common import AgentConfig  # noqa: E402
+from benchmarks.compare import VARIANTS, resolve_variants, run_comparison  # noqa: E402
+from benchmarks.training import RunSettings, results_table, train_and_evaluate  # noqa: E402
+from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
+from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward  # noqa: E402
+
+DEFAULT_MODEL = "shapes"
+DEFAULT_EPOCHS = 30
+DEFAULT_SEEDS = "0,1,2"
+
+# Help for every AgentConfig field (a field's own ``metadata["help"]`` wins). A field missing here still gets a
+# flag; tests/test_run_cli.py checks that none is missing.
+AGENT_CONFIG_HELP: dict[str, str] = {
+    "seed": "random seed of the run (initial noise, prompts, adapter initialisation)",
+    "batch_size": "trajectories per sampling batch; also the number of parallel envs",
+    "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
+    "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
+    "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
+    "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
+    "learning_rate": "learning rate of the policy's optimiser (AdamW)",
+    "weight_decay": "AdamW weight decay of the policy's optimiser",
+    "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
+    "max_grad_norm": "gradient-norm clipping of the policy update",
+    "train_timestep_fraction": "fraction of each trajectory's denoising steps trained on (a random subset)",
+    "inner_epochs": "passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)",
+    "clip_range": "PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)",
+    "dual_clip": "dual-clip PPO bound on the ratio for negative advantages ('none': off)",
+    "adv_clip_max": "advantages are clipped to [-adv_clip_max, adv_clip_max]",
+    "per_prompt_stats": "normalise rewards into advantages per prompt (DDPO/TRL stat tracker) instead of batch-wide",
+    "stat_buffer_size": "per-prompt stat tracker: rewards kept per prompt",
+    "stat_min_count": "per-prompt stat tracker: rewards a prompt needs before its own statistics are used",
+    "reinforce_baseline": "REINFORCE: subtract the (per-prompt) mean reward as a baseline",
+    "kl_beta": "DPOK: weight beta of the per-step KL to the pretrained model",
+    "reward_alpha": "DPOK: weight alpha of the reward term",
+    "value_learning_rate": "DPOK: learning rate of the value function V(x_t, c, t) used as baseline",
+    "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
+    "herd_base": "HERD: the agent HERD wraps",
+    "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
+    "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",
+    "herd_history_batches": "HERD: cap, in batches, of the extended history (--herd-keep-history)",
+    "herd_off_policy_correction": (
+        "HERD: importance-weight relabeled trajectories by their behaviour log-probs under the original prompt, "
+        "PPO-clipped (--no-herd-off-policy-correction: the paper's uncorrected variant)"
+    ),
+}
+POSITIVE_FIELDS = {
+    "batch_size",
+    "batches_per_epoch",
+    "inner_epochs",
+    "loop_k",
+    "herd_buffer_batches",
+    "learning_rate",
+    "value_learning_rate",
+    "max_grad_norm",
+    "clip_range",
+    "adv_clip_max",
+    "train_timestep_fraction",
+    "train_batch_size",
+    "dual_clip",
+    "stat_buffer_size",
+    "stat_min_count",
+    "herd_history_batches",
+}
+FIELD_CHOICES: dict[str, list[str]] = {"herd_base": [name for name in AGENT_NAMES if name != "herd"]}
+
+
+# ----------------------------------------------------------------------------------------------- parsing values
+def positive_int(text: str) -> int:
+    return _checked(int, text, lambda value: value >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _checked(int, text, lambda value: value >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _checked(float, text, lambda value: value > 0 and value < float("inf"), "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _checked(float, text, lambda value: 0 <= value < float("inf"), "a finite number >= 0")
+
+
+def _checked(kind: type, text: str, ok, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def optional(parse):
+    """Accept 'none' (use the world's default) besides what ``parse`` accepts."""
+
+    def parse_optional(text: str):
+        return None if text.lower() in ("none", "default") else parse(text)
+
+    parse_optional.__name__ = parse.__name__
+    return parse_optional
+
+
+def reward_name(text: str) -> str:
+    """A registered reward or weighted sum, checked without loading any model."""
+    try:
+        return validate_reward(text)
+    except (UnknownRewardError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def model_name(text: str) -> str:
+    """A named world, a pipeline folder or a hub id, checked without loading it."""
+    try:
+        resolve_model(text)
+    except (UnknownModelError, FileNotFoundError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def prompt_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt (set name) is empty")
+    return text
+
+
+def device_name(text: str) -> str:
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
+    return text
+
+
+def seed_list(text: str) -> list[int]:
+    seeds = [non_negative_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def variant_list(text: str) -> str:
+    try:
+        resolve_variants(text, AGENT_NAMES)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    variants = "\n".join(f"  {v.name:<18} {v.description}" for v in VARIANTS.values())
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description=__doc__,
+        epilog=f"comparison variants (--compare), besides the plain agent names:\n{variants}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--agent", choices=AGENT_NAMES, help="the agent to train")
+    mode.add_argument(
+        "--compare",
+        type=variant_list,
+        metavar="V1,V2,...",
+        help="comparison mode: run these agents or variants (see below) x --seeds, one run at a time",
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--model",
+        type=model_name,
+        default=None,
+        help=f"a named world, a pipeline folder or a diffusers hub id (default: {DEFAULT_MODEL})",
+    )
+    run.add_argument(
+        "--reward",
+        type=reward_name,
+        default=None,
+        help="reward to optimise: a registered name or a weighted sum 'a:1.0,b:0.1' (default: the world's); "
+        f"registered: {', '.join(sorted(registered_rewards()))}",
+    )
+    run.add_argument(
+        "--prompts",
+        type=prompt_text,
+        default=None,
+        help="training prompts: a prompt set name (shapes-standard, shapes-long, shapes-train, ...) or one prompt "
+        "(default: the world's)",
+    )
+    run.add_argument(
+        "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)"
+    )
+    run.add_argument(
+        "--num-inference-steps",
+        type=optional(positive_int),
+        default=None,
+        help="DDIM steps T per trajectory (default: the world's)",
+    )
+    run.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="the run (or comparison) folder (default: runs/<agent>-<timestamp> or runs/compare-<timestamp>)",
+    )
+    run.add_argument(
+        "--device",
+        type=device_name,
+        default="cpu",
+        help="torch device of the model and the agent (default: %(default)s)",
+    )
+    run.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core); 1 is much faster when other jobs share the CPU",
+    )
+    run.add_argument(
+        "--latent-bound",
+        type=positive_float,
+        default=10.0,
+        help="the env's action bound on latents; raise it for untrained test models (default: %(default)s)",
+    )
+
+    evaluation = parser.add_argument_group("held-out evaluation (fixed seeds, before, during and after training)")
+    evaluation.add_argument(
+        "--eval-prompts",
+        type=prompt_text,
+        default=None,
+        help="held-out prompt set or one prompt (default: the world's eval prompts, else the training prompts)",
+    )
+    evaluation.add_argument(
+        "--eval-samples",
+        type=positive_int,
+        default=64,
+        help="held-out samples per evaluation, spread over the prompt set; fixed seeds: the same noise in every run "
+        "(default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--eval-every",
+        type=optional(positive_int),
+        default=None,
+        help="evaluate (and log an image grid) every K epochs (default: epochs // 4)",
+    )
+
+    comparison = parser.add_argument_group("comparison mode")
+    comparison.add_argument(
+        "--seeds", type=seed_list, default=None, help=f"seeds of every agent in --compare (default: {DEFAULT_SEEDS})"
+    )
+
+    add_agent_config_flags(parser.add_argument_group("agent (agents.common.AgentConfig)"))
+    return parser
+
+
+def agent_config_fields() -> list[tuple[dataclasses.Field, type, bool]]:
+    """``(field, value type, optional)`` for each AgentConfig field."""
+    hints = typing.get_type_hints(AgentConfig)
+    described = []
+    for field in dataclasses.fields(AgentConfig):
+        kind = hints[field.name]
+        arguments = typing.get_args(kind)
+        is_optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in arguments
+        if is_optional:
+            kind = next(argument for argument in arguments if argument is not type(None))
+        described.append((field, kind, is_optional))
+    return described
+
+
+def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per AgentConfig field: --batch-size, --lora-rank, --herd-keep-history/--no-herd-keep-history, ..."""
+    for field, kind, is_optional in agent_config_fields():
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        description = field.metadata.get("help") or AGENT_CONFIG_HELP.get(field.name, f"AgentConfig.{field.name}")
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:  # BooleanOptionalAction adds the default to the help itself
+            group.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=description
+            )
+            continue
+        if kind is int:
+            parse = positive_int if field.name in POSITIVE_FIELDS else non_negative_int
+        elif kind is float:
+            parse = positive_float if field.name in POSITIVE_FIELDS else non_negative_float
+        else:
+            parse = prompt_text if kind is str else kind
+        group.add_argument(
+            flag,
+            dest=field.name,
+            type=optional(parse) if is_optional else parse,
+            choices=FIELD_CHOICES.get(field.name),
+            default=default,
+            help=description + " (default: %(default)s)",
+        )
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass
+class ComparisonSettings:
+    variants: str
+    seeds: list[int]
+    output_dir: Path
+    run: RunSettings  # the command line's settings, shared by every run
+
+
+def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSettings:
+    """Parse and validate the command line; errors exit with an argparse message naming the problem."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.seeds is not None and args.compare is None:
+        parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
+    try:
+        config = AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
+        config.validate()
+    except (ValueError, TypeError) as error:
+        parser.error(f"invalid agent configuration: {error}")
+    model = args.model or DEFAULT_MODEL
+    try:
+        model_name(model)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument --model: {error}")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    default_dir = Path("runs") / f"{args.agent or 'compare'}-{stamp}"
+    settings = RunSettings(
+        agent=args.agent or "",
+        config=config,
+        output_dir=args.output_dir or default_dir,
+        model=model,
+        reward=args.reward,
+        prompts=args.prompts,
+        eval_prompts=args.eval_prompts,
+        epochs=args.epochs,
+        num_inference_steps=args.num_inference_steps,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        device=args.device,
+        latent_bound=args.latent_bound,
+    )
+    if args.compare is not None:
+        return ComparisonSettings(args.compare, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
+    return dataclasses.replace(settings, command=command_line(settings))
+
+
+def command_line(settings: RunSettings) -> str:
+    """The command that reproduces one run: every setting that differs from its default, spelled as flags."""
+    parts = ["python", "benchmarks/run.py", "--agent", settings.agent]
+    defaults = RunSettings(agent="", config=AgentConfig(), output_dir=Path())
+    for name in ("model", "reward", "prompts", "eval_prompts", "num_inference_steps", "eval_every", "eval_samples"):
+        if getattr(settings, name) != getattr(defaults, name):
+            parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
+    parts += ["--epochs", str(settings.epochs)]
+    for name in ("device", "latent_bound"):
+        if getattr(settings, name) != getattr(defaults, name):
+            parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
+    for field, kind, _ in agent_config_fields():
+        value, default = getattr(settings.config, field.name), getattr(defaults.config, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "seed":
+            parts += [flag, str(value)]
+        elif value != default and kind is bool:
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif value != default:
+            parts += [flag, "none" if value is None else str(value)]
+    parts += ["--output-dir", str(settings.output_dir)]
+    return shlex.join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- running
+def run_single(settings: RunSettings) -> None:
+    """Train, write the run folder and print the results table."""
+    result = train_and_evaluate(settings)
+    print(results_table(result))
+    print(f"run folder: {settings.output_dir}")
+
+
+def run_comparison_member(settings: RunSettings) -> None:
+    """One run of a comparison, in this process (one at a time); its command line is recorded as for a single run."""
+    run_single(dataclasses.replace(settings, command=command_line(settings)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    settings = parse_args(argv)
+    if isinstance(settings, RunSettings):
+        run_single(settings)
+        return 0
+    variants = resolve_variants(settings.variants, AGENT_NAMES)
+    command = shlex.join(["python", "benchmarks/run.py", *argv])
+    summary = run_comparison(
+        settings.run, variants, settings.seeds, settings.output_dir, run_comparison_member, command=command
+    )
+    print(summary.table)
+    print(f"comparison folder: {settings.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

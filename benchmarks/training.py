@@ -1,0 +1,398 @@
+"""One training run: an agent fine-tunes the env's model for some epochs; everything lands in a run folder.
+
+The run folder (:func:`train_and_evaluate`):
+
+* TensorBoard events: every training metric of the agent under ``train/``, held-out scores under ``eval/``,
+  and an image grid of the held-out samples (fixed seeds) at every evaluation;
+* ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``global_step`` = fresh samples so far, the metrics);
+* ``reward_curve.png``: the training reward (and gold/proxy score) per epoch, HERD-paper style;
+* ``before_after.png``: the base model and the fine-tuned model on the same seeds and held-out prompts;
+* ``results.json``: held-out gold/proxy/reward before and after, the config, wall time, samples seen;
+* ``agent_state.safetensors``: the agent's trainable state (e.g. the LoRA adapter).
+
+Held-out evaluation always uses the same noise (:data:`EVAL_SEED`), whatever the training seed, so that base
+and fine-tuned models, agents and seeds are compared on identical samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm.auto import tqdm
+
+import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
+from agents import make_agent
+from agents.common import AgentConfig
+from benchmarks.plots import Curve, plot_before_after, plot_reward_curves
+from diffusion_gym.prompts import resolve_prompts
+
+EVAL_SEED = 1_000_000  # held-out sample i uses noise seed EVAL_SEED + i, in every run
+GRID_SIZE = 8  # images in before_after.png and in each TensorBoard grid
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs; the CLI builds it, comparison mode varies ``agent``, ``label`` and ``config``."""
+
+    agent: str
+    config: AgentConfig
+    output_dir: Path
+    label: str = ""  # shown in progress bars and tables (e.g. a comparison variant, "herd-b2"); default: agent
+    model: str = "shapes"
+    reward: str | None = None  # None: the world's default reward
+    prompts: str | None = None  # a prompt set name or one prompt; None: the world's default prompts
+    eval_prompts: str | None = None  # None: the world's eval prompts, else the training prompts
+    epochs: int = 30
+    num_inference_steps: int | None = None  # None: the world's
+    eval_every: int | None = None  # None: about four evaluations per run
+    eval_samples: int = 64
+    device: str = "cpu"
+    latent_bound: float = 10.0
+    command: str = ""  # the command line that reproduces the run (recorded in results.json)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.agent
+
+
+@dataclass
+class Scores:
+    """Mean scores of one set of generated images; gold and proxy only where the world defines them."""
+
+    reward: float
+    gold: float | None
+    proxy: float | None
+
+
+@dataclass
+class Evaluation:
+    """Held-out samples on fixed seeds: their mean scores, images ``(N, 3, H, W)`` and prompts."""
+
+    scores: Scores
+    images: torch.Tensor
+    prompts: list[str]
+
+
+@dataclass
+class RunResult:
+    """What ``results.json`` holds."""
+
+    label: str
+    agent: str
+    model: str
+    reward: str
+    prompts: str
+    eval_prompts: str
+    num_eval_samples: int
+    seed: int
+    epochs: int
+    epochs_completed: int
+    interrupted: bool
+    samples_seen: int  # fresh trajectories sampled for training (the sample budget)
+    train_samples_seen: int  # trajectories trained on (more than samples_seen when an agent replays, e.g. HERD)
+    wall_seconds: float
+    base: Scores
+    final: Scores
+    config: dict[str, object]
+    command: str
+    num_inference_steps: int
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)  # metrics.jsonl, not in results.json
+
+
+def train_and_evaluate(settings: RunSettings) -> RunResult:
+    """Train ``settings.agent`` for ``settings.epochs`` epochs and write the run folder (Ctrl-C stops early)."""
+    started = time.perf_counter()
+    env = gym.make_vec(
+        "DiffusionT2I-v0",
+        num_envs=settings.config.batch_size,
+        vectorization_mode="vector_entry_point",
+        model=settings.model,
+        reward=settings.reward,
+        prompts=settings.prompts,
+        num_inference_steps=settings.num_inference_steps,
+        device=settings.device,
+        latent_bound=settings.latent_bound,
+    )
+    agent = make_agent(settings.agent, env.unwrapped, settings.config)
+    try:
+        return train(agent, env.unwrapped, settings, started)
+    finally:
+        agent.close()  # frees the shared UNet of the adapter: the next run in this process starts from the base
+        env.close()
+
+
+def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult:
+    """The run itself: evaluate the base model, train epoch by epoch, evaluate again, write the folder."""
+    config = settings.config
+    world = vector_env.model.world
+    output_dir = Path(settings.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    eval_set = settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
+    eval_prompts = spread(resolve_prompts(eval_set), settings.eval_samples)
+    eval_every = settings.eval_every or max(1, settings.epochs // 4)
+    samples_per_epoch = config.batch_size * config.batches_per_epoch
+    writer = SummaryWriter(log_dir=str(output_dir))
+
+    base = evaluate_base_model(agent, eval_prompts, settings)
+    log_evaluation(writer, base, step=0)
+    tqdm.write(f"{settings.name}: base model on {len(eval_prompts)} held-out samples: {format_scores(base.scores)}")
+
+    history: list[dict[str, float]] = []
+    latest, latest_epoch = base, 0
+    samples_seen = train_samples_seen = 0
+    interrupted = False
+    progress = tqdm(range(1, settings.epochs + 1), desc=settings.name, unit="epoch", dynamic_ncols=True)
+    try:
+        with (output_dir / "metrics.jsonl").open("w") as metrics_file:
+            for epoch in progress:
+                metrics = scalar_metrics(agent.train_epoch().metrics)
+                samples_seen += samples_per_epoch
+                train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{key}", value, samples_seen)
+                record = {
+                    "epoch": epoch,
+                    "global_step": samples_seen,
+                    "train_samples": train_samples_seen,
+                    "elapsed_seconds": time.perf_counter() - started,
+                    **metrics,
+                }
+                if epoch % eval_every == 0 or epoch == settings.epochs:
+                    latest, latest_epoch = evaluate(agent, eval_prompts), epoch
+                    log_evaluation(writer, latest, step=samples_seen)
+                    record.update(eval_fields(latest.scores))
+                    tqdm.write(f"{settings.name}: epoch {epoch} held-out: {format_scores(latest.scores)}")
+                history.append(record)
+                metrics_file.write(json.dumps(json_safe(record)) + "\n")
+                metrics_file.flush()
+                progress.set_postfix(progress_fields(metrics), refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        tqdm.write(f"{settings.name}: interrupted after {len(history)} epochs; evaluating what was trained")
+    finally:
+        progress.close()
+
+    final = latest if latest_epoch == len(history) else evaluate(agent, eval_prompts)
+    if latest_epoch != len(history):
+        log_evaluation(writer, final, step=samples_seen)
+    writer.close()
+
+    result = RunResult(
+        label=settings.name,
+        agent=settings.agent,
+        model=settings.model,
+        reward=settings.reward or str(world.default_reward),
+        prompts=settings.prompts or str(world.default_prompts),
+        eval_prompts=eval_set,
+        num_eval_samples=len(eval_prompts),
+        seed=config.seed,
+        epochs=settings.epochs,
+        epochs_completed=len(history),
+        interrupted=interrupted,
+        samples_seen=samples_seen,
+        train_samples_seen=train_samples_seen,
+        wall_seconds=time.perf_counter() - started,
+        base=base.scores,
+        final=final.scores,
+        config=asdict(config),
+        command=settings.command,
+        num_inference_steps=len(vector_env.timesteps),
+        device=settings.device,
+        history=history,
+    )
+    write_run_folder(output_dir, result, base, final)
+    save_agent_state(agent.state_dict(), output_dir / "agent_state.safetensors")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def spread(prompts: list[str], count: int) -> list[str]:
+    """``count`` prompts spread evenly over the list (cycling through it when ``count`` exceeds its length)."""
+    if count >= len(prompts):
+        return [prompts[i % len(prompts)] for i in range(count)]
+    return [prompts[(i * len(prompts)) // count] for i in range(count)]
+
+
+@torch.no_grad()
+def evaluate(agent, prompts: list[str]) -> Evaluation:
+    """One sample per prompt; sample ``i`` draws its initial noise from env seed ``EVAL_SEED + i`` in every run."""
+    generation = agent.generate(prompts, seed=EVAL_SEED)
+    scores = Scores(
+        reward=mean_of(generation.rewards),
+        gold=mean_of(generation.gold_scores),
+        proxy=mean_of(generation.proxy_scores),
+    )
+    return Evaluation(scores, generation.images.detach().float().cpu(), list(prompts))
+
+
+_BASE_EVALUATIONS: dict[tuple, Evaluation] = {}
+
+
+def evaluate_base_model(agent, prompts: list[str], settings: RunSettings) -> Evaluation:
+    """:func:`evaluate` before training, cached per process: the runs of a comparison share one base model.
+
+    Every agent starts exactly at the pretrained model (a zero-initialised adapter), so its samples on the fixed
+    evaluation seeds depend only on the model, the reward, the prompts and the sampler settings in the key.
+    """
+    config = settings.config
+    key = (
+        str(Path(settings.model).resolve()) if Path(settings.model).exists() else settings.model,
+        settings.reward,
+        tuple(prompts),
+        settings.num_inference_steps,
+        settings.device,
+        settings.latent_bound,
+        config.guidance_scale,
+        config.eta,
+    )
+    if key not in _BASE_EVALUATIONS:
+        _BASE_EVALUATIONS[key] = evaluate(agent, prompts)
+    return _BASE_EVALUATIONS[key]
+
+
+def mean_of(scores: torch.Tensor | None) -> float | None:
+    """The mean of per-sample scores, or None when the world has no such score."""
+    return None if scores is None else float(torch.as_tensor(scores, dtype=torch.float32).mean())
+
+
+def log_evaluation(writer: SummaryWriter, evaluation: Evaluation, step: int) -> None:
+    for key, value in eval_fields(evaluation.scores).items():
+        writer.add_scalar(key.replace("eval_", "eval/"), value, step)
+    writer.add_image("eval/samples", make_grid(evaluation.images[:GRID_SIZE], nrow=GRID_SIZE, padding=1), step)
+    writer.flush()
+
+
+def eval_fields(scores: Scores) -> dict[str, float]:
+    return {f"eval_{key}": value for key, value in asdict(scores).items() if value is not None}
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+def scalar_metrics(metrics: dict[str, object]) -> dict[str, float]:
+    """The agent's metrics that are numbers, as floats."""
+    scalars: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            scalars[key] = float(value)
+    return scalars
+
+
+def progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+    names = {"reward_mean": "reward", "gold_score": "gold", "proxy_score": "proxy"}
+    return {short: f"{metrics[key]:.3f}" for key, short in names.items() if key in metrics}
+
+
+def format_scores(scores: Scores) -> str:
+    return ", ".join(f"{key} {value:.4f}" for key, value in asdict(scores).items() if value is not None)
+
+
+def json_safe(value):
+    """NaN and inf become null (JSON has neither); nested containers are converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def results_table(result: RunResult) -> str:
+    """A short markdown table of held-out scores, base vs fine-tuned."""
+    lines = [
+        f"| held-out ({result.num_eval_samples} samples, {result.eval_prompts}) | base | fine-tuned | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in ("gold", "proxy", "reward"):
+        before, after = getattr(result.base, key), getattr(result.final, key)
+        if before is None or after is None:
+            continue
+        name = f"reward ({result.reward})" if key == "reward" else f"{key} score"
+        lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+    lines.append(
+        f"\n{result.label}: {result.epochs_completed}/{result.epochs} epochs, {result.samples_seen} samples "
+        f"({result.train_samples_seen} trained on), {result.wall_seconds / 60:.1f} min"
+        + (" (interrupted)" if result.interrupted else "")
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+def write_run_folder(output_dir: Path, result: RunResult, base: Evaluation, final: Evaluation) -> None:
+    """``results.json``, ``reward_curve.png`` and ``before_after.png`` (metrics.jsonl is written as training goes)."""
+    summary = asdict(result)
+    del summary["history"]
+    (output_dir / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    plot_reward_curves(history_curves(result.history), output_dir / "reward_curve.png", title=curve_title(result))
+    count = min(GRID_SIZE, len(base.prompts))
+    plot_before_after(base.images[:count], final.images[:count], base.prompts[:count], output_dir / "before_after.png")
+
+
+CURVE_METRICS = {"reward_mean": "training reward", "gold_score": "gold score", "proxy_score": "proxy score"}
+
+
+def history_curves(history: list[dict[str, float]]) -> dict[str, Curve]:
+    """Per-epoch training reward, gold and proxy score against samples seen (NaN where an epoch lacks one)."""
+    steps = np.array([record["global_step"] for record in history], dtype=float)
+    return {
+        label: Curve(steps, np.array([record.get(key, np.nan) for record in history], dtype=float))
+        for key, label in CURVE_METRICS.items()
+    }
+
+
+def setting_summary(result: RunResult) -> str:
+    """``model, reward, prompts`` in a few words, for figure titles."""
+    model = Path(result.model).name if Path(result.model).exists() else result.model
+    return f"{model} · {result.reward} · {textwrap.shorten(result.prompts, 40, placeholder='…')}"
+
+
+def curve_title(result: RunResult) -> str:
+    return f"{result.label}, seed {result.seed}: {setting_summary(result)}"
+
+
+def read_run_result(output_dir: Path) -> RunResult:
+    """A run folder's ``results.json`` (and ``metrics.jsonl``) back as a :class:`RunResult`."""
+    data = json.loads((Path(output_dir) / "results.json").read_text())
+    data["base"], data["final"] = Scores(**data["base"]), Scores(**data["final"])
+    return RunResult(**data, history=read_history(output_dir))
+
+
+def read_history(output_dir: Path) -> list[dict[str, float]]:
+    """A run folder's ``metrics.jsonl``, one dict per epoch."""
+    with (Path(output_dir) / "metrics.jsonl").open() as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def save_agent_state(state: dict, path: Path) -> None:
+    """The agent's state as safetensors: tensors under dotted keys, any other values as JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    others: dict[str, object] = {}
+
+    def flatten(prefix: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value.detach().cpu().clone().contiguous()
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, (torch.Tensor, dict)) for item in value):
+            for index, item in enumerate(value):
+                flatten(f"{prefix}.{index}", item)
+        else:
+            others[prefix] = value
+
+    flatten("", state)
+    save_file(tensors, str(path), metadata={"non_tensor_state": json.dumps(json_safe(others), default=str)})

@@ -1,0 +1,142 @@
+"""benchmarks/run.py: the CLI, a run folder, comparison mode and bad input, on the tiny random pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import run  # noqa: E402  (after the sys.path line)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and threads crawl when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_flags(tiny_pipeline: str, output_dir: Path) -> list[str]:
+    return [
+        "--model",
+        tiny_pipeline,
+        "--reward",
+        "jpeg-incompressibility",
+        "--prompts",
+        "a red circle on the left",
+        "--eval-prompts",
+        "a small blue square",
+        "--num-inference-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--batches-per-epoch",
+        "1",
+        "--loop-k",
+        "2",
+        "--lora-rank",
+        "2",
+        "--eval-samples",
+        "2",
+        "--latent-bound",
+        "1e4",
+        "--eval-every",
+        "100",
+        "--output-dir",
+        str(output_dir),
+    ]
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for field, _, _ in run.agent_config_fields():
+        assert "--" + field.name.replace("_", "-") in text
+        assert field.metadata.get("help") or field.name in run.AGENT_CONFIG_HELP, f"no help for {field.name}"
+    for flag in ("--agent", "--compare", "--reward", "--model", "--prompts", "--epochs", "--seeds", "herd-b2"):
+        assert flag in text
+
+
+def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
+    argv = ["--agent", "herd", "--epochs", "3", "--herd-buffer-batches", "2", "--no-per-prompt-stats"]
+    settings = run.parse_args([*argv, "--model", tiny_pipeline, "--guidance-scale", "none", "--eta", "0.5"])
+    again = run.parse_args(shlex.split(settings.command)[2:])
+    assert dataclasses.replace(again, command="") == dataclasses.replace(settings, command="")
+    assert settings.config.herd_buffer_batches == 2 and settings.config.per_prompt_stats is False
+
+
+def test_one_epoch_run_writes_the_run_folder(tiny_pipeline, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "run"
+    assert run.main(["--agent", "ddpo", "--epochs", "1", *tiny_flags(tiny_pipeline, folder)]) == 0
+
+    (record,) = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["global_step"] == 2
+    assert {"reward_mean", "reward_std", "loss", "samples_per_second", "eval_reward"} <= set(record)
+
+    results = json.loads((folder / "results.json").read_text())
+    assert results["agent"] == "ddpo" and results["epochs_completed"] == 1 and results["samples_seen"] == 2
+    assert results["base"]["reward"] > 0 and results["final"]["reward"] > 0
+    assert results["base"]["gold"] is None  # the tiny pipeline has no world metadata
+    assert results["config"]["batch_size"] == 2 and results["wall_seconds"] > 0
+    assert "--agent ddpo" in results["command"]
+
+    for image in ("reward_curve.png", "before_after.png"):
+        assert (folder / image).read_bytes()[:4] == b"\x89PNG"
+    assert isinstance(load_file(str(folder / "agent_state.safetensors")), dict)
+
+    events = EventAccumulator(str(folder)).Reload()
+    assert {"train/reward_mean", "train/loss", "train/approx_kl", "eval/reward"} <= set(events.Tags()["scalars"])
+    assert "eval/samples" in events.Tags()["images"]
+    assert "| reward (jpeg-incompressibility) |" in capsys.readouterr().out
+
+
+def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
+    folder = tmp_path / "comparison"
+    argv = ["--compare", "ddpo,herd-b2", "--seeds", "0,1", "--epochs", "1", *tiny_flags(tiny_pipeline, folder)]
+    assert run.main(argv) == 0
+
+    table = (folder / "comparison.md").read_text()
+    assert "| ddpo | 2 |" in table and "| herd-b2 | 2 |" in table and "±" in table
+    assert (folder / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((folder / "comparison.json").read_text())
+    assert [v["name"] for v in summary["variants"]] == ["ddpo", "herd-b2"]
+    assert summary["variants"][1]["seeds"] == [0, 1]
+    herd_b2 = json.loads((folder / "herd-b2-seed1" / "results.json").read_text())
+    assert herd_b2["config"]["herd_buffer_batches"] == 2 and herd_b2["config"]["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--agent", "ppo"], "invalid choice: 'ppo'"),
+        (["--agent", "ddpo", "--reward", "no-such-reward"], "unknown reward 'no-such-reward'"),
+        (["--agent", "ddpo", "--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["--agent", "ddpo", "--model", "./missing/folder"], "does not exist"),
+        (["--agent", "ddpo", "--batch-size", "0"], "--batch-size: expected a positive integer, got '0'"),
+        (["--agent", "ddpo", "--learning-rate", "nan"], "--learning-rate: expected a finite number > 0"),
+        (["--agent", "ddpo", "--seeds", "0,1"], "--seeds is for comparison mode"),
+        (["--compare", "ddpo,herd-b3"], "unknown agent or variant 'herd-b3'"),
+        (["--compare", "ddpo", "--seeds", "0,0"], "distinct"),
+        ([], "one of the arguments --agent --compare is required"),
+    ],
+)
+def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
