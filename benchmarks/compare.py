@@ -148,7 +148,7 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
 
 
 # ----------------------------------------------------------------------------------------------- summary
-SCORE_COLUMNS = (("gold", "gold"), ("proxy", "proxy"), ("reward", "reward"))
+SCORE_COLUMNS = ("gold", "proxy", "reward")
 
 
 @dataclass
@@ -161,6 +161,7 @@ class VariantSummary:
     base: dict[str, MeanCI]  # score name -> mean ± CI
     final: dict[str, MeanCI]
     change: dict[str, MeanCI]  # paired per seed: final - base
+    distance_from_base: MeanCI  # RMS pixel distance of the final images to the base model's (same seeds)
     samples_seen: int
     train_samples_seen: MeanCI
     wall_minutes: MeanCI
@@ -220,9 +221,10 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
         name=name,
         description=description,
         seeds=[run.config.seed for run in runs],
-        base={key: mean_ci(scores("base", key)) for key, _ in SCORE_COLUMNS},
-        final={key: mean_ci(scores("final", key)) for key, _ in SCORE_COLUMNS},
-        change={key: mean_ci(change(key)) for key, _ in SCORE_COLUMNS},
+        base={key: mean_ci(scores("base", key)) for key in SCORE_COLUMNS},
+        final={key: mean_ci(scores("final", key)) for key in SCORE_COLUMNS},
+        change={key: mean_ci(change(key)) for key in SCORE_COLUMNS},
+        distance_from_base=mean_ci([result.final.distance_from_base for result in results]),
         samples_seen=results[0].samples_seen,
         train_samples_seen=mean_ci([result.train_samples_seen for result in results]),
         wall_minutes=mean_ci([result.wall_seconds / 60 for result in results]),
@@ -232,18 +234,23 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
 
 def comparison_table(summaries: list[VariantSummary], title: str) -> str:
     """Markdown: one row per variant, held-out scores as mean ± 95% CI over seeds."""
-    present = [key for key, _ in SCORE_COLUMNS if any(s.final[key].count for s in summaries)]
+    present = [key for key in SCORE_COLUMNS if any(s.final[key].count for s in summaries)]
     header = ["agent", "seeds"]
     for key in present:
         header += [f"base {key}", f"final {key}", f"Δ {key}"]
-    header += ["samples", "trained on", "minutes"]
-    lines = [f"**{title}**; held-out scores, mean ± 95% CI over seeds (t-distribution)", ""]
+    header += ["distance from base", "samples", "trained on", "minutes"]
+    lines = [
+        f"**{title}**; held-out scores, mean ± 95% CI over seeds (t-distribution); distance from base: RMS pixel "
+        "difference to the base model's images on the same seeds",
+        "",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for s in summaries:
         row = [s.name, str(len(s.seeds))]
         for key in present:
             row += [str(s.base[key]), str(s.final[key]), signed(s.change[key])]
-        row += [str(s.samples_seen), f"{s.train_samples_seen.mean:.0f}", f"{s.wall_minutes.mean:.1f}"]
+        row += [str(s.distance_from_base), str(s.samples_seen), f"{s.train_samples_seen.mean:.0f}"]
+        row.append(f"{s.wall_minutes.mean:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from agents import AGENT_NAMES  # noqa: E402
 from agents.common import AgentConfig  # noqa: E402
-from benchmarks.compare import VARIANTS, resolve_variants, run_comparison  # noqa: E402
+from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
 from benchmarks.training import RunSettings, results_table, train_and_evaluate  # noqa: E402
 from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
 from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward  # noqa: E402
@@ -325,7 +325,7 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
 # ----------------------------------------------------------------------------------------------- settings
 @dataclasses.dataclass
 class ComparisonSettings:
-    variants: str
+    variants: list[Variant]
     seeds: list[int]
     output_dir: Path
     run: RunSettings  # the command line's settings, shared by every run
@@ -335,8 +335,6 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
     """Parse and validate the command line; errors exit with an argparse message naming the problem."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
     try:
@@ -365,9 +363,11 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         eval_samples=args.eval_samples,
         device=args.device,
         latent_bound=args.latent_bound,
+        threads=args.threads,
     )
     if args.compare is not None:
-        return ComparisonSettings(args.compare, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
+        variants = resolve_variants(args.compare, AGENT_NAMES)
+        return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
     return dataclasses.replace(settings, command=command_line(settings))
 
 
@@ -379,7 +379,7 @@ def command_line(settings: RunSettings) -> str:
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     parts += ["--epochs", str(settings.epochs)]
-    for name in ("device", "latent_bound"):
+    for name in ("device", "latent_bound", "threads"):
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     for field, kind, _ in agent_config_fields():
@@ -414,10 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(settings, RunSettings):
         run_single(settings)
         return 0
-    variants = resolve_variants(settings.variants, AGENT_NAMES)
     command = shlex.join(["python", "benchmarks/run.py", *argv])
     summary = run_comparison(
-        settings.run, variants, settings.seeds, settings.output_dir, run_comparison_member, command=command
+        settings.run, settings.variants, settings.seeds, settings.output_dir, run_comparison_member, command=command
     )
     print(summary.table)
     print(f"comparison folder: {settings.output_dir}")

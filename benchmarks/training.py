@@ -59,6 +59,7 @@ class RunSettings:
     eval_samples: int = 64
     device: str = "cpu"
     latent_bound: float = 10.0
+    threads: int | None = None  # torch CPU threads; None: torch's default
     command: str = ""  # the command line that reproduces the run (recorded in results.json)
 
     @property
@@ -73,6 +74,7 @@ class Scores:
     reward: float
     gold: float | None
     proxy: float | None
+    distance_from_base: float | None = None  # RMS pixel difference to the base model's images (same seeds)
 
 
 @dataclass
@@ -114,6 +116,8 @@ class RunResult:
 def train_and_evaluate(settings: RunSettings) -> RunResult:
     """Train ``settings.agent`` for ``settings.epochs`` epochs and write the run folder (Ctrl-C stops early)."""
     started = time.perf_counter()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     env = gym.make_vec(
         "DiffusionT2I-v0",
         num_envs=settings.config.batch_size,
@@ -171,7 +175,7 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
                     **metrics,
                 }
                 if epoch % eval_every == 0 or epoch == settings.epochs:
-                    latest, latest_epoch = evaluate(agent, eval_prompts), epoch
+                    latest, latest_epoch = evaluate(agent, eval_prompts, base), epoch
                     log_evaluation(writer, latest, step=samples_seen)
                     record.update(eval_fields(latest.scores))
                     tqdm.write(f"{settings.name}: epoch {epoch} held-out: {format_scores(latest.scores)}")
@@ -185,7 +189,7 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
     finally:
         progress.close()
 
-    final = latest if latest_epoch == len(history) else evaluate(agent, eval_prompts)
+    final = latest if latest_epoch == len(history) else evaluate(agent, eval_prompts, base)
     if latest_epoch != len(history):
         log_evaluation(writer, final, step=samples_seen)
     writer.close()
@@ -227,15 +231,20 @@ def spread(prompts: list[str], count: int) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(agent, prompts: list[str]) -> Evaluation:
-    """One sample per prompt; sample ``i`` draws its initial noise from env seed ``EVAL_SEED + i`` in every run."""
+def evaluate(agent, prompts: list[str], base: Evaluation | None = None) -> Evaluation:
+    """One sample per prompt; sample ``i`` draws its initial noise from env seed ``EVAL_SEED + i`` in every run.
+
+    With ``base`` (the base model's evaluation), also how far the images moved from the base model's.
+    """
     generation = agent.generate(prompts, seed=EVAL_SEED)
+    images = generation.images.detach().float().cpu()  # (N, 3, H, W)
     scores = Scores(
         reward=mean_of(generation.rewards),
         gold=mean_of(generation.gold_scores),
         proxy=mean_of(generation.proxy_scores),
+        distance_from_base=None if base is None else float((images - base.images).pow(2).mean().sqrt()),
     )
-    return Evaluation(scores, generation.images.detach().float().cpu(), list(prompts))
+    return Evaluation(scores, images, list(prompts))
 
 
 _BASE_EVALUATIONS: dict[tuple, Evaluation] = {}
@@ -323,6 +332,8 @@ def results_table(result: RunResult) -> str:
             continue
         name = f"reward ({result.reward})" if key == "reward" else f"{key} score"
         lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+    if result.final.distance_from_base is not None:
+        lines.append(f"| RMS pixel distance from base images | 0 | {result.final.distance_from_base:.4f} | |")
     lines.append(
         f"\n{result.label}: {result.epochs_completed}/{result.epochs} epochs, {result.samples_seen} samples "
         f"({result.train_samples_seen} trained on), {result.wall_seconds / 60:.1f} min"
@@ -368,7 +379,8 @@ def read_run_result(output_dir: Path) -> RunResult:
     """A run folder's ``results.json`` (and ``metrics.jsonl``) back as a :class:`RunResult`."""
     data = json.loads((Path(output_dir) / "results.json").read_text())
     data["base"], data["final"] = Scores(**data["base"]), Scores(**data["final"])
-    return RunResult(**data, history=read_history(output_dir))
+    data["history"] = read_history(output_dir)
+    return RunResult(**data)
 
 
 def read_history(output_dir: Path) -> list[dict[str, float]]:

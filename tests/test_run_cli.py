@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,21 +78,35 @@ def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
     assert settings.config.herd_buffer_batches == 2 and settings.config.per_prompt_stats is False
 
 
-def test_one_epoch_run_writes_the_run_folder(tiny_pipeline, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
+    """The tiny pipeline with world metadata: JPEG (in)compressibility stand in for gold and proxy scores."""
+    folder = tmp_path_factory.mktemp("world") / "tiny-world"
+    shutil.copytree(tiny_pipeline, folder)
+    world = {"gold_reward": "jpeg-compressibility", "proxy_reward": "jpeg-incompressibility"}
+    (folder / "diffusion_gym.json").write_text(json.dumps({**world, "eval_prompts": "a small blue square"}))
+    return str(folder)
+
+
+def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = tmp_path / "run"
-    assert run.main(["--agent", "ddpo", "--epochs", "1", *tiny_flags(tiny_pipeline, folder)]) == 0
+    flags = tiny_flags(tiny_world, folder)
+    del flags[flags.index("--eval-prompts") : flags.index("--eval-prompts") + 2]  # the world's eval prompts
+    assert run.main(["--agent", "ddpo", "--epochs", "1", *flags]) == 0
 
     (record,) = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert record["epoch"] == 1 and record["global_step"] == 2
-    assert {"reward_mean", "reward_std", "loss", "samples_per_second", "eval_reward"} <= set(record)
+    assert {"reward_mean", "reward_std", "gold_score", "proxy_score", "loss", "samples_per_second"} <= set(record)
+    assert {"eval_reward", "eval_gold", "eval_proxy", "eval_distance_from_base"} <= set(record)
 
     results = json.loads((folder / "results.json").read_text())
     assert results["agent"] == "ddpo" and results["epochs_completed"] == 1 and results["samples_seen"] == 2
-    assert results["base"]["reward"] > 0 and results["final"]["reward"] > 0
-    assert results["base"]["gold"] is None  # the tiny pipeline has no world metadata
+    assert results["eval_prompts"] == "a small blue square" and results["num_eval_samples"] == 2
+    assert results["base"]["reward"] == results["base"]["proxy"] > 0 > results["base"]["gold"]  # JPEG kB, -kB
+    assert results["final"]["distance_from_base"] >= 0
     assert results["config"]["batch_size"] == 2 and results["wall_seconds"] > 0
     assert "--agent ddpo" in results["command"]
 
@@ -100,9 +115,11 @@ def test_one_epoch_run_writes_the_run_folder(tiny_pipeline, tmp_path, capsys):
     assert isinstance(load_file(str(folder / "agent_state.safetensors")), dict)
 
     events = EventAccumulator(str(folder)).Reload()
-    assert {"train/reward_mean", "train/loss", "train/approx_kl", "eval/reward"} <= set(events.Tags()["scalars"])
+    scalars = {"train/reward_mean", "train/gold_score", "train/loss", "train/approx_kl", "eval/gold", "eval/proxy"}
+    assert scalars <= set(events.Tags()["scalars"])
     assert "eval/samples" in events.Tags()["images"]
-    assert "| reward (jpeg-incompressibility) |" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "| gold score |" in output and "| reward (jpeg-incompressibility) |" in output
 
 
 def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
