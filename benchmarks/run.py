@@ -239,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch device of the model and the agent (default: %(default)s)",
     )
     run.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the frozen model, e.g. float16 on a GPU (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-prompt-chunks",
+        type=positive_int,
+        default=1,
+        help="encode prompts longer than the text encoder's window (77 tokens for SD) in this many windows "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -362,7 +375,9 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
         device=args.device,
+        dtype=args.dtype,
         latent_bound=args.latent_bound,
+        max_prompt_chunks=args.max_prompt_chunks,
         threads=args.threads,
     )
     if args.compare is not None:
@@ -379,7 +394,7 @@ def command_line(settings: RunSettings) -> str:
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     parts += ["--epochs", str(settings.epochs)]
-    for name in ("device", "latent_bound", "threads"):
+    for name in ("device", "dtype", "latent_bound", "max_prompt_chunks", "threads"):
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     for field, kind, _ in agent_config_fields():

@@ -58,7 +58,9 @@ class RunSettings:
     eval_every: int | None = None  # None: about four evaluations per run
     eval_samples: int = 64
     device: str = "cpu"
+    dtype: str = "float32"  # of the frozen model
     latent_bound: float = 10.0
+    max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
     threads: int | None = None  # torch CPU threads; None: torch's default
     command: str = ""  # the command line that reproduces the run (recorded in results.json)
 
@@ -127,7 +129,9 @@ def train_and_evaluate(settings: RunSettings) -> RunResult:
         prompts=settings.prompts,
         num_inference_steps=settings.num_inference_steps,
         device=settings.device,
+        dtype=settings.dtype,
         latent_bound=settings.latent_bound,
+        max_prompt_chunks=settings.max_prompt_chunks,
     )
     agent = make_agent(settings.agent, env.unwrapped, settings.config)
     try:

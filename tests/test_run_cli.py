@@ -72,7 +72,7 @@ def test_help_explains_every_flag(capsys):
 
 def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
     argv = ["--agent", "herd", "--epochs", "3", "--herd-buffer-batches", "2", "--no-per-prompt-stats"]
-    settings = run.parse_args([*argv, "--model", tiny_pipeline, "--guidance-scale", "none", "--eta", "0.5"])
+    settings = run.parse_args([*argv, "--model", tiny_pipeline, "--guidance-scale", "none", "--max-prompt-chunks", "2"])
     again = run.parse_args(shlex.split(settings.command)[2:])
     assert dataclasses.replace(again, command="") == dataclasses.replace(settings, command="")
     assert settings.config.herd_buffer_batches == 2 and settings.config.per_prompt_stats is False
