@@ -33,6 +33,7 @@ from agents.common import AgentConfig  # noqa: E402
 from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
 from benchmarks.training import RunSettings, results_table, train_and_evaluate  # noqa: E402
 from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
+from diffusion_gym.prompts import registered_prompt_sets  # noqa: E402
 from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward  # noqa: E402
 
 DEFAULT_MODEL = "shapes"
@@ -214,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts",
         type=prompt_text,
         default=None,
-        help="training prompts: a prompt set name (shapes-standard, shapes-long, shapes-train, ...) or one prompt "
-        "(default: the world's)",
+        help="training prompts: a registered prompt set or one prompt (default: the world's); registered sets: "
+        + ", ".join(registered_prompt_sets()),
     )
     run.add_argument(
         "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="training epochs (default: %(default)s)"
@@ -314,9 +315,14 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         description = field.metadata.get("help") or AGENT_CONFIG_HELP.get(field.name, f"AgentConfig.{field.name}")
         flag = "--" + field.name.replace("_", "-")
-        if kind is bool:  # BooleanOptionalAction adds the default to the help itself
+        if kind is bool:
+            state = "on" if default else "off"
             group.add_argument(
-                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=description
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{description} (default: {state})",
             )
             continue
         if kind is int:
