@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-prompts",
         type=prompt_text,
         default=None,
-        help="held-out prompt set or one prompt (default: the world's eval prompts, else the training prompts)",
+        help="held-out prompt set or one prompt (default: the world's eval prompts, e.g. shapes-heldout, else the "
+        "training prompts); to score a single training prompt itself, pass it here too (e.g. shapes-standard)",
     )
     evaluation.add_argument(
         "--eval-samples",
