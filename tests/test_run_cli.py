@@ -157,3 +157,15 @@ def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
         run.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_statistics_and_smoothing_by_hand():
+    from benchmarks.compare import mean_ci
+    from benchmarks.plots import running_average
+    from benchmarks.training import spread
+
+    interval = mean_ci([1.0, 2.0, 3.0])  # sd 1, sem 1/sqrt(3), t_{0.975, 2} = 4.3027
+    assert interval.mean == pytest.approx(2.0) and interval.half_width == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
+    assert str(mean_ci([0.5, None])) == "0.5000" and str(mean_ci([None])) == "–"
+    assert running_average([1.0, 2.0, 3.0, 4.0], window=2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    assert spread(["a", "b", "c", "d"], 2) == ["a", "c"] and spread(["a", "b"], 3) == ["a", "b", "a"]
