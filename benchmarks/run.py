@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from agents import AGENT_NAMES  # noqa: E402
 from agents.common import AgentConfig  # noqa: E402
+from agents.presets import apply_preset, preset_names  # noqa: E402
 from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
 from benchmarks.training import RunSettings, results_table, train_and_evaluate  # noqa: E402
 from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
@@ -188,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"comparison variants (--compare), besides the plain agent names:\n{variants}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--agent", choices=AGENT_NAMES, help="the agent to train")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--agent", choices=AGENT_NAMES, help="the agent to train (or take it from --preset)")
     mode.add_argument(
         "--compare",
         type=variant_list,
@@ -198,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = parser.add_argument_group("run")
+    run.add_argument(
+        "--preset",
+        choices=preset_names(),
+        default=None,
+        help="one of the HERD paper's experiments on Stable Diffusion v1.5 (agents/presets.py): sets the agent, "
+        "model, reward, prompt, epochs, batch, steps and LoRA rank; any flag given explicitly overrides it",
+    )
     run.add_argument(
         "--model",
         type=model_name,
@@ -354,7 +362,11 @@ class ComparisonSettings:
 def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSettings:
     """Parse and validate the command line; errors exit with an argparse message naming the problem."""
     parser = build_parser()
+    preset = preset_defaults(argv)
+    parser.set_defaults(**preset)  # explicit flags still win
     args = parser.parse_args(argv)
+    if args.agent is None and args.compare is None:
+        parser.error("one of the arguments --agent --compare --preset is required")
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
     try:
@@ -391,6 +403,16 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         variants = resolve_variants(args.compare, AGENT_NAMES)
         return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
     return dataclasses.replace(settings, command=command_line(settings))
+
+
+def preset_defaults(argv: list[str] | None) -> dict[str, object]:
+    """The settings of the ``--preset`` on the command line, as parser defaults (empty without one)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", choices=preset_names())
+    name = early.parse_known_args(argv)[0].preset
+    if name is None:
+        return {}
+    return {key: value for key, value in apply_preset(name).items() if key not in ("preset", "description")}
 
 
 def command_line(settings: RunSettings) -> str:

@@ -88,6 +88,16 @@ def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
     return str(folder)
 
 
+def test_a_preset_sets_the_paper_setup_and_flags_override_it(tiny_pipeline):
+    from agents.presets import FOREST_PROMPT
+
+    settings = run.parse_args(["--preset", "herd-b2-forest-aesthetic", "--model", tiny_pipeline, "--epochs", "2"])
+    assert (settings.agent, settings.reward, settings.prompts) == ("herd", "aesthetic", FOREST_PROMPT)
+    assert (settings.model, settings.epochs, settings.max_prompt_chunks) == (tiny_pipeline, 2, 2)
+    config = settings.config
+    assert (config.batch_size, config.batches_per_epoch, config.herd_buffer_batches) == (12, 3, 2)
+
+
 def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -149,7 +159,8 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
         (["--agent", "ddpo", "--seeds", "0,1"], "--seeds is for comparison mode"),
         (["--compare", "ddpo,herd-b3"], "unknown agent or variant 'herd-b3'"),
         (["--compare", "ddpo", "--seeds", "0,0"], "distinct"),
-        ([], "one of the arguments --agent --compare is required"),
+        ([], "one of the arguments --agent --compare --preset is required"),
+        (["--preset", "herd-standard-nothing"], "invalid choice: 'herd-standard-nothing'"),
     ],
 )
 def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
