@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from agents import AGENT_NAMES  # noqa: E402
+from agents.checkpoint import latest_checkpoint  # noqa: E402
 from agents.common import AgentConfig  # noqa: E402
 from agents.presets import apply_preset, preset_names  # noqa: E402
 from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
-from benchmarks.training import RunSettings, results_table, train_and_evaluate  # noqa: E402
+from benchmarks.training import RunSettings, read_settings, results_table, train_and_evaluate  # noqa: E402
 from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
 from diffusion_gym.prompts import registered_prompt_sets  # noqa: E402
 from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward  # noqa: E402
@@ -197,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V1,V2,...",
         help="comparison mode: run these agents or variants (see below) x --seeds, one run at a time",
     )
+    mode.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its latest checkpoint, with its own settings (only --epochs, to extend it, and "
+        "--threads may be given too)",
+    )
 
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -289,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     evaluation.add_argument(
+        "--checkpoint-every",
+        type=optional(positive_int),
+        default=None,
+        help="save a checkpoint (agent, optimiser, RNGs, HERD buffer; LoRA in the diffusers format) every K "
+        "epochs and at the end (default: at every evaluation)",
+    )
+    evaluation.add_argument(
+        "--keep-checkpoints", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
+    )
+    evaluation.add_argument(
         "--eval-every",
         type=optional(positive_int),
         default=None,
@@ -365,8 +383,10 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
     preset = preset_defaults(argv)
     parser.set_defaults(**preset)  # explicit flags still win
     args = parser.parse_args(argv)
+    if args.resume is not None:
+        return resume_settings(parser, args, argv)
     if args.agent is None and args.compare is None:
-        parser.error("one of the arguments --agent --compare --preset is required")
+        parser.error("one of the arguments --agent --compare --preset --resume is required")
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
     try:
@@ -398,10 +418,30 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         latent_bound=args.latent_bound,
         max_prompt_chunks=args.max_prompt_chunks,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
     )
     if args.compare is not None:
         variants = resolve_variants(args.compare, AGENT_NAMES)
         return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
+    return dataclasses.replace(settings, command=command_line(settings))
+
+
+def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> RunSettings:
+    """The settings of the run in ``--resume RUN_DIR``, with ``--epochs`` (if given) to extend it."""
+    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    if given - {"--resume", "--epochs", "--threads"}:
+        parser.error(
+            f"--resume continues a run with its own settings; it takes only --epochs and --threads, got {sorted(given)}"
+        )
+    if latest_checkpoint(args.resume) is None:
+        parser.error(f"argument --resume: {args.resume} holds no checkpoint to resume from")
+    try:
+        settings = read_settings(args.resume)
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        parser.error(f"argument --resume: {error}")
+    epochs = args.epochs if "--epochs" in given else settings.epochs
+    settings = dataclasses.replace(settings, resume=True, epochs=epochs, threads=args.threads)
     return dataclasses.replace(settings, command=command_line(settings))
 
 
@@ -423,7 +463,15 @@ def command_line(settings: RunSettings) -> str:
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     parts += ["--epochs", str(settings.epochs)]
-    for name in ("device", "dtype", "latent_bound", "max_prompt_chunks", "threads"):
+    for name in (
+        "device",
+        "dtype",
+        "latent_bound",
+        "max_prompt_chunks",
+        "threads",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     for field, kind, _ in agent_config_fields():

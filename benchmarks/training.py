@@ -8,7 +8,12 @@ The run folder (:func:`train_and_evaluate`):
 * ``reward_curve.png``: the training reward (and gold/proxy score) per epoch, HERD-paper style;
 * ``before_after.png``: the base model and the fine-tuned model on the same seeds and held-out prompts;
 * ``results.json``: held-out gold/proxy/reward before and after, the config, wall time, samples seen;
-* ``agent_state.safetensors``: the agent's trainable state (e.g. the LoRA adapter).
+* ``run.json``: the run's settings (what ``--resume`` reads);
+* ``checkpoints/<seq>-epoch-<n>/``: the last few checkpoints (agent state with optimiser, RNGs and HERD buffer,
+  pickle-free, :mod:`agents.checkpoint`), each with the LoRA adapter in the diffusers format under ``lora/``.
+
+A run resumes from its latest checkpoint (:attr:`RunSettings.resume`): the epoch and sample counters, the
+TensorBoard curves and ``metrics.jsonl`` continue where the checkpoint left them.
 
 Held-out evaluation always uses the same noise (:data:`EVAL_SEED`), whatever the training seed, so that base
 and fine-tuned models, agents and seeds are compared on identical samples.
@@ -16,6 +21,7 @@ and fine-tuned models, agents and seeds are compared on identical samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import textwrap
@@ -26,13 +32,20 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import make_agent
+from agents.checkpoint import (
+    capture_rng_state,
+    export_lora_diffusers,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    trim_jsonl,
+)
 from agents.common import AgentConfig
 from benchmarks.plots import Curve, plot_before_after, plot_reward_curves
 from diffusion_gym.prompts import resolve_prompts
@@ -62,6 +75,9 @@ class RunSettings:
     latent_bound: float = 10.0
     max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
     threads: int | None = None  # torch CPU threads; None: torch's default
+    checkpoint_every: int | None = None  # None: at every evaluation; always at the end
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the latest checkpoint in output_dir
     command: str = ""  # the command line that reproduces the run (recorded in results.json)
 
     @property
@@ -141,6 +157,16 @@ def train_and_evaluate(settings: RunSettings) -> RunResult:
         env.close()
 
 
+@dataclass
+class RunState:
+    """Where a run stands after some epochs; saved in every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    samples_seen: int = 0
+    train_samples_seen: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the run's earlier sessions
+
+
 def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult:
     """The run itself: evaluate the base model, train epoch by epoch, evaluate again, write the folder."""
     config = settings.config
@@ -151,51 +177,72 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
     eval_set = settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
     eval_prompts = spread(resolve_prompts(eval_set), settings.eval_samples)
     eval_every = settings.eval_every or max(1, settings.epochs // 4)
+    checkpoint_every = settings.checkpoint_every or eval_every
     samples_per_epoch = config.batch_size * config.batches_per_epoch
-    writer = SummaryWriter(log_dir=str(output_dir))
 
-    base = evaluate_base_model(agent, eval_prompts, settings)
-    log_evaluation(writer, base, step=0)
-    tqdm.write(f"{settings.name}: base model on {len(eval_prompts)} held-out samples: {format_scores(base.scores)}")
+    if settings.resume:
+        state, base = restore_checkpoint(agent, output_dir, eval_prompts)
+        trim_jsonl(output_dir / "metrics.jsonl", state.samples_seen)
+        history = read_history(output_dir)
+        tqdm.write(f"{settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
+    else:
+        state, history = RunState(), []
+        write_settings(settings, output_dir / "run.json")
+        base = evaluate_base_model(agent, eval_prompts, settings)
+        tqdm.write(f"{settings.name}: base model on {len(eval_prompts)} held-out samples: {format_scores(base.scores)}")
+    writer = SummaryWriter(log_dir=str(output_dir), purge_step=state.samples_seen + 1 if settings.resume else None)
+    if not settings.resume:
+        log_evaluation(writer, base, step=0)
 
-    history: list[dict[str, float]] = []
     latest, latest_epoch = base, 0
-    samples_seen = train_samples_seen = 0
     interrupted = False
-    progress = tqdm(range(1, settings.epochs + 1), desc=settings.name, unit="epoch", dynamic_ncols=True)
+    first_epoch = state.epoch + 1
+    progress = tqdm(
+        range(first_epoch, settings.epochs + 1),
+        desc=settings.name,
+        unit="epoch",
+        initial=state.epoch,
+        total=settings.epochs,
+        dynamic_ncols=True,
+    )
     try:
-        with (output_dir / "metrics.jsonl").open("w") as metrics_file:
+        with (output_dir / "metrics.jsonl").open("a" if settings.resume else "w") as metrics_file:
             for epoch in progress:
                 metrics = scalar_metrics(agent.train_epoch().metrics)
-                samples_seen += samples_per_epoch
-                train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
+                state.epoch = epoch
+                state.samples_seen += samples_per_epoch
+                state.train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
                 for key, value in metrics.items():
-                    writer.add_scalar(f"train/{key}", value, samples_seen)
+                    writer.add_scalar(f"train/{key}", value, state.samples_seen)
                 record = {
                     "epoch": epoch,
-                    "global_step": samples_seen,
-                    "train_samples": train_samples_seen,
-                    "elapsed_seconds": time.perf_counter() - started,
+                    "global_step": state.samples_seen,
+                    "train_samples": state.train_samples_seen,
+                    "elapsed_seconds": state.elapsed_seconds + time.perf_counter() - started,
                     **metrics,
                 }
                 if epoch % eval_every == 0 or epoch == settings.epochs:
                     latest, latest_epoch = evaluate(agent, eval_prompts, base), epoch
-                    log_evaluation(writer, latest, step=samples_seen)
+                    log_evaluation(writer, latest, step=state.samples_seen)
                     record.update(eval_fields(latest.scores))
                     tqdm.write(f"{settings.name}: epoch {epoch} held-out: {format_scores(latest.scores)}")
                 history.append(record)
                 metrics_file.write(json.dumps(json_safe(record)) + "\n")
                 metrics_file.flush()
+                writer.flush()
+                if epoch % checkpoint_every == 0 or epoch == settings.epochs:
+                    saved = dataclasses.replace(state, elapsed_seconds=record["elapsed_seconds"])
+                    save_run_checkpoint(agent, saved, base, output_dir, settings.keep_checkpoints)
                 progress.set_postfix(progress_fields(metrics), refresh=False)
     except KeyboardInterrupt:
         interrupted = True
-        tqdm.write(f"{settings.name}: interrupted after {len(history)} epochs; evaluating what was trained")
+        tqdm.write(f"{settings.name}: interrupted after epoch {state.epoch}; evaluating what was trained")
     finally:
         progress.close()
 
-    final = latest if latest_epoch == len(history) else evaluate(agent, eval_prompts, base)
-    if latest_epoch != len(history):
-        log_evaluation(writer, final, step=samples_seen)
+    final = latest if latest_epoch == state.epoch else evaluate(agent, eval_prompts, base)
+    if latest_epoch != state.epoch:
+        log_evaluation(writer, final, step=state.samples_seen)
     writer.close()
 
     result = RunResult(
@@ -208,11 +255,11 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
         num_eval_samples=len(eval_prompts),
         seed=config.seed,
         epochs=settings.epochs,
-        epochs_completed=len(history),
+        epochs_completed=state.epoch,
         interrupted=interrupted,
-        samples_seen=samples_seen,
-        train_samples_seen=train_samples_seen,
-        wall_seconds=time.perf_counter() - started,
+        samples_seen=state.samples_seen,
+        train_samples_seen=state.train_samples_seen,
+        wall_seconds=state.elapsed_seconds + time.perf_counter() - started,
         base=base.scores,
         final=final.scores,
         config=asdict(config),
@@ -222,8 +269,52 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
         history=history,
     )
     write_run_folder(output_dir, result, base, final)
-    save_agent_state(agent.state_dict(), output_dir / "agent_state.safetensors")
     return result
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_run_checkpoint(agent, state: RunState, base: Evaluation, output_dir: Path, keep: int) -> Path:
+    """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluation; plus the LoRA."""
+    checkpoint = {
+        "agent": agent.state_dict(),
+        "run": asdict(state),
+        "base": {"scores": asdict(base.scores), "images": base.images},
+        "rng": capture_rng_state(),
+    }
+    path = save_checkpoint(output_dir, f"epoch-{state.epoch:04d}", checkpoint, keep_last=keep)
+    if agent.policy.adapter_name is not None:  # LoRA: loadable with pipeline.load_lora_weights(path / "lora")
+        export_lora_diffusers(agent.policy.unet, path / "lora", adapter_name=agent.policy.adapter_name)
+    return path
+
+
+def restore_checkpoint(agent, output_dir: Path, eval_prompts: list[str]) -> tuple[RunState, Evaluation]:
+    """Load the latest checkpoint of ``output_dir`` into ``agent``; return the run's counters and base evaluation."""
+    checkpoint = load_checkpoint(output_dir)
+    agent.load_state_dict(checkpoint["agent"])
+    restore_rng_state(checkpoint["rng"])
+    base = checkpoint["base"]
+    if base["images"].shape[0] != len(eval_prompts):
+        raise ValueError(
+            f"the checkpoint's base evaluation has {base['images'].shape[0]} samples, not {len(eval_prompts)}"
+        )
+    return RunState(**checkpoint["run"]), Evaluation(Scores(**base["scores"]), base["images"], eval_prompts)
+
+
+def write_settings(settings: RunSettings, path: Path) -> None:
+    data = asdict(settings)
+    data["output_dir"] = str(settings.output_dir)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_settings(output_dir: Path) -> RunSettings:
+    """A run folder's ``run.json`` back as :class:`RunSettings` (the folder may have moved: it is ``output_dir``)."""
+    path = Path(output_dir) / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{output_dir} is not a run folder (no run.json)")
+    data = json.loads(path.read_text())
+    data["config"] = AgentConfig(**data["config"])
+    data["output_dir"] = Path(output_dir)
+    return RunSettings(**data)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -391,24 +482,3 @@ def read_history(output_dir: Path) -> list[dict[str, float]]:
     """A run folder's ``metrics.jsonl``, one dict per epoch."""
     with (Path(output_dir) / "metrics.jsonl").open() as lines:
         return [json.loads(line) for line in lines if line.strip()]
-
-
-def save_agent_state(state: dict, path: Path) -> None:
-    """The agent's state as safetensors: tensors under dotted keys, any other values as JSON metadata."""
-    tensors: dict[str, torch.Tensor] = {}
-    others: dict[str, object] = {}
-
-    def flatten(prefix: str, value) -> None:
-        if isinstance(value, torch.Tensor):
-            tensors[prefix] = value.detach().cpu().clone().contiguous()
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                flatten(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, (list, tuple)) and any(isinstance(item, (torch.Tensor, dict)) for item in value):
-            for index, item in enumerate(value):
-                flatten(f"{prefix}.{index}", item)
-        else:
-            others[prefix] = value
-
-    flatten("", state)
-    save_file(tensors, str(path), metadata={"non_tensor_state": json.dumps(json_safe(others), default=str)})

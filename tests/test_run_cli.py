@@ -122,7 +122,9 @@ def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
 
     for image in ("reward_curve.png", "before_after.png"):
         assert (folder / image).read_bytes()[:4] == b"\x89PNG"
-    assert isinstance(load_file(str(folder / "agent_state.safetensors")), dict)
+    (checkpoint,) = sorted((folder / "checkpoints").iterdir())
+    assert checkpoint.name.endswith("epoch-0001") and (checkpoint / "tensors.safetensors").exists()
+    assert any("lora.up" in key for key in load_file(str(checkpoint / "lora" / "pytorch_lora_weights.safetensors")))
 
     events = EventAccumulator(str(folder)).Reload()
     scalars = {"train/reward_mean", "train/gold_score", "train/loss", "train/approx_kl", "eval/gold", "eval/proxy"}
@@ -130,6 +132,27 @@ def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
     assert "eval/samples" in events.Tags()["images"]
     output = capsys.readouterr().out
     assert "| gold score |" in output and "| reward (jpeg-incompressibility) |" in output
+
+
+def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def metrics(folder: Path) -> list[dict]:
+        return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    flags = ["--agent", "herd", "--checkpoint-every", "1", "--eval-every", "2"]
+    assert run.main([*flags, "--epochs", "3", *tiny_flags(tiny_pipeline, tmp_path / "straight")]) == 0
+    assert run.main([*flags, "--epochs", "2", *tiny_flags(tiny_pipeline, tmp_path / "resumed")]) == 0
+    assert run.main(["--resume", str(tmp_path / "resumed"), "--epochs", "3"]) == 0
+
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert [r["global_step"] for r in resumed] == [2, 4, 6]
+    for key in ("reward_mean", "loss", "num_train_samples"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-5)
+    results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert results["epochs_completed"] == 3 and results["samples_seen"] == 6
+    events = EventAccumulator(str(tmp_path / "resumed")).Reload()
+    assert [event.step for event in events.Scalars("train/reward_mean")] == [2, 4, 6]
 
 
 def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
@@ -159,8 +182,10 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
         (["--agent", "ddpo", "--seeds", "0,1"], "--seeds is for comparison mode"),
         (["--compare", "ddpo,herd-b3"], "unknown agent or variant 'herd-b3'"),
         (["--compare", "ddpo", "--seeds", "0,0"], "distinct"),
-        ([], "one of the arguments --agent --compare --preset is required"),
+        ([], "one of the arguments --agent --compare --preset --resume is required"),
         (["--preset", "herd-standard-nothing"], "invalid choice: 'herd-standard-nothing'"),
+        (["--resume", "/no/such/run"], "holds no checkpoint"),
+        (["--resume", "/no/such/run", "--lora-rank", "4"], "it takes only --epochs and --threads"),
     ],
 )
 def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
