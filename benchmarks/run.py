@@ -394,13 +394,18 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         config.validate()
     except (ValueError, TypeError) as error:
         parser.error(f"invalid agent configuration: {error}")
+    if args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir()):
+        parser.error(
+            f"argument --output-dir: {args.output_dir} is not empty; pick a new folder "
+            "(or continue a run there with --resume)"
+        )
     model = args.model or DEFAULT_MODEL
     try:
         model_name(model)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --model: {error}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    default_dir = Path("runs") / f"{args.agent or 'compare'}-{stamp}"
+    default_dir = Path("runs") / f"{'compare' if args.compare else args.agent}-{stamp}"
     settings = RunSettings(
         agent=args.agent or "",
         config=config,

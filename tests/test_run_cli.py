@@ -185,6 +185,7 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
         ([], "one of the arguments --agent --compare --preset --resume is required"),
         (["--preset", "herd-standard-nothing"], "invalid choice: 'herd-standard-nothing'"),
         (["--resume", "/no/such/run"], "holds no checkpoint"),
+        (["--agent", "ddpo", "--output-dir", str(REPO)], "is not empty; pick a new folder"),
         (["--resume", "/no/such/run", "--lora-rank", "4"], "it takes only --epochs and --threads"),
     ],
 )
