@@ -42,7 +42,7 @@ from diffusion_gym.shapes.scenes import (
 
 MIN_AREA = 6  # pixels; smaller regions are noise
 MAX_COLOUR_DISTANCE = 90.0  # RGB distance beyond which a pixel belongs to no palette colour
-LARGE_MIN_EXTENT = 8  # bounding-box side (px) from which an object counts as large (small: 6-7, large: 9-10)
+LARGE_MIN_EXTENT = 10  # bounding-box side (px) from which an object counts as large (small: 7-8, large: 10-11)
 RELATION_MARGIN = 3.0  # px; "left of" needs x_a < x_b - margin
 
 _PALETTE_NAMES: tuple[str, ...] = tuple(OBJECT_COLOURS) + tuple(BACKGROUND_COLOURS)

@@ -37,11 +37,11 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (235, 235, 235),
     "brown": (120, 75, 45),
 }
-# Half extent of an object in pixels, by size word; a large object is 9-10 px across, a small one 6-7.
-HALF_SIZE: dict[str, float] = {"small": 3.0, "large": 4.5}
+# Half extent of an object in pixels, by size word; a large object is 10-11 px across, a small one 7-8.
+HALF_SIZE: dict[str, float] = {"small": 3.5, "large": 5.0}
 # Centre (in pixels) of each row / column of the 3x3 grid; cell boundaries are at 32/3 and 64/3.
 CELL_CENTRES: tuple[float, float, float] = (5.5, 16.0, 26.5)
-CELL_JITTER: dict[str, float] = {"small": 1.0, "large": 0.0}
+CELL_JITTER: dict[str, float] = {"small": 0.75, "large": 0.0}
 
 # Position phrases by (row, col).
 POSITION_PHRASES: dict[tuple[int, int], str] = {
