@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from agents.checkpoint import latest_checkpoint
 from benchmarks.plots import BandCurve, plot_comparison, running_average, smoothing_window
 from benchmarks.training import (
     CURVE_METRICS,
@@ -28,6 +29,7 @@ from benchmarks.training import (
     RunSettings,
     json_safe,
     read_run_result,
+    read_settings,
     setting_summary,
 )
 
@@ -104,19 +106,49 @@ def run_comparison(
 ) -> ComparisonSummary:
     """Run every variant x seed one after the other with ``run_one``, then summarise the run folders.
 
-    ``command`` (the command line that regenerates the comparison) is recorded in the table and the JSON.
+    Rerunning the same comparison into the same folder continues it: finished runs are kept, interrupted ones
+    resume from their latest checkpoint. Ctrl-C stops the comparison after the current run has saved its folder;
+    the summary then covers the finished runs. ``command`` (the command line that regenerates the comparison) is
+    recorded in the table and the JSON.
     """
     runs = plan_runs(settings, variants, seeds, output_dir)
     completed: list[RunSettings] = []
-    for index, run in enumerate(runs, start=1):
-        print(f"[{index}/{len(runs)}] {run.name} seed {run.config.seed} -> {run.output_dir}", flush=True)
-        try:
-            run_one(run)
-        except KeyboardInterrupt:
-            print("comparison interrupted; summarising the finished runs", flush=True)
-            break
-        completed.append(run)
+    for index, planned in enumerate(runs, start=1):
+        run = continue_or_start(planned)
+        where = f"{planned.name} seed {planned.config.seed} -> {planned.output_dir}"
+        if run is None:
+            print(f"[{index}/{len(runs)}] {where}: already finished", flush=True)
+        else:
+            print(f"[{index}/{len(runs)}] {where}" + (" (resuming)" if run.resume else ""), flush=True)
+            try:
+                run_one(run)
+            except KeyboardInterrupt:
+                break
+            if read_run_result(Path(run.output_dir)).interrupted:
+                break
+        completed.append(planned)
+    if len(completed) < len(runs):
+        print("comparison interrupted; summarising the finished runs (rerun the command to continue)", flush=True)
     return summarise(completed, output_dir, {v.name: v.description for v in variants}, command)
+
+
+def continue_or_start(run: RunSettings) -> RunSettings | None:
+    """``None`` if ``run`` already finished in its folder, ``run`` to resume if it was interrupted, else ``run``.
+
+    ``ValueError`` if the folder holds a run with other settings (a different comparison in the same folder).
+    """
+    folder = Path(run.output_dir)
+    if not (folder / "run.json").exists():
+        return run
+    saved = read_settings(folder)
+    ignored = {"command": "", "resume": False, "threads": None, "output_dir": folder}
+    if replace(saved, **ignored) != replace(run, **ignored):
+        raise ValueError(f"{folder} holds a run with other settings; compare into a new --output-dir")
+    if (folder / "results.json").exists():
+        result = read_run_result(folder)
+        if not result.interrupted and result.epochs_completed == run.epochs:
+            return None
+    return replace(run, resume=True) if latest_checkpoint(folder) is not None else run
 
 
 # ----------------------------------------------------------------------------------------------- statistics

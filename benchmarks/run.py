@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=None,
-        help="the run (or comparison) folder (default: runs/<agent>-<timestamp> or runs/compare-<timestamp>)",
+        help="the run (or comparison) folder (default: runs/<agent>-<timestamp> or runs/compare-<timestamp>); "
+        "a comparison rerun into its folder continues it",
     )
     run.add_argument(
         "--device",
@@ -394,7 +395,8 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         config.validate()
     except (ValueError, TypeError) as error:
         parser.error(f"invalid agent configuration: {error}")
-    if args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir()):
+    existing = args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir())
+    if existing and args.compare is None:  # a comparison continues in its own folder
         parser.error(
             f"argument --output-dir: {args.output_dir} is not empty; pick a new folder "
             "(or continue a run there with --resume)"

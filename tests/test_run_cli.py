@@ -155,7 +155,7 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
     assert [event.step for event in events.Scalars("train/reward_mean")] == [2, 4, 6]
 
 
-def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
+def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
     folder = tmp_path / "comparison"
     argv = ["--compare", "ddpo,herd-b2", "--seeds", "0,1", "--epochs", "1", *tiny_flags(tiny_pipeline, folder)]
     assert run.main(argv) == 0
@@ -168,6 +168,10 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path):
     assert summary["variants"][1]["seeds"] == [0, 1]
     herd_b2 = json.loads((folder / "herd-b2-seed1" / "results.json").read_text())
     assert herd_b2["config"]["herd_buffer_batches"] == 2 and herd_b2["config"]["seed"] == 1
+
+    assert run.main(argv) == 0  # the same command again continues the comparison: nothing left to run
+    assert capsys.readouterr().out.count("already finished") == 4
+    assert (folder / "comparison.md").read_text() == table
 
 
 @pytest.mark.parametrize(
@@ -206,3 +210,38 @@ def test_statistics_and_smoothing_by_hand():
     assert str(mean_ci([0.5, None])) == "0.5000" and str(mean_ci([None])) == "–"
     assert running_average([1.0, 2.0, 3.0, 4.0], window=2).tolist() == [1.0, 1.5, 2.5, 3.5]
     assert spread(["a", "b", "c", "d"], 2) == ["a", "c"] and spread(["a", "b"], 3) == ["a", "b", "a"]
+
+
+def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    from benchmarks import training
+
+    folder = tmp_path / "comparison"
+    argv = ["--compare", "ddpo", "--seeds", "0,1", "--epochs", "2", "--checkpoint-every", "1"]
+    argv += tiny_flags(tiny_pipeline, folder)
+    calls = {"epochs": 0}
+    make_agent = training.make_agent
+
+    def make_agent_interrupted_at_second_epoch(name, env, config):
+        agent = make_agent(name, env, config)
+        train_epoch = agent.train_epoch
+
+        def train_epoch_or_ctrl_c():
+            calls["epochs"] += 1
+            if calls["epochs"] == 2:
+                raise KeyboardInterrupt
+            return train_epoch()
+
+        agent.train_epoch = train_epoch_or_ctrl_c
+        return agent
+
+    monkeypatch.setattr(training, "make_agent", make_agent_interrupted_at_second_epoch)
+    assert run.main(argv) == 0
+    assert json.loads((folder / "ddpo-seed0" / "results.json").read_text())["interrupted"]
+    assert not (folder / "ddpo-seed1").exists() and "comparison interrupted" in capsys.readouterr().out
+
+    monkeypatch.setattr(training, "make_agent", make_agent)
+    assert run.main(argv) == 0
+    assert "(resuming)" in capsys.readouterr().out
+    records = [json.loads(line) for line in (folder / "ddpo-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert "| ddpo | 2 |" in (folder / "comparison.md").read_text()
