@@ -48,7 +48,7 @@ class DiffusionPolicy:
         self.eta = float(eta)
         self.guidance_scale = float(world.guidance_scale if guidance_scale is None else guidance_scale)
         self.lora_rank = lora_rank
-        self.negative_embeddings = env.model.encode_prompts([""]).float()  # (1, S, D): the CFG null prompt
+        self.negative_embeddings = env.unconditional_embedding  # (1, S, D): the CFG null prompt
         self.reference_unet = env.model.unet
         self.adapter_name: str | None = None
         self._lora_layers: list = []
