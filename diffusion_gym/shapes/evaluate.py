@@ -45,6 +45,7 @@ class EvalReport:
     ground_truth_gold: float  # rendered held-out scenes vs their captions (the scorer's ceiling)
     shuffled_caption_floor: float  # rendered held-out scenes vs other scenes' captions
     vae_reconstruction_gold: float  # VAE(encode -> decode) of the held-out scenes
+    vae_reconstruction_gold_by_sentence_type: dict[str, float]
     base_gold: float  # mean over held-out prompts and samples
     base_gold_all_sentences: float  # fraction-like: the min over sentences, averaged
     base_gold_by_objects: dict[str, float]
@@ -110,6 +111,18 @@ def _prompt_scores(images, prompts) -> tuple[np.ndarray, np.ndarray, list[list[f
     return np.array([np.mean(s) for s in per_sentence]), np.array([np.min(s) for s in per_sentence]), per_sentence
 
 
+def _by_sentence_type(prompts: Sequence[str], per_sentence: list[list[float]]) -> dict[str, float]:
+    """Mean score by sentence kind; object sentences are split by the size word they name (or none)."""
+    groups = defaultdict(list)
+    for prompt, scores in zip(prompts, per_sentence, strict=True):
+        for parsed, value in zip(parse_prompt(prompt), scores, strict=True):
+            kind = type(parsed).__name__.removesuffix("Sentence").lower()
+            if kind == "object":
+                kind += f"-{parsed.size or 'any'}-size"
+            groups[kind].append(value)
+    return {k: _mean(v) for k, v in sorted(groups.items())}
+
+
 def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     order = rng.permutation(n)
     result = np.empty(n, dtype=int)
@@ -172,7 +185,7 @@ def evaluate(
         pixels = torch.from_numpy(truth).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 32, 32)
         vae = pipeline.vae
         reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    vae_gold = _prompt_scores((reconstruction.clamp(-1, 1) + 1) / 2, prompts)[0].mean()
+    vae_gold, _, vae_per_sentence = _prompt_scores((reconstruction.clamp(-1, 1) + 1) / 2, prompts)
 
     # Rollout timing: 32 images, 20 DDIM steps, classifier-free guidance (one warm-up first).
     timing_prompts = list(prompts[:32])
@@ -186,12 +199,10 @@ def evaluate(
     images = sample(pipeline, eval_prompts, guidance_scale=guidance, num_inference_steps=steps, eta=eta, seed=seed)
     means, mins, per_sentence = _prompt_scores(images, eval_prompts)
     num_objects = [len(s.objects) for s in scenes for _ in range(samples_per_prompt)]
-    by_objects, by_sentences, by_type = defaultdict(list), defaultdict(list), defaultdict(list)
-    for prompt, k, score, sentence_scores in zip(eval_prompts, num_objects, means, per_sentence, strict=True):
+    by_objects, by_sentences = defaultdict(list), defaultdict(list)
+    for prompt, k, score in zip(eval_prompts, num_objects, means, strict=True):
         by_objects[str(k)].append(score)
         by_sentences[str(len(split_sentences(prompt)))].append(score)
-        for parsed, value in zip(parse_prompt(prompt), sentence_scores, strict=True):
-            by_type[type(parsed).__name__.removesuffix("Sentence").lower()].append(value)
     shuffled_samples = [eval_prompts[j] for j in _derangement(len(eval_prompts), rng)]
     floor_samples = _prompt_scores(images, shuffled_samples)[0].mean()
 
@@ -228,12 +239,13 @@ def evaluate(
         num_heldout_prompts=len(prompts),
         ground_truth_gold=float(truth_gold),
         shuffled_caption_floor=float(floor),
-        vae_reconstruction_gold=float(vae_gold),
+        vae_reconstruction_gold=float(vae_gold.mean()),
+        vae_reconstruction_gold_by_sentence_type=_by_sentence_type(prompts, vae_per_sentence),
         base_gold=float(means.mean()),
         base_gold_all_sentences=float(mins.mean()),
         base_gold_by_objects={k: _mean(v) for k, v in sorted(by_objects.items())},
         base_gold_by_sentences={k: _mean(v) for k, v in sorted(by_sentences.items())},
-        base_gold_by_sentence_type={k: _mean(v) for k, v in sorted(by_type.items())},
+        base_gold_by_sentence_type=_by_sentence_type(eval_prompts, per_sentence),
         shuffled_floor_on_samples=float(floor_samples),
         standard_prompt_gold=float(special["standard"][1].mean()),
         long_prompt_gold=float(special["long"][1].mean()),

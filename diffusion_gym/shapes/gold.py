@@ -2,7 +2,7 @@
 
 An image is analysed once (:func:`analyse`): every pixel gets the nearest palette colour; the connected
 regions of each object colour with at least ``MIN_AREA`` pixels are *blobs*, each with a centroid (its grid
-cell), a size (``large`` if its bounding box is at least 8 px across) and a shape (the circle / square /
+cell), a size (``large`` if its bounding box is at least 9 px across) and a shape (the circle / square /
 triangle template of the same bounding box with the best IoU).
 
 Each sentence then gets a score in ``[0, 1]``:
@@ -42,7 +42,7 @@ from diffusion_gym.shapes.scenes import (
 
 MIN_AREA = 6  # pixels; smaller regions are noise
 MAX_COLOUR_DISTANCE = 90.0  # RGB distance beyond which a pixel belongs to no palette colour
-LARGE_MIN_EXTENT = 10  # bounding-box side (px) from which an object counts as large (small: 7-8, large: 10-11)
+LARGE_MIN_EXTENT = 9  # bounding-box side (px) from which an object counts as large (small: 7-8, large: 10-11)
 RELATION_MARGIN = 3.0  # px; "left of" needs x_a < x_b - margin
 
 _PALETTE_NAMES: tuple[str, ...] = tuple(OBJECT_COLOURS) + tuple(BACKGROUND_COLOURS)
