@@ -267,6 +267,10 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
 def comparison_table(summaries: list[VariantSummary], title: str) -> str:
     """Markdown: one row per variant, held-out scores as mean ± 95% CI over seeds."""
     present = [key for key in SCORE_COLUMNS if any(s.final[key].count for s in summaries)]
+    for score in ("gold", "proxy"):  # the reward is often the gold (or proxy) score itself: one column then
+        if score in present and all(s.final["reward"].mean == s.final[score].mean for s in summaries):
+            present.remove("reward")
+            break
     header = ["agent", "seeds"]
     for key in present:
         header += [f"base {key}", f"final {key}", f"Δ {key}"]
