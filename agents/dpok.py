@@ -95,6 +95,7 @@ class DPOKAgent(Agent):
         )
 
     def optimizer_step(self) -> None:
+        self.distributed.sync_gradients(self.value.parameters())  # V's gradients too: mean over the processes
         super().optimizer_step()
         self.value_optimizer.step()
         self.value_optimizer.zero_grad(set_to_none=True)

@@ -132,7 +132,7 @@ class HERDAgent(Agent):
         new = Trajectories.cat(batches)
         replay = self.replay()  # s_t <- b_s, r_t <- b_r
         train = new if replay is None else Trajectories.cat([new, replay])
-        stats = self.base.update(train, self.base.advantages(train))  # normalise together, train on both
+        stats = self.base.update(train, self.base.global_advantages(train))  # normalise together (all processes)
         self.fill_buffer(new)  # b_s, b_r <- relabeled random trajectories
         self.epoch += 1
         self.base.epoch = self.epoch

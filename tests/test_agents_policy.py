@@ -84,7 +84,9 @@ def test_two_policies_share_the_unet_independently(env):
     first = DiffusionPolicy(env, lora_rank=2)
     second = DiffusionPolicy(env, lora_rank=2)
     assert first.adapter_name != second.adapter_name
-    assert set(first.named_trainable_parameters()).isdisjoint(second.named_trainable_parameters())
+    first_ids = {id(p) for p in first.named_trainable_parameters().values()}
+    assert first_ids.isdisjoint(id(p) for p in second.named_trainable_parameters().values())
+    assert set(first.named_trainable_parameters()) == set(second.named_trainable_parameters())  # portable names
     with torch.no_grad():
         for parameter in first.named_trainable_parameters().values():
             parameter.fill_(0.05)
