@@ -3,6 +3,10 @@
     python benchmarks/run.py --agent herd                       # HERD on the Shapes world, default settings
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
+    accelerate launch --multi_gpu --num_processes 4 benchmarks/run.py --agent ddpo --device cuda  # data-parallel
+
+Data-parallel, ``--batch-size`` is per process: an epoch samples ``batch_size x batches_per_epoch x N``
+trajectories; advantages are computed on the global batch and gradients averaged (``agents/distributed.py``).
 
 A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics.jsonl``, ``reward_curve.png``,
 ``before_after.png``, ``results.json`` and ``agent_state.safetensors`` (see ``benchmarks/training.py``); a
@@ -31,6 +35,7 @@ import torch  # noqa: E402
 from agents import AGENT_NAMES  # noqa: E402
 from agents.checkpoint import latest_checkpoint  # noqa: E402
 from agents.common import AgentConfig  # noqa: E402
+from agents.distributed import Distributed  # noqa: E402
 from agents.presets import apply_preset, preset_names  # noqa: E402
 from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
 from benchmarks.training import RunSettings, read_settings, results_table, train_and_evaluate  # noqa: E402
@@ -496,10 +501,11 @@ def command_line(settings: RunSettings) -> str:
 
 # ----------------------------------------------------------------------------------------------- running
 def run_single(settings: RunSettings) -> None:
-    """Train, write the run folder and print the results table."""
+    """Train, write the run folder and print the results table (the main process, when data-parallel)."""
     result = train_and_evaluate(settings)
-    print(results_table(result))
-    print(f"run folder: {settings.output_dir}")
+    if result is not None:
+        print(results_table(result))
+        print(f"run folder: {settings.output_dir}")
 
 
 def run_comparison_member(settings: RunSettings) -> None:
@@ -510,9 +516,19 @@ def run_comparison_member(settings: RunSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = parse_args(argv)
+    device = settings.device if isinstance(settings, RunSettings) else settings.run.device
+    distributed = Distributed.from_environment(cpu=torch.device(device).type == "cpu")  # accelerate launch
     if isinstance(settings, RunSettings):
+        if distributed.enabled:  # the main's folder (a default name has a timestamp) and launch command
+            launch = f"accelerate launch --num_processes {distributed.num_processes}"
+            output_dir = distributed.broadcast_object(settings.output_dir)
+            command = settings.command.replace("python", launch, 1)
+            settings = dataclasses.replace(settings, output_dir=output_dir, command=command)
         run_single(settings)
         return 0
+    if distributed.enabled:
+        print("benchmarks/run.py: --compare runs in one process; launch each run with accelerate instead")
+        return 2
     command = shlex.join(["python", "benchmarks/run.py", *argv])
     summary = run_comparison(
         settings.run, settings.variants, settings.seeds, settings.output_dir, run_comparison_member, command=command

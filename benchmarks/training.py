@@ -12,6 +12,10 @@ The run folder (:func:`train_and_evaluate`):
 * ``checkpoints/<seq>-epoch-<n>/``: the last few checkpoints (agent state with optimiser, RNGs and HERD buffer,
   pickle-free, :mod:`agents.checkpoint`), each with the LoRA adapter in the diffusers format under ``lora/``.
 
+Data-parallel (``accelerate launch --num_processes N benchmarks/run.py ...``, :mod:`agents.distributed`): every
+process trains its own share (``batch_size`` is per process), the main process alone evaluates, logs and saves
+(:func:`train_worker` runs on the others); each checkpoint holds every process's agent state (RNGs, HERD buffer).
+
 A run resumes from its latest checkpoint (:attr:`RunSettings.resume`): the epoch and sample counters, the
 TensorBoard curves and ``metrics.jsonl`` continue where the checkpoint left them.
 
@@ -47,6 +51,7 @@ from agents.checkpoint import (
     trim_jsonl,
 )
 from agents.common import AgentConfig
+from agents.distributed import Distributed, current, to_cpu
 from benchmarks.plots import Curve, plot_before_after, plot_reward_curves
 from diffusion_gym.prompts import resolve_prompts
 
@@ -131,11 +136,15 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)  # metrics.jsonl, not in results.json
 
 
-def train_and_evaluate(settings: RunSettings) -> RunResult:
-    """Train ``settings.agent`` for ``settings.epochs`` epochs and write the run folder (Ctrl-C stops early)."""
+def train_and_evaluate(settings: RunSettings) -> RunResult | None:
+    """Train ``settings.agent`` for ``settings.epochs`` epochs and write the run folder (Ctrl-C stops early).
+
+    Data-parallel, only the main process returns the result (the others return None).
+    """
     started = time.perf_counter()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
+    distributed = current()
     env = gym.make_vec(
         "DiffusionT2I-v0",
         num_envs=settings.config.batch_size,
@@ -144,14 +153,16 @@ def train_and_evaluate(settings: RunSettings) -> RunResult:
         reward=settings.reward,
         prompts=settings.prompts,
         num_inference_steps=settings.num_inference_steps,
-        device=settings.device,
+        device=distributed.device(settings.device),  # cuda -> this process's GPU
         dtype=settings.dtype,
         latent_bound=settings.latent_bound,
         max_prompt_chunks=settings.max_prompt_chunks,
     )
     agent = make_agent(settings.agent, env.unwrapped, settings.config)
     try:
-        return train(agent, env.unwrapped, settings, started)
+        if not distributed.is_main_process:
+            return train_worker(agent, settings, distributed)
+        return train(agent, env.unwrapped, settings, started, distributed)
     finally:
         agent.close()  # frees the shared UNet of the adapter: the next run in this process starts from the base
         env.close()
@@ -167,8 +178,11 @@ class RunState:
     elapsed_seconds: float = 0.0  # wall time of the run's earlier sessions
 
 
-def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult:
+def train(
+    agent, vector_env, settings: RunSettings, started: float, distributed: Distributed | None = None
+) -> RunResult:
     """The run itself: evaluate the base model, train epoch by epoch, evaluate again, write the folder."""
+    distributed = distributed or Distributed()
     config = settings.config
     world = vector_env.model.world
     output_dir = Path(settings.output_dir)
@@ -177,11 +191,10 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
     eval_set = settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
     eval_prompts = spread(resolve_prompts(eval_set), settings.eval_samples)
     eval_every = settings.eval_every or max(1, settings.epochs // 4)
-    checkpoint_every = settings.checkpoint_every or eval_every
-    samples_per_epoch = config.batch_size * config.batches_per_epoch
+    samples_per_epoch = config.batch_size * config.batches_per_epoch * distributed.num_processes  # global
 
     if settings.resume:
-        state, base = restore_checkpoint(agent, output_dir, eval_prompts)
+        state, base = restore_checkpoint(agent, output_dir, eval_prompts, distributed)
         trim_jsonl(output_dir / "metrics.jsonl", state.samples_seen)
         history = read_history(output_dir)
         tqdm.write(f"{settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
@@ -208,7 +221,7 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
     try:
         with (output_dir / "metrics.jsonl").open("a" if settings.resume else "w") as metrics_file:
             for epoch in progress:
-                metrics = scalar_metrics(agent.train_epoch().metrics)
+                metrics = distributed.mean_metrics(scalar_metrics(agent.train_epoch().metrics))
                 state.epoch = epoch
                 state.samples_seen += samples_per_epoch
                 state.train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
@@ -230,9 +243,9 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
                 metrics_file.write(json.dumps(json_safe(record)) + "\n")
                 metrics_file.flush()
                 writer.flush()
-                if epoch % checkpoint_every == 0 or epoch == settings.epochs:
+                if checkpoint_due(epoch, settings):
                     saved = dataclasses.replace(state, elapsed_seconds=record["elapsed_seconds"])
-                    save_run_checkpoint(agent, saved, base, output_dir, settings.keep_checkpoints)
+                    save_run_checkpoint(agent, saved, base, output_dir, settings.keep_checkpoints, distributed)
                 progress.set_postfix(progress_fields(metrics), refresh=False)
     except KeyboardInterrupt:
         interrupted = True
@@ -272,11 +285,42 @@ def train(agent, vector_env, settings: RunSettings, started: float) -> RunResult
     return result
 
 
+def train_worker(agent, settings: RunSettings, distributed: Distributed) -> None:
+    """A non-main process of a data-parallel run: trains in step with the main process; logs and saves nothing."""
+    first_epoch = 1
+    if settings.resume:
+        checkpoint = load_checkpoint(settings.output_dir)
+        agent.load_state_dict(process_agent_state(checkpoint, distributed))
+        restore_rng_state(checkpoint["rng"])
+        first_epoch = int(checkpoint["run"]["epoch"]) + 1
+    for epoch in range(first_epoch, settings.epochs + 1):
+        distributed.mean_metrics(scalar_metrics(agent.train_epoch().metrics))  # the main process logs them
+        if checkpoint_due(epoch, settings):
+            distributed.gather_object(to_cpu(agent.state_dict()))  # the main process saves it
+
+
+def checkpoint_due(epoch: int, settings: RunSettings) -> bool:
+    """Whether a checkpoint is saved after ``epoch``: every ``checkpoint_every`` (default: eval) epochs, and last."""
+    every = settings.checkpoint_every or settings.eval_every or max(1, settings.epochs // 4)
+    return epoch % every == 0 or epoch == settings.epochs
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
-def save_run_checkpoint(agent, state: RunState, base: Evaluation, output_dir: Path, keep: int) -> Path:
-    """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluation; plus the LoRA."""
+def save_run_checkpoint(
+    agent, state: RunState, base: Evaluation, output_dir: Path, keep: int, distributed: Distributed | None = None
+) -> Path:
+    """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluation; plus the LoRA.
+
+    Data-parallel, every process's agent state is gathered (``processes``: ranks 1..N-1; their RNGs and HERD
+    buffers differ), so a resume continues each process where it stopped.
+    """
+    agent_state = agent.state_dict()
+    processes = []
+    if distributed is not None and distributed.enabled:
+        processes = distributed.gather_object(to_cpu(agent_state))[1:]
     checkpoint = {
-        "agent": agent.state_dict(),
+        "agent": agent_state,
+        "processes": processes,
         "run": asdict(state),
         "base": {"scores": asdict(base.scores), "images": base.images},
         "rng": capture_rng_state(),
@@ -287,10 +331,12 @@ def save_run_checkpoint(agent, state: RunState, base: Evaluation, output_dir: Pa
     return path
 
 
-def restore_checkpoint(agent, output_dir: Path, eval_prompts: list[str]) -> tuple[RunState, Evaluation]:
+def restore_checkpoint(
+    agent, output_dir: Path, eval_prompts: list[str], distributed: Distributed | None = None
+) -> tuple[RunState, Evaluation]:
     """Load the latest checkpoint of ``output_dir`` into ``agent``; return the run's counters and base evaluation."""
     checkpoint = load_checkpoint(output_dir)
-    agent.load_state_dict(checkpoint["agent"])
+    agent.load_state_dict(process_agent_state(checkpoint, distributed or Distributed()))
     restore_rng_state(checkpoint["rng"])
     base = checkpoint["base"]
     if base["images"].shape[0] != len(eval_prompts):
@@ -298,6 +344,19 @@ def restore_checkpoint(agent, output_dir: Path, eval_prompts: list[str]) -> tupl
             f"the checkpoint's base evaluation has {base['images'].shape[0]} samples, not {len(eval_prompts)}"
         )
     return RunState(**checkpoint["run"]), Evaluation(Scores(**base["scores"]), base["images"], eval_prompts)
+
+
+def process_agent_state(checkpoint: dict, distributed: Distributed) -> dict:
+    """This process's agent state in ``checkpoint``; ``ValueError`` if it was saved by another number of processes."""
+    saved = 1 + len(checkpoint.get("processes") or [])
+    if saved != distributed.num_processes:
+        raise ValueError(
+            f"the checkpoint was saved by {saved} process(es) and this run has {distributed.num_processes}; "
+            f"resume with the same number of processes (accelerate launch --num_processes {saved})"
+        )
+    return (
+        checkpoint["agent"] if distributed.is_main_process else checkpoint["processes"][distributed.process_index - 1]
+    )
 
 
 def write_settings(settings: RunSettings, path: Path) -> None:

@@ -1,0 +1,113 @@
+"""One process of the 2-process data-parallel test (``tests/test_distributed.py`` launches it with accelerate).
+
+    accelerate launch --multi_gpu --num_processes 2 tests/_distributed_worker.py PIPELINE OUT_DIR
+
+On the tiny pipeline: a few DDPO epochs, then HERD epochs (its replay enters the global advantages); for each,
+every rank writes ``OUT_DIR/<agent>-rank<r>.json`` with what it trained on (rewards, prompts, advantages per
+update), a hash of its trainable parameters and its stat tracker. Then ``benchmarks/run.py`` end to end into
+``OUT_DIR/run`` (2 epochs, then ``--resume`` to 3), which only the main process may write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import diffusion_gym  # noqa: E402, F401  (registers the env)
+from agents import AgentConfig, make_agent  # noqa: E402
+from agents.distributed import Distributed  # noqa: E402
+
+PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
+CONFIG = {
+    "seed": 0,
+    "batch_size": 2,
+    "batches_per_epoch": 1,
+    "lora_rank": 2,
+    "train_batch_size": 1,  # two optimiser steps per epoch: more gradient syncs
+    "stat_buffer_size": 4,
+    "stat_min_count": 2,  # per-prompt statistics kick in after the first epochs
+    "learning_rate": 1e-2,
+}
+RUNS = [("ddpo", {}, 3), ("herd", {}, 2)]
+
+
+def parameter_hash(agent) -> str:
+    digest = hashlib.sha256()
+    for name, value in sorted(agent.policy.named_trainable_parameters().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(env, name: str, overrides: dict, epochs: int, distributed: Distributed, out_dir: Path) -> None:
+    agent = make_agent(name, env, AgentConfig(**{**CONFIG, **overrides}))
+    trainer = agent.base if name == "herd" else agent
+    records: list[dict] = []
+    update = trainer.update
+
+    def recording_update(samples, advantages):
+        records.append(
+            {
+                "rewards": samples.rewards.tolist(),
+                "prompts": list(samples.prompts),
+                "advantages": advantages.tolist(),
+                "relabeled": samples.is_relabeled.tolist(),
+            }
+        )
+        return update(samples, advantages)
+
+    trainer.update = recording_update
+    initial = parameter_hash(agent)
+    metrics = [agent.train_epoch().metrics for _ in range(epochs)]
+    report = {
+        "rank": distributed.process_index,
+        "num_processes": distributed.num_processes,
+        "initial_hash": initial,
+        "hash": parameter_hash(agent),
+        "records": records,
+        "stat_tracker": trainer.stat_tracker.state_dict(),
+        "reward_mean": [m["reward_mean"] for m in metrics],
+        "num_train_samples": [m["num_train_samples"] for m in metrics],
+    }
+    (out_dir / f"{name}-rank{distributed.process_index}.json").write_text(json.dumps(report))
+    agent.close()
+
+
+def main() -> None:
+    pipeline, out_dir = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    distributed = Distributed.from_environment(cpu=True)
+    assert distributed.num_processes == 2, "launch with accelerate launch --num_processes 2"
+    env = gym.make_vec(
+        "DiffusionT2I-v0",
+        num_envs=CONFIG["batch_size"],
+        vectorization_mode="vector_entry_point",
+        model=pipeline,
+        reward="jpeg-incompressibility",
+        prompts=PROMPTS,
+        num_inference_steps=3,
+        latent_bound=1e4,
+    )
+    for name, overrides, epochs in RUNS:
+        train(env, name, overrides, epochs, distributed, out_dir)
+    env.close()
+
+    from benchmarks import run
+
+    flags = ["--model", pipeline, "--reward", "jpeg-incompressibility", "--prompts", PROMPTS[0]]
+    flags += ["--num-inference-steps", "3", "--batch-size", "2", "--batches-per-epoch", "1", "--lora-rank", "2"]
+    flags += ["--eval-samples", "2", "--eval-every", "100", "--checkpoint-every", "1", "--latent-bound", "1e4"]
+    flags += ["--threads", "1", "--agent", "herd", "--epochs", "2", "--output-dir", str(out_dir / "run")]
+    run.main(flags)
+    run.main(["--resume", str(out_dir / "run"), "--epochs", "3"])
+
+
+if __name__ == "__main__":
+    main()
