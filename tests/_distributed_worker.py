@@ -2,7 +2,7 @@
 
     accelerate launch --multi_gpu --num_processes 2 tests/_distributed_worker.py PIPELINE OUT_DIR
 
-On the tiny pipeline: a few DDPO epochs, then HERD epochs (its replay enters the global advantages); for each,
+On the tiny pipeline: DDPO, HERD (its replay enters the global advantages) and DPOK (its value net); for each,
 every rank writes ``OUT_DIR/<agent>-rank<r>.json`` with what it trained on (rewards, prompts, advantages per
 update), a hash of its trainable parameters and its stat tracker. Then ``benchmarks/run.py`` end to end into
 ``OUT_DIR/run`` (2 epochs, then ``--resume`` to 3), which only the main process may write.
@@ -35,12 +35,15 @@ CONFIG = {
     "stat_min_count": 2,  # per-prompt statistics kick in after the first epochs
     "learning_rate": 1e-2,
 }
-RUNS = [("ddpo", {}, 3), ("herd", {}, 2)]
+RUNS = [("ddpo", {}, 3), ("herd", {}, 2), ("dpok", {}, 2)]  # (agent, overrides, epochs)
 
 
 def parameter_hash(agent) -> str:
     digest = hashlib.sha256()
-    for name, value in sorted(agent.policy.named_trainable_parameters().items()):
+    named = dict(agent.policy.named_trainable_parameters())
+    if hasattr(agent, "value"):  # DPOK's value network is synced too
+        named.update({f"value.{k}": v for k, v in agent.value.named_parameters()})
+    for name, value in sorted(named.items()):
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -3,7 +3,7 @@
 ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate's simple launcher spawns several
 only through mpirun), so the test launches with ``--multi_gpu`` (torchrun) and ``ACCELERATE_USE_CPU=true``:
 without a GPU, accelerate then runs 2 CPU processes on gloo. The worker (``tests/_distributed_worker.py``) trains
-DDPO and HERD, then runs ``benchmarks/run.py`` (and a ``--resume``) end to end.
+DDPO, HERD and DPOK, then runs ``benchmarks/run.py`` (and a ``--resume``) end to end.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from agents.math import PerPromptStatTracker, clip_advantages
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_distributed_worker.py")
-sys.path.insert(0, str(WORKER.parent))
+sys.path[:0] = [str(REPO), str(WORKER.parent)]
 
 from _distributed_worker import CONFIG, RUNS  # noqa: E402
+
+from benchmarks.training import process_agent_state  # noqa: E402
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")  # the venv's launcher
 
@@ -115,7 +117,14 @@ def test_run_cli_writes_once_and_resumes(launched):
     assert results["epochs_completed"] == 3 and results["command"].startswith("accelerate launch --num_processes 2")
     checkpoint = load_checkpoint(run_dir)
     assert len(checkpoint["processes"]) == 1  # rank 1's agent state (its RNGs and HERD buffer)
-    assert checkpoint["processes"][0]["base"]["rng"] != checkpoint["agent"]["base"]["rng"]
+    assert checkpoint["processes"][0]["base"]["rng"]["numpy"] != checkpoint["agent"]["base"]["rng"]["numpy"]
+
+
+def test_resume_with_another_process_count_is_a_clear_error():
+    checkpoint = {"agent": {}, "processes": [{}]}  # saved by 2 processes
+    with pytest.raises(ValueError, match="saved by 2 process"):
+        process_agent_state(checkpoint, Distributed())
+    assert process_agent_state({"agent": {"a": 1}}, Distributed()) == {"a": 1}  # a single-process checkpoint
 
 
 def test_single_process_is_a_no_op():
