@@ -9,7 +9,7 @@ Data-parallel, ``--batch-size`` is per process: an epoch samples ``batch_size x 
 trajectories; advantages are computed on the global batch and gradients averaged (``agents/distributed.py``).
 
 A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics.jsonl``, ``reward_curve.png``,
-``before_after.png``, ``results.json`` and ``agent_state.safetensors`` (see ``benchmarks/training.py``); a
+``before_after.png``, ``results.json``, ``run.json`` and ``checkpoints/`` (see ``benchmarks/training.py``); a
 comparison folder holds one run folder per agent and seed plus ``comparison.md``, ``comparison.png`` and
 ``comparison.json`` (see ``benchmarks/compare.py``).
 
