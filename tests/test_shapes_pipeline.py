@@ -1,0 +1,80 @@
+"""The shipped Shapes pipeline and proxy: load offline, generate, follow text, keep a safe scheduler."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_gym.ddim import check_scheduler_config
+from diffusion_gym.rewards import make_reward
+from diffusion_gym.shapes import ASSETS_DIR, PIPELINE_DIR, PROXY_DIR
+from diffusion_gym.shapes.evaluate import load_pipeline, sample
+from diffusion_gym.shapes.gold import gold_score
+from diffusion_gym.shapes.prompt_sets import heldout_scenes_and_prompts
+from diffusion_gym.shapes.scenes import render
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.set_num_threads(2)
+    return load_pipeline(PIPELINE_DIR)
+
+
+def test_folder_layout_metadata_and_size():
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (PIPELINE_DIR / part).is_dir()
+    assert not list(ASSETS_DIR.rglob("*.bin")) and not list(ASSETS_DIR.rglob("*.pt"))  # safetensors only
+    index = json.loads((PIPELINE_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["requires_safety_checker"] is False
+    metadata = json.loads((PIPELINE_DIR / "diffusion_gym.json").read_text())
+    assert metadata["world"] == "shapes" and metadata["gold_reward"] == "shapes-gold"
+    assert metadata["proxy_reward"] == "shapes-clip" and metadata["eta"] == 1.0
+    assert metadata["default_prompts"] == "shapes-train" and metadata["eval_prompts"] == "shapes-heldout"
+    assert metadata["guidance_scale"] > 1 and metadata["num_inference_steps"] > 0
+    total = sum(f.stat().st_size for f in ASSETS_DIR.rglob("*") if f.is_file())
+    assert total <= 25 * 2**20, total
+
+
+def test_scheduler_config_guard():
+    config = json.loads((PIPELINE_DIR / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "DDIMScheduler"
+    assert config["clip_sample"] is False and config["set_alpha_to_one"] is False
+    assert config["steps_offset"] == 1 and config["prediction_type"] == "epsilon"
+    from diffusers import DDIMScheduler
+
+    check_scheduler_config(DDIMScheduler.from_pretrained(PIPELINE_DIR / "scheduler"))
+    with pytest.raises(ValueError, match="clip_sample"):
+        check_scheduler_config(DDIMScheduler(clip_sample=True))
+
+
+def test_pipeline_loads_offline_and_generates(pipeline):
+    assert pipeline.unet.dtype == torch.float32 and pipeline.text_encoder.dtype == torch.float32
+    assert pipeline.vae.config.scaling_factor != 0.18215  # measured on the data, not SD's constant
+    assert pipeline.unet.config.sample_size == 8 and pipeline.unet.config.in_channels == 4
+    out = pipeline(["A red circle. A gray background."] * 2, num_inference_steps=3, output_type="np")
+    assert out.images.shape == (2, 32, 32, 3)
+    assert np.isfinite(out.images).all()
+
+
+def test_a_quick_sample_follows_the_text(pipeline):
+    """Gold on matching prompts beats the same images scored against other prompts (the shuffled floor)."""
+    metadata = json.loads((PIPELINE_DIR / "diffusion_gym.json").read_text())
+    _, prompts = heldout_scenes_and_prompts()
+    chosen = list(prompts[:16])  # one-object prompts
+    images = sample(pipeline, chosen, guidance_scale=metadata["guidance_scale"], num_inference_steps=10, seed=0)
+    assert images.shape == (16, 3, 32, 32)
+    matched = gold_score(images, chosen).mean()
+    shuffled = gold_score(images, chosen[1:] + chosen[:1]).mean()
+    assert matched > shuffled + 0.15, (matched, shuffled)
+
+
+def test_proxy_reward_prefers_true_captions():
+    assert (PROXY_DIR / "model.safetensors").is_file() and (PROXY_DIR / "config.json").is_file()
+    scenes, prompts = heldout_scenes_and_prompts()
+    images = torch.from_numpy(np.stack([render(s) for s in scenes[:64]])).permute(0, 3, 1, 2).float() / 255
+    reward = make_reward("shapes-clip")
+    true = reward(images, list(prompts[:64]))
+    shuffled = reward(images, list(prompts[1:65]))
+    assert true.shape == (64,) and true.dtype == torch.float32
+    assert true.mean() > shuffled.mean()
