@@ -56,7 +56,7 @@ from benchmarks.plots import Curve, plot_before_after, plot_reward_curves
 from diffusion_gym.prompts import resolve_prompts
 
 EVAL_SEED = 1_000_000  # held-out sample i uses noise seed EVAL_SEED + i, in every run
-GRID_SIZE = 8  # images in before_after.png and in each TensorBoard grid
+GRID_SIZE = 8  # images in before_after.png and in each TensorBoard grid, spread over the held-out samples
 
 
 @dataclass
@@ -434,8 +434,14 @@ def mean_of(scores: torch.Tensor | None) -> float | None:
 def log_evaluation(writer: SummaryWriter, evaluation: Evaluation, step: int) -> None:
     for key, value in eval_fields(evaluation.scores).items():
         writer.add_scalar(key.replace("eval_", "eval/"), value, step)
-    writer.add_image("eval/samples", make_grid(evaluation.images[:GRID_SIZE], nrow=GRID_SIZE, padding=1), step)
+    rows = grid_rows(len(evaluation.prompts))
+    writer.add_image("eval/samples", make_grid(evaluation.images[rows], nrow=len(rows), padding=1), step)
     writer.flush()
+
+
+def grid_rows(count: int) -> list[int]:
+    """The held-out samples shown in image grids: up to ``GRID_SIZE``, spread over the set (1, 2, 3 objects...)."""
+    return spread(list(range(count)), min(GRID_SIZE, count))
 
 
 def eval_fields(scores: Scores) -> dict[str, float]:
@@ -503,8 +509,9 @@ def write_run_folder(output_dir: Path, result: RunResult, base: Evaluation, fina
     del summary["history"]
     (output_dir / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     plot_reward_curves(history_curves(result.history), output_dir / "reward_curve.png", title=curve_title(result))
-    count = min(GRID_SIZE, len(base.prompts))
-    plot_before_after(base.images[:count], final.images[:count], base.prompts[:count], output_dir / "before_after.png")
+    rows = grid_rows(len(base.prompts))
+    prompts = [base.prompts[row] for row in rows]
+    plot_before_after(base.images[rows], final.images[rows], prompts, output_dir / "before_after.png")
 
 
 CURVE_METRICS = {"reward_mean": "training reward", "gold_score": "gold score", "proxy_score": "proxy score"}
