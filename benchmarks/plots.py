@@ -54,7 +54,11 @@ def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None
         window = smoothing_window(len(curve.values))
         (line,) = axis.plot(curve.steps, curve.values, alpha=0.3, linewidth=1)
         axis.plot(curve.steps, running_average(curve.values, window), color=line.get_color(), linewidth=2)
-        axis.set(xlabel="samples", ylabel=name, title=f"{name}, running average over {window} epochs")
+        axis.set(
+            xlabel="samples",
+            ylabel=name,
+            title=f"{name}, running average over {window} epoch{'s' if window > 1 else ''}",
+        )
         axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()

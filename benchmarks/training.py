@@ -520,10 +520,14 @@ CURVE_METRICS = {"reward_mean": "training reward", "gold_score": "gold score", "
 def history_curves(history: list[dict[str, float]]) -> dict[str, Curve]:
     """Per-epoch training reward, gold and proxy score against samples seen (NaN where an epoch lacks one)."""
     steps = np.array([record["global_step"] for record in history], dtype=float)
-    return {
+    curves = {
         label: Curve(steps, np.array([record.get(key, np.nan) for record in history], dtype=float))
         for key, label in CURVE_METRICS.items()
     }
+    reward = curves["training reward"].values
+    if any(np.array_equal(reward, curves[score].values) for score in ("gold score", "proxy score")):
+        del curves["training reward"]  # the reward is the gold (or proxy) score: one panel
+    return curves
 
 
 def setting_summary(result: RunResult) -> str:
