@@ -228,6 +228,16 @@ def summarise(
             if band is not None:
                 panels.setdefault(label, {})[name] = band
 
+    for score in ("gold score", "proxy score"):  # the reward is often the gold (or proxy) score: one panel then
+        same = [
+            np.array_equal(band.raw_mean, panels.get(score, {})[name].raw_mean, equal_nan=True)
+            for name, band in panels.get("training reward", {}).items()
+            if name in panels.get(score, {})
+        ]
+        if same and all(same) and len(same) == len(panels["training reward"]):
+            del panels["training reward"]
+            break
+
     first = read_run_result(Path(runs[0].output_dir)) if runs else None
     title = f"{first.model}: reward {first.reward}, prompts {first.prompts!r}" if first else "no finished runs"
     table = comparison_table(summaries, title)
