@@ -392,8 +392,9 @@ class Agent:
                 "approx_kl": (0.5 * log_ratio[on] ** 2).mean() if bool(on.any()) else nan,
                 "clipfrac": clipped[on].mean() if bool(on.any()) else nan,
             }
-            if bool(off.any()):
+            if bool(off.any()):  # how far the relabeled prompt moved the policy from the behaviour one
                 metrics["herd_clipfrac"] = clipped[off].mean()
+                metrics["herd_abs_log_ratio"] = log_ratio[off].abs().mean()
             return metrics
 
     # ------------------------------------------------------------------------------ the epoch
