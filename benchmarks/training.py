@@ -77,7 +77,7 @@ class RunSettings:
     eval_samples: int = 64
     device: str = "cpu"
     dtype: str = "float32"  # of the frozen model
-    latent_bound: float = 10.0
+    latent_bound: float = 50.0
     max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
     threads: int | None = None  # torch CPU threads; None: torch's default
     checkpoint_every: int | None = None  # None: at every evaluation; always at the end

@@ -34,7 +34,7 @@ class EnvConfig:
     num_inference_steps: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    latent_bound: float = 10.0
+    latent_bound: float = 50.0
     max_prompt_bytes: int = 1024
     image_cache_size: int = 256
     max_prompt_chunks: int = 1

@@ -30,7 +30,7 @@ class DiffusionT2IEnv(gym.Env):
     ``Box(-latent_bound, latent_bound, (C, H, W), float32)``: the next latent. ``(4, 8, 8)`` for the Shapes
     world, ``(4, 64, 64)`` for Stable Diffusion v1.5 at 512 px. Actions are validated, never corrected:
     a wrong shape or a non-floating dtype raises ``ValueError``/``TypeError``; a NaN or inf entry raises
-    ``ValueError``; an entry outside ``[-latent_bound, latent_bound]`` (default 10: latents have about unit
+    ``ValueError``; an entry outside ``[-latent_bound, latent_bound]`` (default 50: latents have about unit
     variance) raises ``ValueError``. Floating dtypes other than float32 are cast to float32.
 
     ## Observation Space
@@ -86,7 +86,8 @@ class DiffusionT2IEnv(gym.Env):
     * ``prompts``: a registered prompt set name, one prompt, or a list of prompts; default: the world's.
     * ``num_inference_steps``: the number of DDIM steps ``T``; default: the world's (50 for SD).
     * ``device``, ``dtype``: where the frozen model runs (``"cpu"``/``"cuda"``, ``"float32"``/``"float16"``).
-    * ``latent_bound``: the action and latent bound (default 10.0).
+    * ``latent_bound``: the action and latent bound (default 50.0, a sanity limit: latents have about unit
+      variance, but guided DDIM steps of a real model reach |x| > 10).
     * ``max_prompt_bytes``: the prompt capacity of a goal vector (default 1024 UTF-8 bytes).
     * ``image_cache_size``: decoded images kept for ``compute_reward`` (default 256).
     * ``max_prompt_chunks``: prompts longer than the text encoder's window (77 tokens for SD) are refused by
@@ -120,7 +121,7 @@ class DiffusionT2IEnv(gym.Env):
         num_inference_steps: int | None = None,
         device: str = "cpu",
         dtype: str = "float32",
-        latent_bound: float = 10.0,
+        latent_bound: float = 50.0,
         max_prompt_bytes: int = 1024,
         image_cache_size: int = 256,
         max_prompt_chunks: int = 1,

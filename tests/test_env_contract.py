@@ -283,7 +283,7 @@ def test_non_finite_action(running_env, bad: float) -> None:
 
 def test_out_of_bound_action(running_env) -> None:
     with pytest.raises(ValueError, match="latent bounds"):
-        running_env.step(np.full((4, 8, 8), 11.0, np.float32))
+        running_env.step(np.full((4, 8, 8), 51.0, np.float32))
 
 
 def test_step_before_reset_and_after_termination(tiny_pipeline: str) -> None:
