@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--latent-bound",
         type=positive_float,
-        default=10.0,
-        help="the env's action bound on latents; raise it for untrained test models (default: %(default)s)",
+        default=RunSettings.latent_bound,
+        help="the env's bound on latents, a sanity limit (the Shapes model's guided steps reach ~12); raise it for "
+        "untrained test models (default: %(default)s)",
     )
 
     evaluation = parser.add_argument_group("held-out evaluation (fixed seeds, before, during and after training)")

@@ -125,20 +125,12 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
         env.close()
 
 
-NULL_PROMPT_WINDOWS = pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="agents/policy.py encodes the CFG null prompt in one 77-token window (env.model.encode_prompts([''])) "
-    "while the env encodes prompts in max_prompt_chunks windows; env.unconditional_embedding has the right shape",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
         "dpok-standard-aesthetic",
         "herd-b2-standard-imagereward",
-        pytest.param("herd-forest-imagereward", marks=NULL_PROMPT_WINDOWS),
+        "herd-forest-imagereward",
     ],
 )
 def test_presets_train_on_the_tiny_pipeline(tiny_pipeline, name):
