@@ -172,8 +172,10 @@ def epoch_shape(agent: Agent, env) -> EpochShape:
     stochastic = stochastic_steps(env, config.eta).tolist()
     new = config.batch_size * config.batches_per_epoch
     replayed = 0
-    if isinstance(agent, HERDAgent):  # HERDAgent.fill_buffer / replay: H batches of the last epoch, relabeled
-        replayed = min(config.herd_buffer_batches * config.batch_size, new)
+    if isinstance(agent, HERDAgent) and agent.history:  # HERDAgent.replay: what the next epoch will replay
+        replayed = sum(len(part) for part in agent.history)  # the buffer: H batches of the last epoch, relabeled
+        if config.herd_keep_history:  # or H batches drawn from the extended history
+            replayed = min(replayed, config.herd_buffer_batches * config.batch_size)
     return EpochShape(
         batch_size=config.batch_size,
         batches_per_epoch=config.batches_per_epoch,
@@ -365,20 +367,23 @@ def main() -> None:
     ).unwrapped
     device = torch.device(env.device)
     agent = make_agent(args.agent, env, config)
-    shape = epoch_shape(agent, env)
-    bare = BareEpoch(agent, env, shape, list(env.mdp.prompt_pool), seed=config.seed + 1)
+    bare = BareEpoch(agent, env, epoch_shape(agent, env), list(env.mdp.prompt_pool), seed=config.seed + 1)
 
     results: list[EpochResult] = []
     runs: list[dict[str, Timing]] = []
     phases = time_phases(agent, device)
     agent.train_epoch(), bare.time()  # warm-up (HERD: fills its buffer, so the timed epochs replay)
+    shapes = []
     for _ in range(args.epochs):  # alternating, so that a load change on a shared machine hits both alike
+        bare.shape = epoch_shape(agent, env)  # HERD's replay can grow over the first epochs (extended history)
+        shapes.append(bare.shape)
         epoch = timed(lambda: results.append(agent.train_epoch()), device)
         runs.append({"epoch": epoch, **{name: times[-1] for name, times in phases.items()}, **bare.time()})
         runs[-1]["other"] = Timing(
             epoch.wall - runs[-1]["collect"].wall - runs[-1]["update"].wall,
             epoch.cpu - runs[-1]["collect"].cpu - runs[-1]["update"].cpu,
         )
+    shape = shapes[-1]  # what the table describes (HERD with an extended history: its last, largest epoch)
     guidance = agent.policy.guidance_scale
     agent.close()
     env.close()
@@ -405,8 +410,9 @@ def main() -> None:
         f"fwd+bwd{extra}, {optimizer_steps} optimiser steps"
     )
     trained = [int(result.metrics["num_train_samples"]) for result in results]
-    if any(n != shape.trained for n in trained):
-        print(f"WARNING: the agent trained on {trained} trajectories per epoch, the count says {shape.trained}")
+    counted = [s.trained for s in shapes]
+    if trained != counted:
+        print(f"WARNING: the agent trained on {trained} trajectories per epoch, the count says {counted}")
     print()
     rows = [
         ("epoch (train_epoch)", "epoch", "the agent through the env"),
