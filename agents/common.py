@@ -79,6 +79,7 @@ class AgentConfig:
     herd_keep_history: bool = False
     herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)
     herd_off_policy_correction: bool = True
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more compute
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -289,10 +290,20 @@ class Agent:
         self.config = config
         with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded
             torch.manual_seed(config.seed)
-            self.policy = DiffusionPolicy(env, config.lora_rank, config.guidance_scale, config.eta)
-        self.parameters = self.policy.trainable_parameters()
+            self.policy = DiffusionPolicy(
+                env, config.lora_rank, config.guidance_scale, config.eta, config.gradient_checkpointing
+            )
+        self.parameters = self.policy.trainable_parameters()  # float32, whatever the model's dtype
         self.distributed.broadcast_parameters(self.parameters)  # every process starts from the main's weights
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # float16 models: a dynamic loss scaler skips the optimiser steps whose gradients overflowed float16 (and
+        # halves the scale), instead of writing inf/NaN into the weights. It starts at 1, not torch's 2**16: the
+        # log-probs are sums over latent dims, so the gradients are large, not small. On the tiny test pipeline,
+        # float16 gradients at scale 1 (and 1/16) are within ~0.5% of float32's, and overflow from 2**8-2**10 on.
+        # bfloat16 has float32's range and needs no scaler; disabled, the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler(
+            env.model.device.type, init_scale=1.0, enabled=self.policy.model_dtype == torch.float16
+        )
         sampling_seed = self.distributed.process_seed(config.seed)  # config.seed on the main process
         self.rng = np.random.default_rng(sampling_seed)  # prompts, env seeds
         self.generator = torch.Generator().manual_seed(sampling_seed)  # action noise, shuffles, timestep choice
@@ -343,10 +354,21 @@ class Agent:
         raise NotImplementedError
 
     def optimizer_step(self) -> None:
+        """Average, unscale (float16), clip and apply the gradients; with float16, a step whose gradients
+        overflowed is skipped and the loss scale lowered (``torch.amp.GradScaler``)."""
         self.distributed.sync_gradients(self.parameters)  # mean over the processes (no-op for one)
+        if self.scaler.is_enabled():
+            for optimizer in self._optimizers():  # e.g. DPOK's value net: its gradients came from the scaled loss too
+                self.scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # optimizer.step() unless a float16 gradient overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser of the agent, the policy's first (they all step on gradients of the scaled loss)."""
+        others = [v for v in vars(self).values() if isinstance(v, torch.optim.Optimizer) and v is not self.optimizer]
+        return [self.optimizer, *others]
 
     def update(self, samples: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
         """``inner_epochs`` passes of minibatch updates over ``samples``; returns the mean metrics."""
@@ -376,7 +398,7 @@ class Agent:
                     )
                     step = self.policy(batch.latents, batch.timesteps, batch.prompt_embeddings, batch.next_latents)
                     out = self.step_loss(batch, step)
-                    (out.loss / steps.shape[1]).backward()  # average the gradient over the steps
+                    self.scaler.scale(out.loss / steps.shape[1]).backward()  # average the gradient over the steps
                     for key, value in {"loss": out.loss, **out.metrics, **self._ratio_metrics(batch, step)}.items():
                         totals.setdefault(key, []).append(value.detach().float())
                 self.optimizer_step()
@@ -453,7 +475,7 @@ class Agent:
 
     # ------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Everything to resume exactly: trainable params, optimiser, stat tracker, RNGs, epoch.
+        """Everything to resume exactly: trainable params, optimiser, loss scaler, stat tracker, RNGs, epoch.
 
         Only tensors and plain Python values (nested dicts/lists of str, int, float, bool, None).
         """
@@ -463,6 +485,7 @@ class Agent:
                 "epoch": self.epoch,
                 "policy": self.policy.named_trainable_parameters(),
                 "optimizer": self.optimizer.state_dict(),  # holds live tensors: cloned below
+                "scaler": self.scaler.state_dict(),  # float16's loss scale; {} when disabled
                 "stat_tracker": self.stat_tracker.state_dict(),
                 "rng": {"numpy": self.rng.bit_generator.state, "torch": self.generator.get_state()},
             }
@@ -479,6 +502,8 @@ class Agent:
             for name, parameter in parameters.items():
                 parameter.copy_(state["policy"][name])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # absent from older checkpoints, {} when saved without float16
+            self.scaler.load_state_dict(state["scaler"])
         self.stat_tracker.load_state_dict(state["stat_tracker"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         self.generator.set_state(state["rng"]["torch"])

@@ -16,10 +16,22 @@ The env's model is loaded once per process and shared, so several policies can l
 adds its own uniquely named adapter and enables it only for the duration of its own forward passes; outside
 them the UNet is left with every adapter disabled (the pretrained model, as any other user expects).
 Call :meth:`DiffusionPolicy.close` to remove the adapter when done.
+
+**Mixed precision.** When the env's model is in float16 or bfloat16 (``--dtype``), the frozen UNet stays in that
+dtype but the trainable weights are float32: the LoRA weights are upcast (peft then computes the adapter's
+branch in float32 and adds it to the half-precision base output); a full fine-tune trains a float32 copy of the
+UNet and runs its forward under ``torch.autocast`` in the model's dtype. The noise prediction is cast to float32
+before the DDIM step, so means, log-probs and everything downstream (ratios, losses) are float32.
+
+**Gradient checkpointing** (``gradient_checkpointing=True``): the UNet's blocks recompute their activations in
+the backward pass instead of storing them. It is switched on only for this policy's own forward passes with
+gradients (the UNet may be shared), and the recomputation, which runs later in ``backward()``, re-enables this
+policy's adapter for the block it recomputes: the gradients equal those without checkpointing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import warnings
@@ -27,17 +39,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.utils.checkpoint
 
 from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 _ADAPTER_IDS = itertools.count()
 
 
 class DiffusionPolicy:
     """A guided DDIM policy on the env's UNet; trainable through LoRA or in full."""
 
-    def __init__(self, env, lora_rank: int = 8, guidance_scale: float | None = None, eta: float = 1.0):
+    def __init__(
+        self,
+        env,
+        lora_rank: int = 8,
+        guidance_scale: float | None = None,
+        eta: float = 1.0,
+        gradient_checkpointing: bool = False,
+    ):
         if lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tune), got {lora_rank}")
         if eta <= 0:
@@ -50,19 +71,25 @@ class DiffusionPolicy:
         self.lora_rank = lora_rank
         self.negative_embeddings = env.unconditional_embedding  # (1, S, D): the CFG null prompt
         self.reference_unet = env.model.unet
+        self.model_dtype = self.reference_unet.dtype  # the frozen model's (env --dtype)
         self.adapter_name: str | None = None
         self._lora_layers: list = []
         if lora_rank > 0:
             self.unet = self.reference_unet
             self._add_adapter(lora_rank)
-        else:
-            self.unet = copy.deepcopy(self.reference_unet).requires_grad_(True)
+        else:  # a private float32 copy (mixed precision: its forward is autocast to model_dtype, see _autocast)
+            self.unet = copy.deepcopy(self.reference_unet).float().requires_grad_(True)
         self.unet.eval()  # no dropout: the log-probs must be exact
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing and not getattr(self.unet, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.unet).__name__} does not support gradient checkpointing")
+        # the UNet's blocks that can checkpoint (diffusers: a ``gradient_checkpointing`` flag on each)
+        self._checkpointable = [m for m in self.unet.modules() if hasattr(m, "gradient_checkpointing")]
 
     # ------------------------------------------------------------------------------ adapter handling
     def _add_adapter(self, rank: int) -> None:
         from peft import LoraConfig
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 
         self.adapter_name = f"policy_{next(_ADAPTER_IDS)}"
         config = LoraConfig(
@@ -71,6 +98,7 @@ class DiffusionPolicy:
         with warnings.catch_warnings():  # peft warns that the UNet already holds another policy's adapter
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
             self.unet.add_adapter(config, adapter_name=self.adapter_name)  # B = 0: starts at the pretrained model
+        cast_adapter_dtype(self.unet, self.adapter_name)  # float16/bfloat16 LoRA weights -> float32 (mixed precision)
         self._lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         self._set_adapter(False)
 
@@ -87,6 +115,11 @@ class DiffusionPolicy:
                 layer.set_adapter(self.adapter_name)
             layer._disable_adapters = not enabled
 
+    def _adapter_enabled(self) -> bool:
+        """Whether this policy's adapter is the enabled one right now (inside its own forward pass)."""
+        layer = self._lora_layers[0]
+        return not layer._disable_adapters and list(layer.active_adapters) == [self.adapter_name]
+
     @contextmanager
     def _adapter(self, enabled: bool) -> Iterator[None]:
         if self.adapter_name is None:
@@ -95,6 +128,53 @@ class DiffusionPolicy:
         self._set_adapter(enabled)
         try:
             yield
+        finally:
+            self._set_adapter(False)
+
+    # ------------------------------------------------------------------------------ precision and memory
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """A full fine-tune's float32 UNet computes in the model's half dtype (LoRA needs nothing: the base is half)."""
+        if self.adapter_name is None and self.model_dtype in HALF_DTYPES:
+            return torch.autocast(device_type=self.unet.device.type, dtype=self.model_dtype)
+        return contextlib.nullcontext()
+
+    @contextmanager
+    def _checkpointing(self) -> Iterator[None]:
+        """Set the UNet's gradient checkpointing to this policy's choice for one forward pass, then restore it.
+
+        Only forward passes with gradients checkpoint (diffusers checks ``torch.is_grad_enabled()``).
+        """
+        if not torch.is_grad_enabled() or not self._checkpointable:
+            yield
+            return
+        saved = [
+            (m, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func")) for m in self._checkpointable
+        ]
+        for module in self._checkpointable:
+            module.gradient_checkpointing = self.gradient_checkpointing
+            module._gradient_checkpointing_func = self._checkpoint
+        try:
+            yield
+        finally:
+            for module, flag, function in saved:
+                module.gradient_checkpointing = flag
+                if function is None:
+                    module.__dict__.pop("_gradient_checkpointing_func", None)
+                else:
+                    module._gradient_checkpointing_func = function
+
+    def _checkpoint(self, block: torch.nn.Module, *args, **kwargs):
+        """diffusers' ``_gradient_checkpointing_func``: ``torch.utils.checkpoint`` of ``block`` with this adapter on."""
+        return torch.utils.checkpoint.checkpoint(self._run_block, block, *args, use_reentrant=False, **kwargs)
+
+    def _run_block(self, block: torch.nn.Module, *args, **kwargs):
+        """Run ``block`` with this policy's adapter enabled: a no-op in the forward pass, but the recomputation
+        happens in ``backward()``, after the forward pass has disabled the adapter again."""
+        if self.adapter_name is None or self._adapter_enabled():
+            return block(*args, **kwargs)
+        self._set_adapter(True)
+        try:
+            return block(*args, **kwargs)
         finally:
             self._set_adapter(False)
 
@@ -135,9 +215,10 @@ class DiffusionPolicy:
         generator: torch.Generator | None,
         action: torch.Tensor | None,
     ) -> PolicyStep:
-        noise = guided_noise_prediction(
-            unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, self.guidance_scale
-        )  # (B, C, H, W)
+        with self._autocast() if unet is self.unet else contextlib.nullcontext():
+            noise = guided_noise_prediction(
+                unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, self.guidance_scale
+            )  # (B, C, H, W), float32
         return ddim_policy_step(self.scheduler, noise, latents, timesteps, self.eta, generator, action)
 
     def __call__(
@@ -153,7 +234,7 @@ class DiffusionPolicy:
         ``latents`` :math:`x_t` ``(B, C, H, W)``, ``timesteps`` ``(B,)``, ``prompt_embeddings`` ``(B, S, D)``.
         Gradients flow to the trainable parameters unless called under ``torch.no_grad()``.
         """
-        with self._adapter(True):
+        with self._adapter(True), self._checkpointing():
             return self._step(self.unet, latents, timesteps, prompt_embeddings, generator, action)
 
     @torch.no_grad()

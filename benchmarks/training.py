@@ -76,7 +76,7 @@ class RunSettings:
     eval_every: int | None = None  # None: about four evaluations per run
     eval_samples: int = 64
     device: str = "cpu"
-    dtype: str = "float32"  # of the frozen model
+    dtype: str = "float32"  # of the frozen model; float16/bfloat16: mixed precision (trainable weights stay float32)
     latent_bound: float = 50.0
     max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
     threads: int | None = None  # torch CPU threads; None: torch's default
@@ -417,6 +417,7 @@ def evaluate_base_model(agent, prompts: list[str], settings: RunSettings) -> Eva
         tuple(prompts),
         settings.num_inference_steps,
         settings.device,
+        settings.dtype,
         settings.latent_bound,
         config.guidance_scale,
         config.eta,
