@@ -53,6 +53,8 @@ class Preset:
     epochs: int = 100
     batch_size: int = 12
     batches_per_epoch: int = 3
+    train_batch_size: int = 12  # one optimiser step per sampling batch, as docs/scale.md's estimate assumes
+    train_timestep_fraction: float = 1.0  # every denoising step is trained (DDPO, the HERD paper)
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     eta: float = 1.0
