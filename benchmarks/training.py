@@ -71,7 +71,7 @@ class RunSettings:
     reward: str | None = None  # None: the world's default reward
     prompts: str | None = None  # a prompt set name or one prompt; None: the world's default prompts
     eval_prompts: str | None = None  # None: the world's eval prompts, else the training prompts
-    epochs: int = 30
+    epochs: int = 24
     num_inference_steps: int | None = None  # None: the world's
     eval_every: int | None = None  # None: about four evaluations per run
     eval_samples: int = 64
