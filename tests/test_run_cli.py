@@ -245,3 +245,26 @@ def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path,
     records = [json.loads(line) for line in (folder / "ddpo-seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert "| ddpo | 2 |" in (folder / "comparison.md").read_text()
+
+
+def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline, tmp_path, capsys):
+    from benchmarks import evaluate_run
+
+    folder = tmp_path / "run"
+    assert (
+        run.main(["--agent", "ddpo", "--epochs", "1", "--learning-rate", "0.05", *tiny_flags(tiny_pipeline, folder)])
+        == 0
+    )
+    result = evaluate_run.main([str(folder), "--samples-per-prompt", "3", "--threads", "1"])
+
+    assert result == json.loads((folder / "evaluation.json").read_text())
+    assert result["epoch"] == 1 and result["num_samples"] == 3 and result["eval_prompts"] == "a small blue square"
+    assert Path(result["checkpoint"]).parent == folder / "checkpoints"
+    reward = result["scores"]["reward"]
+    assert reward["change"] == pytest.approx(reward["fine_tuned"] - reward["base"])
+    assert reward["ci95"] >= 0 and result["distance_from_base"] > 0  # the trained LoRA changed the images
+    assert "| reward |" in capsys.readouterr().out
+
+    shutil.rmtree(folder / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        evaluate_run.main([str(folder)])
