@@ -3,7 +3,8 @@ r"""What every agent shares: the config, the rollout through the env, the batche
 An agent (:class:`Agent`) runs, each epoch (``train_epoch``):
 
 1. **rollout** -- ``batches_per_epoch`` batches of ``batch_size`` episodes, driven through the env's
-   ``reset``/``step`` with actions sampled from its policy (:func:`collect_trajectories`);
+   ``reset``/``step`` with actions sampled from its policy (:class:`Rollout`); with ``async_reward``, each batch's
+   reward is scored on a worker thread while the next batch is sampled (:meth:`Agent.collect`);
 2. **advantages** -- one scalar per trajectory (each algorithm's own :meth:`Agent.advantages`);
 3. **update** -- ``inner_epochs`` passes over the trajectories in minibatches of ``train_batch_size``; for each
    minibatch, a random ``train_timestep_fraction`` of its stochastic steps, one forward/backward per step,
@@ -15,6 +16,7 @@ HERD (``agents/herd.py``) wraps any agent by feeding relabeled trajectories into
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -80,6 +82,7 @@ class AgentConfig:
     herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)
     herd_off_policy_correction: bool = True
     gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more compute
+    async_reward: bool = False  # score batch i's reward on a worker thread while batch i + 1 is sampled
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -215,43 +218,106 @@ class Generation:
 
 
 # ============================================================================================== rollout
+@dataclass
+class Rollout:
+    """One batch of episodes being collected: :meth:`start` runs it through the env, :meth:`finish` records it.
+
+    Two phases so that the terminal reward can be scored while the caller does something else: with
+    ``asynchronous=True`` the last step is ``env.step_async`` (the env scores the reward on its worker thread) and
+    :meth:`finish` waits for it (``env.step_wait``); otherwise it is ``env.step`` and :meth:`finish` only records.
+    Either way the env's observations, rewards and the ``generator``'s draws are the same.
+    """
+
+    env: Any  # a DiffusionT2IVectorEnv
+    prompts: list[str]  # B goal prompts
+    asynchronous: bool
+    prompt_embeddings: torch.Tensor  # (B, S, D)
+    desired_goals: torch.Tensor  # (B, G)
+    latents: list[torch.Tensor] = dataclasses.field(default_factory=list)  # T x (B, C, H, W): x_t
+    next_latents: list[torch.Tensor] = dataclasses.field(default_factory=list)  # T x (B, C, H, W): the actions
+    log_probs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # T x (B,)
+    timesteps: list[torch.Tensor] = dataclasses.field(default_factory=list)  # T x 0-d int64
+    stochastic: list[bool] = dataclasses.field(default_factory=list)  # T
+    last_step: tuple | None = None  # the terminal step's (obs, reward, terminated, truncated, info), synchronous
+
+    @classmethod
+    def start(
+        cls,
+        env,
+        policy: DiffusionPolicy,
+        prompts: list[str],
+        seed: int,
+        generator: torch.Generator,
+        asynchronous: bool = False,
+    ) -> Rollout:
+        """Reset ``env`` and take the ``T`` steps of the schedule with actions from ``policy``.
+
+        ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``); ``generator`` draws the
+        policy's action noise. With ``asynchronous``, the last step is left pending on ``env`` (``step_async``):
+        ``env`` must not be reset before :meth:`finish`.
+        """
+        observation, _ = env.reset(seed=seed, options={"prompts": list(prompts)})
+        rollout = cls(
+            env,
+            list(prompts),
+            asynchronous,
+            prompt_embeddings=observation["prompt_embedding"].clone(),  # (B, S, D)
+            desired_goals=observation["desired_goal"].clone(),  # (B, G)
+        )
+        num_steps = len(env.timesteps)
+        for index in range(num_steps):
+            step: PolicyStep = policy.sample(observation, generator)
+            rollout.latents.append(observation["latent"].clone())  # (B, C, H, W)
+            rollout.timesteps.append(observation["timestep"][0, 0].clone())  # all envs share the schedule
+            rollout.next_latents.append(step.action)  # (B, C, H, W)
+            rollout.log_probs.append(step.log_prob)  # (B,)
+            rollout.stochastic.append(bool(step.stochastic[0]))
+            if index < num_steps - 1:
+                observation, *_ = env.step(step.action)
+            elif asynchronous:
+                env.step_async(step.action)  # the reward is scored on the env's worker thread
+            else:
+                rollout.last_step = env.step(step.action)
+        return rollout
+
+    def discard(self) -> None:
+        """Give the batch up; a pending terminal step is waited for (its errors ignored), so the env can be reset."""
+        if self.asynchronous:
+            with contextlib.suppress(Exception):
+                self.env.step_wait()
+
+    def finish(self) -> Trajectories:
+        """The recorded :class:`Trajectories` (asynchronous: after waiting for the terminal reward)."""
+        last_step = self.env.step_wait() if self.asynchronous else self.last_step
+        observation, reward, terminated, _, info = last_step
+        if not bool(terminated.all()):
+            raise RuntimeError("the episodes did not terminate at the end of the schedule")
+        return Trajectories(
+            latents=torch.stack(self.latents, dim=1),  # T x (B, C, H, W) -> (B, T, C, H, W)
+            next_latents=torch.stack(self.next_latents, dim=1),  # (B, T, C, H, W)
+            timesteps=torch.stack(self.timesteps).cpu(),  # (T,)
+            log_probs=torch.stack(self.log_probs, dim=1),  # T x (B,) -> (B, T)
+            stochastic=torch.tensor(self.stochastic),  # (T,)
+            prompt_embeddings=self.prompt_embeddings,
+            prompts=self.prompts,
+            rewards=reward.float().cpu(),  # (B,)
+            achieved_goals=observation["achieved_goal"].clone(),  # (B, G)
+            desired_goals=self.desired_goals,
+            gold_scores=_cpu(info.get("gold_score")),
+            proxy_scores=_cpu(info.get("proxy_score")),
+            final_images=info["final_images"],  # (B, 3, H, W)
+        )
+
+
 def collect_trajectories(
     env, policy: DiffusionPolicy, prompts: list[str], seed: int, generator: torch.Generator
 ) -> Trajectories:
     """Run one batch of episodes through ``env`` (a ``DiffusionT2IVectorEnv``) with actions from ``policy``.
 
     ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``); ``generator`` draws the
-    policy's action noise. Returns the recorded :class:`Trajectories`.
+    policy's action noise. Returns the recorded :class:`Trajectories` (:class:`Rollout` in one go).
     """
-    observation, _ = env.reset(seed=seed, options={"prompts": list(prompts)})
-    prompt_embeddings = observation["prompt_embedding"].clone()  # (B, S, D)
-    desired_goals = observation["desired_goal"].clone()  # (B, G)
-    latents, next_latents, log_probs, timesteps, stochastic = [], [], [], [], []
-    terminated = torch.zeros(env.num_envs, dtype=torch.bool)
-    info: dict[str, Any] = {}
-    while not bool(terminated.all()):
-        step: PolicyStep = policy.sample(observation, generator)
-        latents.append(observation["latent"].clone())  # (B, C, H, W)
-        timesteps.append(observation["timestep"][0, 0].clone())  # all envs share the schedule
-        next_latents.append(step.action)  # (B, C, H, W)
-        log_probs.append(step.log_prob)  # (B,)
-        stochastic.append(bool(step.stochastic[0]))
-        observation, reward, terminated, _, info = env.step(step.action)
-    return Trajectories(
-        latents=torch.stack(latents, dim=1),  # T x (B, C, H, W) -> (B, T, C, H, W)
-        next_latents=torch.stack(next_latents, dim=1),  # (B, T, C, H, W)
-        timesteps=torch.stack(timesteps).cpu(),  # (T,)
-        log_probs=torch.stack(log_probs, dim=1),  # T x (B,) -> (B, T)
-        stochastic=torch.tensor(stochastic),  # (T,)
-        prompt_embeddings=prompt_embeddings,
-        prompts=list(prompts),
-        rewards=reward.float().cpu(),  # (B,)
-        achieved_goals=observation["achieved_goal"].clone(),  # (B, G)
-        desired_goals=desired_goals,
-        gold_scores=_cpu(info.get("gold_score")),
-        proxy_scores=_cpu(info.get("proxy_score")),
-        final_images=info["final_images"],  # (B, 3, H, W)
-    )
+    return Rollout.start(env, policy, prompts, seed, generator).finish()
 
 
 def _cpu(value) -> torch.Tensor | None:
@@ -310,6 +376,7 @@ class Agent:
         self.stat_tracker = PerPromptStatTracker(config.stat_buffer_size, config.stat_min_count)
         self.prompts = prompt_pool(env)
         self.epoch = 0
+        self._sibling_env = None  # async_reward's second env (sibling_env)
 
     # ------------------------------------------------------------------------------ rollout
     def sample_prompts(self) -> list[str]:
@@ -318,13 +385,42 @@ class Agent:
         return [self.prompts[i] for i in rows]
 
     def collect(self) -> list[Trajectories]:
-        """``batches_per_epoch`` batches from the current policy."""
-        batches = []
-        for _ in range(self.config.batches_per_epoch):
-            prompts = self.sample_prompts()
-            seed = int(self.rng.integers(2**31 - self.config.batch_size))
-            batches.append(collect_trajectories(self.env, self.policy, prompts, seed, self.generator))
+        """``batches_per_epoch`` batches from the current policy.
+
+        With ``async_reward`` and two batches or more, the batches alternate between the env and a sibling env
+        (:meth:`~diffusion_gym.vector_env.DiffusionT2IVectorEnv.make_sibling`): batch ``i``'s terminal step is
+        ``step_async``, batch ``i + 1`` is sampled on the other env while batch ``i``'s reward is scored on a worker
+        thread, then batch ``i`` is collected (``step_wait``). Prompts, env seeds and action noise are drawn in the
+        same order as in the synchronous loop, so the batches are identical. (One batch has nothing to overlap
+        with: the next epoch's sampling needs the update, which needs the rewards.)
+        """
+        config = self.config
+        overlap = config.async_reward and config.batches_per_epoch >= 2
+        envs = [self.env, self.sibling_env()] if overlap else [self.env]
+        batches: list[Trajectories] = []
+        unfinished: list[Rollout] = []  # started, oldest first; overlapping, the last one's reward may be pending
+        try:
+            for index in range(config.batches_per_epoch):
+                prompts = self.sample_prompts()
+                seed = int(self.rng.integers(2**31 - config.batch_size))
+                env = envs[index % len(envs)]  # its previous batch is finished already (see below)
+                unfinished.append(Rollout.start(env, self.policy, prompts, seed, self.generator, asynchronous=overlap))
+                if len(unfinished) == len(envs):  # synchronous: at once; overlapping: once the next batch is sampled
+                    batches.append(unfinished.pop(0).finish())
+            while unfinished:
+                batches.append(unfinished.pop(0).finish())
+        finally:  # an error or Ctrl-C: leave no step pending, so that the envs can be reset (e.g. to evaluate)
+            for rollout in unfinished:
+                rollout.discard()
         return batches
+
+    def sibling_env(self):
+        """A second env like :attr:`env` (same arguments, shared models), made on first use, closed by :meth:`close`."""
+        if self._sibling_env is None:
+            if not hasattr(self.env, "make_sibling"):
+                raise TypeError(f"async_reward needs a DiffusionT2IVectorEnv, got {type(self.env).__name__}")
+            self._sibling_env = self.env.make_sibling()
+        return self._sibling_env
 
     # ------------------------------------------------------------------------------ advantages
     def normalized_rewards(self, samples: Trajectories) -> torch.Tensor:
@@ -510,8 +606,11 @@ class Agent:
         self.epoch = int(state["epoch"])
 
     def close(self) -> None:
-        """Release the policy's adapter from the shared UNet."""
+        """Release the policy's adapter from the shared UNet; close the sibling env (``async_reward``)."""
         self.policy.close()
+        if self._sibling_env is not None:
+            self._sibling_env.close()
+            self._sibling_env = None
 
 
 def reward_view(samples: Trajectories) -> Trajectories:
@@ -552,6 +651,7 @@ __all__ = [
     "AgentConfig",
     "EpochResult",
     "Generation",
+    "Rollout",
     "StepBatch",
     "StepLoss",
     "Trajectories",

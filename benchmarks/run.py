@@ -85,6 +85,10 @@ AGENT_CONFIG_HELP: dict[str, str] = {
         "recompute the UNet's activations in the backward pass instead of storing them: much less memory for the "
         "training step, about a third more training compute; same gradients"
     ),
+    "async_reward": (
+        "score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env "
+        "sharing the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results"
+    ),
 }
 POSITIVE_FIELDS = {
     "batch_size",

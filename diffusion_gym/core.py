@@ -21,7 +21,7 @@ from gymnasium.error import ResetNeeded
 from diffusion_gym.goals import GoalCodec
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.prompts import resolve_prompts
-from diffusion_gym.rewards import make_reward, validate_reward
+from diffusion_gym.rewards import RewardFn, make_reward, validate_reward
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,26 @@ class DiffusionMDP:
         return action
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, object]]:
-        """Advance all episodes by one step; returns rewards ``(N,)`` and terminal extras (empty before)."""
+        """Advance all episodes by one step; returns rewards ``(N,)`` and terminal extras (empty before).
+
+        The terminal step is three parts: :meth:`advance` (the transition and the decode), every function of
+        :meth:`terminal_scorers` on the images, then :meth:`terminal_outcome`. Here they run in a row; the vector
+        env's ``step_async`` runs the middle part on a worker thread.
+        """
+        images = self.advance(action)
+        if images is None:
+            return torch.zeros(self.num_envs, dtype=torch.float32), {}
+        scores = {
+            key: reward_fn(images, self.prompts).float().cpu() for key, reward_fn in self.terminal_scorers().items()
+        }
+        return self.terminal_outcome(images, scores)
+
+    def advance(self, action: torch.Tensor) -> torch.Tensor | None:
+        """The transition of all episodes (the next latent is the action); nothing is scored.
+
+        Returns ``None`` before the last step; at the last step, the final images ``(N, 3, H, W)`` in [0, 1]
+        (decoded, and the achieved goals updated), for :meth:`terminal_scorers` to score.
+        """
         if self.step_index is None:
             raise ResetNeeded("step() called before reset()")
         if self.terminated:
@@ -195,18 +214,29 @@ class DiffusionMDP:
         self.latents = self.check_action(action)
         self.step_index += 1
         if not self.terminated:
-            return torch.zeros(self.num_envs, dtype=torch.float32), {}
-
+            return None
         images = self.decode(self.latents)  # (N, 3, H, W)
         self.achieved_goals = self.codec.encode(self.prompts, self.latents)
-        rewards = self.reward_fn(images, self.prompts).float().cpu()
+        return images
+
+    def terminal_scorers(self) -> dict[str, RewardFn]:
+        """The scores of the terminal step, by key: ``"reward"`` (the env's reward) and each extra score of the
+        world (``gold_score``, ``proxy_score``) whose reward differs from it (one that is the reward reuses it)."""
+        scorers: dict[str, RewardFn] = {"reward": self.reward_fn}
+        for key, name in self.extra_score_names.items():
+            if name != self.reward_name:
+                scorers[key] = make_reward(name, self.model.device)
+        return scorers
+
+    def terminal_outcome(
+        self, images: torch.Tensor, scores: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """The terminal rewards ``(N,)`` and extras (``final_images`` and the world's extra scores), from the
+        final images ``(N, 3, H, W)`` and the ``(N,)`` float32 CPU scores of every :meth:`terminal_scorers` key."""
+        rewards = scores["reward"]
         extras: dict[str, object] = {"final_images": images}
         for key, name in self.extra_score_names.items():
-            extras[key] = (
-                rewards
-                if name == self.reward_name
-                else make_reward(name, self.model.device)(images, self.prompts).float().cpu()
-            )
+            extras[key] = rewards if name == self.reward_name else scores[key]
         return rewards, extras
 
     def observation(self) -> dict[str, torch.Tensor]:
@@ -243,6 +273,11 @@ class DiffusionMDP:
         while len(self._image_cache) > self.config.image_cache_size:
             self._image_cache.popitem(last=False)
         return torch.stack(images).float().div(255).to(self.model.device)  # (B, 3, H, W)
+
+    def share_image_cache(self, other: DiffusionMDP) -> None:
+        """Decode through ``other``'s image cache from now on (sibling envs of one run, same config): then
+        ``compute_reward`` on either sees exactly the images both scored, and the cache evicts as one env's would."""
+        self._image_cache = other._image_cache
 
     def compute_reward(self, achieved_goal, desired_goal) -> torch.Tensor:
         """Vectorised goal-conditioned reward ``(B,)`` float32 on the CPU (see :mod:`diffusion_gym.goals`)."""

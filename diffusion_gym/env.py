@@ -104,7 +104,9 @@ class DiffusionT2IEnv(gym.Env):
 
     ``gym.make_vec("DiffusionT2I-v0", num_envs=N, vectorization_mode="vector_entry_point")`` runs all ``N``
     episodes as one batch on the env's device and returns torch tensors there
-    (:class:`diffusion_gym.vector_env.DiffusionT2IVectorEnv`).
+    (:class:`diffusion_gym.vector_env.DiffusionT2IVectorEnv`). It also has Gymnasium's split step,
+    ``step_async(actions)`` / ``step_wait()``: at the terminal step the reward is scored on a worker thread
+    in between, so that the caller can sample another batch meanwhile.
 
     ## Version History
 
