@@ -27,14 +27,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/evaluate_run.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import make_agent
 from agents.checkpoint import checkpoint_info, load_checkpoint
-from benchmarks.training import read_settings
+from benchmarks.training import make_env, read_settings
 from diffusion_gym.prompts import resolve_prompts
 
 EVAL_SEED = 2_000_000  # not the runs' own evaluation seeds: these samples are new to every run
@@ -69,19 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = read_settings(args.run_dir)
     checkpoint_path = checkpoint_info(args.run_dir)["path"]  # the latest complete checkpoint
     checkpoint = load_checkpoint(checkpoint_path)  # a clear error if corrupt or truncated
-    env = gym.make_vec(
-        "DiffusionT2I-v0",
-        num_envs=settings.config.batch_size,
-        vectorization_mode="vector_entry_point",
-        model=settings.model,
-        reward=settings.reward,
-        prompts=settings.prompts,
-        num_inference_steps=settings.num_inference_steps,
-        device=settings.device,
-        dtype=settings.dtype,
-        latent_bound=settings.latent_bound,
-        max_prompt_chunks=settings.max_prompt_chunks,
-    )
+    env = make_env(settings)
     world = env.unwrapped.model.world
     eval_set = (
         args.eval_prompts or settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts

@@ -145,19 +145,7 @@ def train_and_evaluate(settings: RunSettings) -> RunResult | None:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     distributed = current()
-    env = gym.make_vec(
-        "DiffusionT2I-v0",
-        num_envs=settings.config.batch_size,
-        vectorization_mode="vector_entry_point",
-        model=settings.model,
-        reward=settings.reward,
-        prompts=settings.prompts,
-        num_inference_steps=settings.num_inference_steps,
-        device=distributed.device(settings.device),  # cuda -> this process's GPU
-        dtype=settings.dtype,
-        latent_bound=settings.latent_bound,
-        max_prompt_chunks=settings.max_prompt_chunks,
-    )
+    env = make_env(settings, distributed.device(settings.device))  # cuda -> this process's GPU
     agent = make_agent(settings.agent, env.unwrapped, settings.config)
     try:
         if not distributed.is_main_process:
@@ -166,6 +154,23 @@ def train_and_evaluate(settings: RunSettings) -> RunResult | None:
     finally:
         agent.close()  # frees the shared UNet of the adapter: the next run in this process starts from the base
         env.close()
+
+
+def make_env(settings: RunSettings, device: str | torch.device | None = None):
+    """The run's vector env: ``batch_size`` episodes of ``DiffusionT2I-v0`` with the run's model, reward, prompts."""
+    return gym.make_vec(
+        "DiffusionT2I-v0",
+        num_envs=settings.config.batch_size,
+        vectorization_mode="vector_entry_point",
+        model=settings.model,
+        reward=settings.reward,
+        prompts=settings.prompts,
+        num_inference_steps=settings.num_inference_steps,
+        device=settings.device if device is None else device,
+        dtype=settings.dtype,
+        latent_bound=settings.latent_bound,
+        max_prompt_chunks=settings.max_prompt_chunks,
+    )
 
 
 @dataclass
