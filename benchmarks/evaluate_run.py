@@ -33,7 +33,8 @@ import torch
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import make_agent
 from agents.checkpoint import checkpoint_info, load_checkpoint
-from benchmarks.training import make_env, read_settings
+from benchmarks.run import positive_int
+from benchmarks.training import eval_prompt_set, make_env, read_settings
 from diffusion_gym.prompts import resolve_prompts
 
 EVAL_SEED = 2_000_000  # not the runs' own evaluation seeds: these samples are new to every run
@@ -43,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder written by benchmarks/run.py (with checkpoints/)")
     parser.add_argument(
-        "--samples-per-prompt", type=int, default=4, help="samples of each eval prompt per model (default: 4)"
+        "--samples-per-prompt", type=positive_int, default=4, help="samples of each eval prompt per model (default: 4)"
     )
     parser.add_argument(
         "--eval-prompts", default=None, help="a prompt set or one prompt (default: the run's evaluation prompts)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     return parser
 
 
@@ -60,8 +61,6 @@ def summary(values: np.ndarray) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.samples_per_prompt < 1:
-        raise SystemExit(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -70,9 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = load_checkpoint(checkpoint_path)  # a clear error if corrupt or truncated
     env = make_env(settings)
     world = env.unwrapped.model.world
-    eval_set = (
-        args.eval_prompts or settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
-    )
+    eval_set = args.eval_prompts or eval_prompt_set(settings, world)
     prompts = [p for p in resolve_prompts(eval_set) for _ in range(args.samples_per_prompt)]
     agent = make_agent(settings.agent, env.unwrapped, settings.config)
     try:

@@ -173,6 +173,11 @@ def make_env(settings: RunSettings, device: str | torch.device | None = None):
     )
 
 
+def eval_prompt_set(settings: RunSettings, world) -> str:
+    """The prompts a run evaluates on: ``--eval-prompts``, else the world's eval set, else the training prompts."""
+    return settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
+
+
 @dataclass
 class RunState:
     """Where a run stands after some epochs; saved in every checkpoint and restored on resume."""
@@ -193,7 +198,7 @@ def train(
     output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    eval_set = settings.eval_prompts or world.eval_prompts or settings.prompts or world.default_prompts
+    eval_set = eval_prompt_set(settings, world)
     eval_prompts = spread(resolve_prompts(eval_set), settings.eval_samples)
     eval_every = settings.eval_every or max(1, settings.epochs // 4)
     samples_per_epoch = config.batch_size * config.batches_per_epoch * distributed.num_processes  # global

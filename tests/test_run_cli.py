@@ -265,6 +265,9 @@ def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline,
     assert reward["ci95"] >= 0 and result["distance_from_base"] > 0  # the trained LoRA changed the images
     assert "| reward |" in capsys.readouterr().out
 
+    with pytest.raises(SystemExit):
+        evaluate_run.main([str(folder), "--samples-per-prompt", "0"])
+    assert "--samples-per-prompt" in capsys.readouterr().err
     shutil.rmtree(folder / "checkpoints")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         evaluate_run.main([str(folder)])
