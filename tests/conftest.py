@@ -11,6 +11,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: tiny models gain nothing from threads, and with another torch process on
+    the 2 cores, 2 spinning threads run far slower. Modules opt in with ``pytestmark = usefixtures(...)``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> str:
     """Folder of a tiny random ``StableDiffusionPipeline`` (UNet, VAE, CLIP text encoder + BPE tokenizer, DDIM)."""

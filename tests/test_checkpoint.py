@@ -30,13 +30,7 @@ from agents.checkpoint import (
 WORKER = Path(__file__).with_name("_resume_worker.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: with another torch process on the 2 cores, 2 spinning threads run ~30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REPO = WORKER.parent.parent

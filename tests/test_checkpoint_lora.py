@@ -12,13 +12,7 @@ from agents.checkpoint import export_lora_diffusers, save_checkpoint
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: with another torch process on the 2 cores, 2 spinning threads run ~30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unet_output(unet, generator_seed: int = 0) -> torch.Tensor:
