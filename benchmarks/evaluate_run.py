@@ -5,8 +5,8 @@ a change of a few hundredths from noise. The fixed evaluation seeds do pair base
 the pairing fades as the weights move: with eta > 0 every DDIM step injects noise, and a slightly different
 model sends the same noise down a different trajectory (the RMS pixel distance of the run's images from the
 base images says how far). This command draws ``--samples-per-prompt`` samples for every prompt of the eval set
-from both models, on the same seeds, and reports the mean change with its 95% confidence interval (normal
-approximation over the paired differences; with decorrelated pairs it is about an unpaired interval).
+from both models, on the same seeds, and reports the mean change with its 95% confidence interval (t-interval
+over the paired differences; with decorrelated pairs it is about an unpaired interval).
 
 ::
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,12 +26,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/evaluate_run.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
 
-import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import make_agent
 from agents.checkpoint import checkpoint_info, load_checkpoint
+from benchmarks.compare import mean_ci
 from benchmarks.run import positive_int
 from benchmarks.training import eval_prompt_set, make_env, read_settings
 from diffusion_gym.prompts import resolve_prompts
@@ -51,12 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     return parser
-
-
-def summary(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its 95% interval (normal approximation): ``(mean, 1.96 * sd / sqrt(n))``."""
-    half_width = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), half_width
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     for name, (before, after) in rows.items():
         before, after = before.double().numpy(), after.double().numpy()
-        change, half_width = summary(after - before)
+        change_ci = mean_ci((after - before).tolist())  # paired per sample
+        change, half_width = change_ci.mean, change_ci.half_width
         result["scores"][name] = {
             "base": float(before.mean()),
             "fine_tuned": float(after.mean()),
