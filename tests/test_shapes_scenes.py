@@ -58,3 +58,19 @@ def test_prompt_sets_are_fixed_disjoint_and_parseable():
     scenes, prompts = heldout_scenes_and_prompts()
     assert [len(s.objects) for s in scenes].count(1) == 40
     assert all(is_excluded(s, p) for s, p in zip(scenes, prompts, strict=True))
+
+
+def test_vae_loss_weights_cover_each_object_and_its_edge_ring():
+    """A 2x2 object on a plain background: weight FOREGROUND_WEIGHT on it and on its 4-neighbour ring, 1 elsewhere,
+    so that both sides of every edge count the same (no bias toward bloated objects)."""
+    from diffusion_gym.shapes.train import FOREGROUND_WEIGHT, _pixel_weights
+
+    image = np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8)
+    image[0, 10:12, 20:22] = (220, 40, 40)
+    weights = _pixel_weights(image)
+    assert weights.shape == (1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    heavy = {tuple(p) for p in np.argwhere(weights[0, 0].numpy() == FOREGROUND_WEIGHT)}
+    expected = {(r, c) for r in range(10, 12) for c in range(20, 22)}  # the object
+    expected |= {(9, 20), (9, 21), (12, 20), (12, 21), (10, 19), (11, 19), (10, 22), (11, 22)}  # its ring
+    assert heavy == expected
+    assert (weights == 1).sum() == IMAGE_SIZE * IMAGE_SIZE - len(expected)
