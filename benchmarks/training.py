@@ -206,11 +206,16 @@ def train(
     if settings.resume:
         state, base = restore_checkpoint(agent, output_dir, eval_prompts, distributed)
         trim_jsonl(output_dir / "metrics.jsonl", state.samples_seen)
+        # keep an extension (--resume --epochs N) in run.json: a later --resume, or a comparison rerun, then
+        # continues to the new target instead of the original one
+        if distributed.is_main_process:
+            write_settings(dataclasses.replace(settings, resume=False), output_dir / "run.json")
         history = read_history(output_dir)
         tqdm.write(f"{settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
     else:
         state, history = RunState(), []
-        write_settings(settings, output_dir / "run.json")
+        if distributed.is_main_process:
+            write_settings(settings, output_dir / "run.json")
         base = evaluate_base_model(agent, eval_prompts, settings)
         tqdm.write(f"{settings.name}: base model on {len(eval_prompts)} held-out samples: {format_scores(base.scores)}")
     writer = SummaryWriter(log_dir=str(output_dir), purge_step=state.samples_seen + 1 if settings.resume else None)

@@ -143,6 +143,7 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-5)
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert results["epochs_completed"] == 3 and results["samples_seen"] == 6
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["epochs"] == 3  # the extension is kept
     events = EventAccumulator(str(tmp_path / "resumed")).Reload()
     assert [event.step for event in events.Scalars("train/reward_mean")] == [2, 4, 6]
 
