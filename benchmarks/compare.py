@@ -4,7 +4,8 @@ Every run is an ordinary run folder (``<output>/<variant>-seed<seed>/``), run on
 folders, :func:`summarise` writes:
 
 * ``comparison.md``: one markdown table of held-out gold, proxy and reward (base and final), mean ± 95% CI
-  over seeds (t-distribution);
+  over seeds (t-distribution), and one of every variant's final scores minus the first variant's, paired by
+  seed (the runs of a seed share their evaluation seeds, so the pairing removes the evaluation noise they share);
 * ``comparison.png``: the training curves overlaid, per agent the mean over seeds of the running average,
   with its 95% CI band and the raw mean faded;
 * ``comparison.json``: the same numbers, per variant and per seed.
@@ -198,11 +199,13 @@ class VariantSummary:
     train_samples_seen: MeanCI
     wall_minutes: MeanCI
     runs: list[str]
+    vs_reference: dict[str, MeanCI] = field(default_factory=dict)  # final - the first variant's, paired by seed
 
 
 @dataclass
 class ComparisonSummary:
     variants: list[VariantSummary]
+    reference: str  # the first variant: the one the paired differences are taken against
     table: str
     output_dir: str
     command: str
@@ -219,9 +222,15 @@ def summarise(
 
     summaries: list[VariantSummary] = []
     panels: dict[str, dict[str, BandCurve]] = {}
+    final_by_seed: dict[str, dict[str, dict[int, float | None]]] = {}  # variant -> score -> seed -> final score
     for name, variant_runs in by_variant.items():
         results = [read_run_result(Path(run.output_dir)) for run in variant_runs]
         summaries.append(summarise_variant(name, description.get(name, ""), variant_runs, results))
+        seeds = [run.config.seed for run in variant_runs]
+        final_by_seed[name] = {
+            key: {seed: getattr(result.final, key) for seed, result in zip(seeds, results, strict=True)}
+            for key in SCORE_COLUMNS
+        }
         histories = [result.history for result in results]
         for key, label in CURVE_METRICS.items():
             band = band_curve(histories, key)
@@ -238,6 +247,13 @@ def summarise(
             del panels["training reward"]
             break
 
+    reference = summaries[0].name if summaries else ""
+    for summary in summaries[1:]:
+        summary.vs_reference = {
+            key: paired_difference(final_by_seed[reference][key], final_by_seed[summary.name][key])
+            for key in SCORE_COLUMNS
+        }
+
     first = read_run_result(Path(runs[0].output_dir)) if runs else None
     title = f"{first.model}: reward {first.reward}, prompts {first.prompts!r}" if first else "no finished runs"
     table = comparison_table(summaries, title)
@@ -246,7 +262,7 @@ def summarise(
     (output_dir / "comparison.md").write_text(table + "\n")
     short = setting_summary(first) if first else ""
     plot_comparison(panels, output_dir / "comparison.png", title=short)
-    summary = ComparisonSummary(summaries, table, str(output_dir), command)
+    summary = ComparisonSummary(summaries, reference, table, str(output_dir), command)
     (output_dir / "comparison.json").write_text(json.dumps(json_safe(asdict(summary)), indent=2) + "\n")
     return summary
 
@@ -274,8 +290,19 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
     )
 
 
+def paired_difference(reference: dict[int, float | None], other: dict[int, float | None]) -> MeanCI:
+    """Mean ± 95% CI over the seeds both have of ``other[seed] - reference[seed]`` (missing scores skipped)."""
+    return mean_ci(
+        [
+            None if reference[seed] is None or other[seed] is None else other[seed] - reference[seed]
+            for seed in sorted(reference.keys() & other.keys())
+        ]
+    )
+
+
 def comparison_table(summaries: list[VariantSummary], title: str) -> str:
-    """Markdown: one row per variant, held-out scores as mean ± 95% CI over seeds."""
+    """Markdown: one row per variant, held-out scores as mean ± 95% CI over seeds; then, with two or more
+    variants, every other variant's final scores minus the first's, paired by seed."""
     present = [key for key in SCORE_COLUMNS if any(s.final[key].count for s in summaries)]
     for score in ("gold", "proxy"):  # the reward is often the gold (or proxy) score itself: one column then
         if score in present and all(s.final["reward"].mean == s.final[score].mean for s in summaries):
@@ -298,6 +325,17 @@ def comparison_table(summaries: list[VariantSummary], title: str) -> str:
         row += [str(s.distance_from_base), str(s.samples_seen), f"{s.train_samples_seen.mean:.0f}"]
         row.append(f"{s.wall_minutes.mean:.1f}")
         lines.append("| " + " | ".join(row) + " |")
+    if len(summaries) >= 2:
+        reference = summaries[0].name
+        lines += [
+            "",
+            f"Final scores minus `{reference}`'s, paired by seed (mean ± 95% CI over the shared seeds):",
+            "",
+            "| agent | " + " | ".join(f"{key} vs {reference}" for key in present) + " |",
+            "|" + "|".join(["---"] + ["---:"] * len(present)) + "|",
+        ]
+        for s in summaries[1:]:
+            lines.append(f"| {s.name} | " + " | ".join(signed(s.vs_reference[key]) for key in present) + " |")
     return "\n".join(lines)
 
 

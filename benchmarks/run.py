@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare",
         type=variant_list,
         metavar="V1,V2,...",
-        help="comparison mode: run these agents or variants (see below) x --seeds, one run at a time",
+        help="comparison mode: run these agents or variants (see below) x --seeds, one run at a time; the table "
+        "also gives each one's final scores minus V1's, paired by seed",
     )
     mode.add_argument(
         "--resume",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,6 +161,15 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
     summary = json.loads((folder / "comparison.json").read_text())
     assert [v["name"] for v in summary["variants"]] == ["ddpo", "herd-b2"]
     assert summary["variants"][1]["seeds"] == [0, 1]
+    # herd-b2's final reward minus ddpo's, paired by seed (the tiny world has no gold or proxy score)
+    assert summary["reference"] == "ddpo" and "| agent | reward vs ddpo |" in table
+    finals = {
+        (name, seed): json.loads((folder / f"{name}-seed{seed}" / "results.json").read_text())["final"]["reward"]
+        for name in ("ddpo", "herd-b2")
+        for seed in (0, 1)
+    }
+    paired = summary["variants"][1]["vs_reference"]["reward"]
+    assert paired["mean"] == pytest.approx(np.mean([finals["herd-b2", s] - finals["ddpo", s] for s in (0, 1)]))
     herd_b2 = json.loads((folder / "herd-b2-seed1" / "results.json").read_text())
     assert herd_b2["config"]["herd_buffer_batches"] == 2 and herd_b2["config"]["seed"] == 1
 
@@ -194,13 +205,18 @@ def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
 
 
 def test_statistics_and_smoothing_by_hand():
-    from benchmarks.compare import mean_ci
+    from benchmarks.compare import mean_ci, paired_difference
     from benchmarks.plots import running_average
     from benchmarks.training import spread
 
     interval = mean_ci([1.0, 2.0, 3.0])  # sd 1, sem 1/sqrt(3), t_{0.975, 2} = 4.3027
     assert interval.mean == pytest.approx(2.0) and interval.half_width == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
     assert str(mean_ci([0.5, None])) == "0.5000" and str(mean_ci([None])) == "–"
+    # paired by seed: seeds 0-2 are shared, seed 3 is not; differences 0.1, 0.2, 0.0 -> mean 0.1, sd 0.1
+    paired = paired_difference({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.6, 1: 0.8, 2: 0.7, 3: 1.0})
+    assert (paired.mean, paired.count) == (pytest.approx(0.1), 3)
+    assert paired.half_width == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
+    assert paired_difference({0: 0.5, 1: None}, {0: 0.7, 1: 0.9}).count == 1  # a missing score is skipped
     assert running_average([1.0, 2.0, 3.0, 4.0], window=2).tolist() == [1.0, 1.5, 2.5, 3.5]
     assert spread(["a", "b", "c", "d"], 2) == ["a", "c"] and spread(["a", "b"], 3) == ["a", "b", "a"]
 
