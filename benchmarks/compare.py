@@ -199,6 +199,7 @@ class VariantSummary:
     train_samples_seen: MeanCI
     wall_minutes: MeanCI
     runs: list[str]
+    final_by_seed: dict[str, dict[int, float | None]]  # score name -> seed -> final score
     vs_reference: dict[str, MeanCI] = field(default_factory=dict)  # final - the first variant's, paired by seed
 
 
@@ -222,15 +223,9 @@ def summarise(
 
     summaries: list[VariantSummary] = []
     panels: dict[str, dict[str, BandCurve]] = {}
-    final_by_seed: dict[str, dict[str, dict[int, float | None]]] = {}  # variant -> score -> seed -> final score
     for name, variant_runs in by_variant.items():
         results = [read_run_result(Path(run.output_dir)) for run in variant_runs]
         summaries.append(summarise_variant(name, description.get(name, ""), variant_runs, results))
-        seeds = [run.config.seed for run in variant_runs]
-        final_by_seed[name] = {
-            key: {seed: getattr(result.final, key) for seed, result in zip(seeds, results, strict=True)}
-            for key in SCORE_COLUMNS
-        }
         histories = [result.history for result in results]
         for key, label in CURVE_METRICS.items():
             band = band_curve(histories, key)
@@ -247,11 +242,10 @@ def summarise(
             del panels["training reward"]
             break
 
-    reference = summaries[0].name if summaries else ""
+    reference = summaries[0] if summaries else None
     for summary in summaries[1:]:
         summary.vs_reference = {
-            key: paired_difference(final_by_seed[reference][key], final_by_seed[summary.name][key])
-            for key in SCORE_COLUMNS
+            key: paired_difference(reference.final_by_seed[key], summary.final_by_seed[key]) for key in SCORE_COLUMNS
         }
 
     first = read_run_result(Path(runs[0].output_dir)) if runs else None
@@ -262,12 +256,14 @@ def summarise(
     (output_dir / "comparison.md").write_text(table + "\n")
     short = setting_summary(first) if first else ""
     plot_comparison(panels, output_dir / "comparison.png", title=short)
-    summary = ComparisonSummary(summaries, reference, table, str(output_dir), command)
+    summary = ComparisonSummary(summaries, reference.name if reference else "", table, str(output_dir), command)
     (output_dir / "comparison.json").write_text(json.dumps(json_safe(asdict(summary)), indent=2) + "\n")
     return summary
 
 
 def summarise_variant(name: str, description: str, runs: list[RunSettings], results: list[RunResult]) -> VariantSummary:
+    seeds = [run.config.seed for run in runs]
+
     def scores(when: str, key: str) -> list[float | None]:
         return [getattr(getattr(result, when), key) for result in results]
 
@@ -278,7 +274,7 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
     return VariantSummary(
         name=name,
         description=description,
-        seeds=[run.config.seed for run in runs],
+        seeds=seeds,
         base={key: mean_ci(scores("base", key)) for key in SCORE_COLUMNS},
         final={key: mean_ci(scores("final", key)) for key in SCORE_COLUMNS},
         change={key: mean_ci(change(key)) for key in SCORE_COLUMNS},
@@ -287,6 +283,7 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
         train_samples_seen=mean_ci([result.train_samples_seen for result in results]),
         wall_minutes=mean_ci([result.wall_seconds / 60 for result in results]),
         runs=[str(run.output_dir) for run in runs],
+        final_by_seed={key: dict(zip(seeds, scores("final", key), strict=True)) for key in SCORE_COLUMNS},
     )
 
 
