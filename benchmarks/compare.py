@@ -242,10 +242,9 @@ def summarise(
             del panels["training reward"]
             break
 
-    reference = summaries[0] if summaries else None
-    for summary in summaries[1:]:
+    for summary in summaries[1:]:  # against the first variant
         summary.vs_reference = {
-            key: paired_difference(reference.final_by_seed[key], summary.final_by_seed[key]) for key in SCORE_COLUMNS
+            key: paired_difference(summaries[0].final_by_seed[key], summary.final_by_seed[key]) for key in SCORE_COLUMNS
         }
 
     first = read_run_result(Path(runs[0].output_dir)) if runs else None
@@ -256,7 +255,7 @@ def summarise(
     (output_dir / "comparison.md").write_text(table + "\n")
     short = setting_summary(first) if first else ""
     plot_comparison(panels, output_dir / "comparison.png", title=short)
-    summary = ComparisonSummary(summaries, reference.name if reference else "", table, str(output_dir), command)
+    summary = ComparisonSummary(summaries, summaries[0].name if summaries else "", table, str(output_dir), command)
     (output_dir / "comparison.json").write_text(json.dumps(json_safe(asdict(summary)), indent=2) + "\n")
     return summary
 
