@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusion_gym.rewards import make_reward
-from diffusion_gym.shapes.gold import gold_per_sentence, gold_score, parse_sentence
+from diffusion_gym.shapes.gold import gold_per_sentence, gold_score, object_attribute_accuracy, parse_sentence
 from diffusion_gym.shapes.scenes import Scene, ShapeObject, caption, full_caption, render, sample_scene
 
 RED_CIRCLE_LEFT = ShapeObject("circle", "red", "large", (1, 0), (5.5, 16.0))
@@ -50,6 +50,22 @@ def test_object_sentences():
     assert _score("A small blue square at the top right.") == 1.0
     assert _score("A large green triangle at the bottom.") == 1.0
     assert _score("A green circle at the bottom.") == pytest.approx(2 / 3)
+
+
+def test_object_attribute_accuracy_by_hand():
+    image = render(SCENE)[None]  # (1, 32, 32, 3)
+    prompt = (
+        "A large red circle on the right."  # colour, shape, size right; position wrong
+        " A blue circle at the top right."  # colour, position right; shape wrong; no size named
+        " A yellow square."  # colour absent
+        " A gray background."  # not an object sentence
+    )
+    accuracy = object_attribute_accuracy(image, [prompt])
+    assert accuracy["colour_present"] == pytest.approx(2 / 3)
+    assert accuracy["shape"] == pytest.approx(1 / 2)
+    assert accuracy["size"] == 1.0  # only the red circle names a size
+    assert accuracy["position"] == pytest.approx(1 / 2)
+    assert np.isnan(object_attribute_accuracy(image, ["A gray background."])["shape"])
 
 
 def test_background_sentences():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from diffusion_gym.shapes import PIPELINE_DIR, PROXY_DIR
-from diffusion_gym.shapes.gold import gold_per_sentence, parse_prompt
+from diffusion_gym.shapes.gold import gold_per_sentence, object_attribute_accuracy, parse_prompt
 from diffusion_gym.shapes.prompt_sets import (
     LONG_PROMPT,
     LONG_SCENE,
@@ -51,6 +51,9 @@ class EvalReport:
     base_gold_by_objects: dict[str, float]
     base_gold_by_sentences: dict[str, float]
     base_gold_by_sentence_type: dict[str, float]
+    # Of the object sentences: named colour present; of those, named shape / size / cell right (chance for a
+    # model that ignores the word: 1/3, 1/2, 1/9). See gold.object_attribute_accuracy.
+    base_object_attributes: dict[str, float]
     shuffled_floor_on_samples: float  # base samples vs shuffled prompts
     standard_prompt_gold: float
     long_prompt_gold: float
@@ -246,6 +249,7 @@ def evaluate(
         base_gold_by_objects={k: _mean(v) for k, v in sorted(by_objects.items())},
         base_gold_by_sentences={k: _mean(v) for k, v in sorted(by_sentences.items())},
         base_gold_by_sentence_type=_by_sentence_type(eval_prompts, per_sentence),
+        base_object_attributes=object_attribute_accuracy(images, eval_prompts),
         shuffled_floor_on_samples=float(floor_samples),
         standard_prompt_gold=float(special["standard"][1].mean()),
         long_prompt_gold=float(special["long"][1].mean()),

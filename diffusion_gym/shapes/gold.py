@@ -247,6 +247,35 @@ def gold_per_sentence(images: torch.Tensor | np.ndarray, prompts: Sequence[str])
     return results
 
 
+def object_attribute_accuracy(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> dict[str, float]:
+    """Which facts of the object sentences the images get right: a diagnostic, not a reward.
+
+    Over every object sentence of ``prompts``: ``colour_present`` is the fraction whose colour has a blob;
+    of those, ``shape`` / ``size`` / ``position`` are the fractions whose largest blob of that colour has the
+    named shape / size / cell, counted only over the sentences that name a size or a position. Chance levels
+    for an image that ignores the word: shape 1/3, size 1/2, position 1/9. NaN where no sentence qualifies.
+    """
+    arrays = to_uint8_images(images) if isinstance(images, torch.Tensor) else np.asarray(images)
+    if len(arrays) != len(prompts):
+        raise ValueError(f"got {len(arrays)} images but {len(prompts)} prompts")
+    hits: dict[str, list[bool]] = {"colour_present": [], "shape": [], "size": [], "position": []}
+    for image, prompt in zip(arrays, prompts, strict=True):
+        analysis = analyse(image)
+        for sentence in parse_prompt(prompt):
+            if not isinstance(sentence, ObjectSentence):
+                continue
+            blob = analysis.largest(sentence.colour)
+            hits["colour_present"].append(blob is not None)
+            if blob is None:
+                continue
+            hits["shape"].append(blob.shape == sentence.shape)
+            if sentence.size is not None:
+                hits["size"].append(blob.size == sentence.size)
+            if sentence.cell is not None:
+                hits["position"].append(blob.cell == sentence.cell)
+    return {name: float(np.mean(values)) if values else float("nan") for name, values in hits.items()}
+
+
 def gold_score(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
     """``(B,)`` float32: the mean over each prompt's sentences of the per-sentence gold score."""
     return torch.tensor([float(np.mean(s)) for s in gold_per_sentence(images, prompts)], dtype=torch.float32)
