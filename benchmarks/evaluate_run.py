@@ -12,7 +12,9 @@ over the paired differences; with decorrelated pairs it is about an unpaired int
 
     python benchmarks/evaluate_run.py runs/herd-20261129-101500 --samples-per-prompt 4
 
-Prints a markdown table and writes ``evaluation.json`` into the run folder.
+Prints a markdown table and writes ``evaluation.json`` into the run folder. On the Shapes world it also gives
+which facts of the object sentences each model gets right (colour drawn, shape, size, cell; see
+``diffusion_gym.shapes.gold.object_attribute_accuracy``), which says *what* a change in gold is made of.
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
             "ci95": half_width,
         }
         lines.append(f"| {name} | {before.mean():.4f} | {after.mean():.4f} | {change:+.4f} ± {half_width:.4f} |")
+    if world.world == "shapes":
+        from diffusion_gym.shapes.gold import object_attribute_accuracy
+
+        facts = {
+            "base": object_attribute_accuracy(base.images, prompts),
+            "fine_tuned": object_attribute_accuracy(tuned.images, prompts),
+        }
+        result["object_facts"] = facts
+        lines += ["", "| object sentences: fraction right | base | fine-tuned |", "|---|---:|---:|"]
+        lines += [f"| {fact} | {facts['base'][fact]:.3f} | {facts['fine_tuned'][fact]:.3f} |" for fact in facts["base"]]
     distance = float((tuned.images - base.images).pow(2).mean().sqrt())
     result["distance_from_base"] = distance
     result["seconds"] = time.perf_counter() - started

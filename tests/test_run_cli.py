@@ -256,6 +256,25 @@ def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path,
     assert "| ddpo | 2 |" in (folder / "comparison.md").read_text()
 
 
+def test_evaluate_run_on_the_shapes_world_reports_the_object_facts(tmp_path, capsys):
+    from benchmarks import evaluate_run
+
+    folder = tmp_path / "run"
+    prompt = "A large red circle on the left. A gray background."
+    flags = ["--agent", "ddpo", "--epochs", "1", "--model", "shapes", "--prompts", prompt, "--eval-prompts", prompt]
+    flags += ["--num-inference-steps", "2", "--batch-size", "2", "--batches-per-epoch", "1", "--lora-rank", "2"]
+    assert run.main([*flags, "--eval-samples", "2", "--eval-every", "100", "--output-dir", str(folder)]) == 0
+    result = evaluate_run.main([str(folder), "--samples-per-prompt", "2", "--threads", "1"])
+
+    facts = result["object_facts"]
+    assert set(facts) == {"base", "fine_tuned"}
+    for model_facts in facts.values():
+        assert set(model_facts) == {"colour_present", "shape", "size", "position"}
+        # One object sentence per sample, naming a size and a cell: every fraction is k / 2 or NaN (none drawn).
+        assert all(np.isnan(v) or v in (0.0, 0.5, 1.0) for v in model_facts.values())
+    assert "| position |" in capsys.readouterr().out
+
+
 def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline, tmp_path, capsys):
     from benchmarks import evaluate_run
 
