@@ -66,6 +66,10 @@ def test_object_attribute_accuracy_by_hand():
     assert accuracy["size"] == 1.0  # only the red circle names a size
     assert accuracy["position"] == pytest.approx(1 / 2)
     assert np.isnan(object_attribute_accuracy(image, ["A gray background."])["shape"])
+    with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
+        object_attribute_accuracy(image, [prompt, prompt])
+    with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
+        gold_score(image, [prompt, prompt])
 
 
 def test_background_sentences():

@@ -231,14 +231,20 @@ def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     return array.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
 
 
+def _uint8_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+    """``(B, 32, 32, 3)`` uint8 from either input form, one image per prompt (else ``ValueError``)."""
+    arrays = to_uint8_images(images) if isinstance(images, torch.Tensor) else np.asarray(images)
+    if len(arrays) != len(prompts):
+        raise ValueError(f"got {len(arrays)} images but {len(prompts)} prompts")
+    return arrays
+
+
 def gold_per_sentence(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> list[list[float]]:
     """Per-sentence gold scores: ``result[i][j]`` scores sentence ``j`` of ``prompts[i]`` on ``images[i]``.
 
     ``images`` is a ``(B, 3, H, W)`` float tensor in ``[0, 1]`` or a ``(B, 32, 32, 3)`` uint8 array.
     """
-    arrays = to_uint8_images(images) if isinstance(images, torch.Tensor) else np.asarray(images)
-    if len(arrays) != len(prompts):
-        raise ValueError(f"got {len(arrays)} images but {len(prompts)} prompts")
+    arrays = _uint8_images(images, prompts)
     parsed = [parse_prompt(p) for p in prompts]  # parse first: fail before any pixel work
     results = []
     for image, sentences in zip(arrays, parsed, strict=True):
@@ -255,9 +261,7 @@ def object_attribute_accuracy(images: torch.Tensor | np.ndarray, prompts: Sequen
     named shape / size / cell, counted only over the sentences that name a size or a position. Chance levels
     for an image that ignores the word: shape 1/3, size 1/2, position 1/9. NaN where no sentence qualifies.
     """
-    arrays = to_uint8_images(images) if isinstance(images, torch.Tensor) else np.asarray(images)
-    if len(arrays) != len(prompts):
-        raise ValueError(f"got {len(arrays)} images but {len(prompts)} prompts")
+    arrays = _uint8_images(images, prompts)
     hits: dict[str, list[bool]] = {"colour_present": [], "shape": [], "size": [], "position": []}
     for image, prompt in zip(arrays, prompts, strict=True):
         analysis = analyse(image)
