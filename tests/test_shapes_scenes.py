@@ -1,9 +1,10 @@
 """The Shapes world's scene generator, captions and prompt sets."""
 
 import numpy as np
+import pytest
 
 from diffusion_gym.prompts import resolve_prompts
-from diffusion_gym.shapes.gold import parse_prompt
+from diffusion_gym.shapes.gold import gold_score, parse_prompt
 from diffusion_gym.shapes.prompt_sets import (
     LONG_PROMPT,
     STANDARD_PROMPT,
@@ -11,7 +12,15 @@ from diffusion_gym.shapes.prompt_sets import (
     is_excluded,
     train_prompts,
 )
-from diffusion_gym.shapes.scenes import IMAGE_SIZE, caption, render, sample_scene, split_sentences
+from diffusion_gym.shapes.scenes import (
+    IMAGE_SIZE,
+    caption,
+    full_caption,
+    render,
+    sample_scene,
+    split_sentences,
+    with_random_cells,
+)
 
 
 def _draw(seed: int, n: int = 50):
@@ -40,6 +49,25 @@ def test_scenes_are_well_formed():
         assert len(sentences) >= len(scene.objects) + 1
         assert sentences[-1].endswith("background.")
         assert len(parse_prompt(text)) == len(sentences)
+
+
+def test_random_cells_move_only_the_objects_and_cost_exactly_the_position_words():
+    scenes, _, _ = _draw(3, 100)
+    rng = np.random.default_rng(0)
+    for scene in scenes:
+        moved = with_random_cells(scene, rng)
+        assert moved.background == scene.background
+        kept = [(o.shape, o.colour, o.size) for o in moved.objects]
+        assert kept == [(o.shape, o.colour, o.size) for o in scene.objects]
+        assert len({o.cell for o in moved.objects}) == len(moved.objects)
+        for obj in moved.objects:  # the centre lies in the object's cell
+            assert (int(obj.centre[1] * 3 // IMAGE_SIZE), int(obj.centre[0] * 3 // IMAGE_SIZE)) == obj.cell
+        # A one-object scene scores 1 on its full caption iff the object stayed in its cell; otherwise only the
+        # position word fails: (1 + shape + size) / 4 on the object sentence, count and background right.
+        if len(scene.objects) == 1:
+            score = float(gold_score(render(moved)[None], [full_caption(scene)])[0])
+            stayed = moved.objects[0].cell == scene.objects[0].cell
+            assert score == pytest.approx(1.0 if stayed else (3 / 4 + 1 + 1) / 3)
 
 
 def test_prompt_sets_are_fixed_disjoint_and_parseable():

@@ -92,14 +92,34 @@ def sample_scene(rng: np.random.Generator, num_objects: int | None = None) -> Sc
     objects = []
     for colour_index, cell_index in zip(colours, cells, strict=True):
         size = SIZES[int(rng.integers(len(SIZES)))]
-        row, col = divmod(int(cell_index), 3)
-        jitter = CELL_JITTER[size]
-        x = CELL_CENTRES[col] + float(rng.uniform(-jitter, jitter))
-        y = CELL_CENTRES[row] + float(rng.uniform(-jitter, jitter))
+        cell, centre = _place(int(cell_index), size, rng)
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        objects.append(ShapeObject(shape, names[int(colour_index)], size, (row, col), (x, y)))
+        objects.append(ShapeObject(shape, names[int(colour_index)], size, cell, centre))
     background = list(BACKGROUND_COLOURS)[int(rng.integers(len(BACKGROUND_COLOURS)))]
     return Scene(background, tuple(objects))
+
+
+def _place(cell_index: int, size: str, rng: np.random.Generator) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The ``(row, col)`` of grid cell ``cell_index`` (0-8, row-major) and a jittered centre ``(x, y)`` in it."""
+    row, col = divmod(cell_index, 3)
+    jitter = CELL_JITTER[size]
+    x = CELL_CENTRES[col] + float(rng.uniform(-jitter, jitter))
+    y = CELL_CENTRES[row] + float(rng.uniform(-jitter, jitter))
+    return (row, col), (x, y)
+
+
+def with_random_cells(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with its objects moved to random distinct cells, everything else kept.
+
+    What a model that draws every object right but ignores position words would draw (a cell can stay put,
+    as by chance): its gold score is the ceiling of such a model (``shapes.evaluate``).
+    """
+    cells = rng.choice(9, size=len(scene.objects), replace=False)
+    objects = []
+    for obj, cell_index in zip(scene.objects, cells, strict=True):
+        cell, centre = _place(int(cell_index), obj.size, rng)
+        objects.append(ShapeObject(obj.shape, obj.colour, obj.size, cell, centre))
+    return Scene(scene.background, tuple(objects))
 
 
 def shape_mask(shape: str, cx: float, cy: float, half: float, size: int = IMAGE_SIZE) -> np.ndarray:
