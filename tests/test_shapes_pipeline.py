@@ -9,7 +9,7 @@ import torch
 from diffusion_gym.ddim import check_scheduler_config
 from diffusion_gym.rewards import make_reward
 from diffusion_gym.shapes import ASSETS_DIR, PIPELINE_DIR, PROXY_DIR
-from diffusion_gym.shapes.evaluate import load_pipeline, sample
+from diffusion_gym.shapes.evaluate import load_pipeline, position_word_effect, sample
 from diffusion_gym.shapes.gold import gold_score
 from diffusion_gym.shapes.prompt_sets import heldout_scenes_and_prompts
 from diffusion_gym.shapes.scenes import render
@@ -78,3 +78,13 @@ def test_proxy_reward_prefers_true_captions():
     shuffled = reward(images, list(prompts[1:65]))
     assert true.shape == (64,) and true.dtype == torch.float32
     assert true.mean() > shuffled.mean()
+
+
+def test_position_word_effect_on_a_hand_made_probe():
+    # noise 0 lands in (0, 0) under both phrases: a hit for "top left", not moved;
+    # noise 1 lands where each phrase says: two hits, moved; noise 2 draws no object: no hit, not moved.
+    placed = {(0, 0): [(0, 0), (0, 0), None], (2, 2): [(0, 0), (2, 2), None]}
+    hit_rate, moved = position_word_effect(placed)
+    assert hit_rate == pytest.approx(3 / 6) and moved == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="same number of noises"):
+        position_word_effect({(0, 0): [(0, 0)], (2, 2): []})

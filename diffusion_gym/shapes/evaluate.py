@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from diffusion_gym.shapes import PIPELINE_DIR, PROXY_DIR
-from diffusion_gym.shapes.gold import gold_per_sentence, object_attribute_accuracy, parse_prompt
+from diffusion_gym.shapes.gold import (
+    analyse,
+    gold_per_sentence,
+    object_attribute_accuracy,
+    parse_prompt,
+    to_uint8_images,
+)
 from diffusion_gym.shapes.prompt_sets import (
     LONG_PROMPT,
     LONG_SCENE,
@@ -31,9 +37,10 @@ from diffusion_gym.shapes.prompt_sets import (
     STANDARD_SCENE,
     heldout_scenes_and_prompts,
 )
-from diffusion_gym.shapes.scenes import render, split_sentences, with_random_cells
+from diffusion_gym.shapes.scenes import POSITION_PHRASES, render, split_sentences, with_random_cells
 
 POSITION_BLIND_DRAWS = 8  # random relocations of each held-out scene for the position-blind ceiling
+POSITION_PROBE_SEEDS = 16  # initial noises of the position-word probe, each drawn under all 9 position phrases
 
 
 @dataclass
@@ -60,6 +67,11 @@ class EvalReport:
     # model that ignores the word: 1/3, 1/2, 1/9). See gold.object_attribute_accuracy.
     base_object_attributes: dict[str, float]
     shuffled_floor_on_samples: float  # base samples vs shuffled prompts
+    # "A large red circle <phrase>. A gray background." under each of the 9 position phrases, on the same
+    # POSITION_PROBE_SEEDS initial noises (see position_word_effect): the named cell hit (chance 1/9), and the
+    # fraction of noises whose circle is not in the same cell under all 9 phrases (0: the words do nothing).
+    position_probe_hit_rate: float
+    position_probe_moved: float
     standard_prompt_gold: float
     long_prompt_gold: float
     rollout_seconds_32_images_20_steps_cfg: float
@@ -136,6 +148,42 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     result = np.empty(n, dtype=int)
     result[order] = np.roll(order, 1)  # every index maps to another
     return result
+
+
+def position_word_effect(
+    placed: dict[tuple[int, int], list[tuple[int, int] | None]],
+) -> tuple[float, float]:
+    """``(hit rate, moved fraction)`` of a position-word probe.
+
+    ``placed[cell][i]`` is the cell where the object landed (``None``: not drawn) for initial noise ``i`` when
+    the prompt named ``cell``. The hit rate is the fraction of (phrase, noise) pairs that land in the named
+    cell; a noise has *moved* if its object does not land in one and the same cell under every phrase.
+    """
+    lengths = {len(cells) for cells in placed.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every phrase needs the same number of noises, got {sorted(lengths)}")
+    (count,) = lengths
+    hits = sum(landed == named for named, cells in placed.items() for landed in cells)
+    moved = sum(len({cells[i] for cells in placed.values()}) > 1 for i in range(count))
+    return hits / (len(placed) * count), moved / count
+
+
+def _position_probe(pipeline, *, guidance_scale: float, num_inference_steps: int, eta: float, seed: int):
+    """Sample one red circle under each position phrase on the same noises; score with position_word_effect."""
+    placed = {}
+    for cell, phrase in POSITION_PHRASES.items():
+        prompts = [f"A large red circle {phrase}. A gray background."] * POSITION_PROBE_SEEDS
+        images = sample(
+            pipeline,
+            prompts,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            seed=seed,
+        )  # the same initial noises for every phrase
+        blobs = [analyse(image).largest("red") for image in to_uint8_images(images)]
+        placed[cell] = [None if blob is None else blob.cell for blob in blobs]
+    return position_word_effect(placed)
 
 
 def save_grid(path: Path, rows: list[tuple[str, np.ndarray, list[np.ndarray], list[float]]]) -> None:
@@ -217,6 +265,9 @@ def evaluate(
     shuffled_samples = [eval_prompts[j] for j in _derangement(len(eval_prompts), rng)]
     floor_samples = _prompt_scores(images, shuffled_samples)[0].mean()
 
+    # Do the position words move the object? One object, the same noises, each of the 9 phrases.
+    hit_rate, moved = _position_probe(pipeline, guidance_scale=guidance, num_inference_steps=steps, eta=eta, seed=seed)
+
     # The HERD-style standard and long prompts.
     special = {}
     for name, prompt in (("standard", STANDARD_PROMPT), ("long", LONG_PROMPT)):
@@ -260,6 +311,8 @@ def evaluate(
         base_gold_by_sentence_type=_by_sentence_type(eval_prompts, per_sentence),
         base_object_attributes=object_attribute_accuracy(images, eval_prompts),
         shuffled_floor_on_samples=float(floor_samples),
+        position_probe_hit_rate=hit_rate,
+        position_probe_moved=moved,
         standard_prompt_gold=float(special["standard"][1].mean()),
         long_prompt_gold=float(special["long"][1].mean()),
         rollout_seconds_32_images_20_steps_cfg=round(rollout_seconds, 2),
