@@ -19,6 +19,11 @@ Conventions
 -----------
 * **Log-probabilities are sums over all latent dimensions** (the exact log-density of the action, in nats),
   one value per batch element. Divide by ``C * H * W`` yourself if you want DDPO's per-dimension mean.
+* **Zero terminal SNR works as is.** With ``rescale_betas_zero_snr`` and "trailing" spacing the first step
+  has :math:`\bar\alpha_t = 0`: :math:`\sigma_t^2 = \eta^2 (1 - \bar\alpha_{t-1})`, and with
+  :math:`\eta = 1` the step is :math:`x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sigma_t z`, a proper
+  Gaussian. Only v- or x_0-prediction can give :math:`\hat x_0` there; :func:`check_scheduler_config`
+  refuses epsilon-prediction on such a schedule.
 * **Zero-variance steps are deterministic.** :math:`\sigma_t = 0` whenever :math:`\bar\alpha_{t-1} =
   \bar\alpha_t` (``t = 0`` stepping to ``alphas_cumprod[0]``) or :math:`\bar\alpha_{t-1} = 1`
   (``set_alpha_to_one=True``) or :math:`\eta = 0`. Such a step has no density: its log-prob would be
@@ -67,8 +72,15 @@ def check_scheduler_config(scheduler) -> None:
         )
     if config.get("thresholding", False):
         raise ValueError("dynamic thresholding is not supported for latent diffusion policies")
-    if config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"unsupported prediction_type {config.get('prediction_type')!r}")
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    if config.get("rescale_betas_zero_snr", False) and prediction_type == "epsilon":
+        # alpha_bar_T = 0: x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) divides by zero
+        raise ValueError(
+            "rescale_betas_zero_snr=True with prediction_type='epsilon': at the zero-SNR step the predicted "
+            "x_0 divides by sqrt(alpha_bar_T) = 0; zero-terminal-SNR models predict v (Lin et al., 2024)"
+        )
 
 
 def previous_timestep(scheduler, timestep: torch.Tensor | int) -> torch.Tensor:

@@ -122,3 +122,51 @@ def test_clip_sample_is_refused_for_latent_models() -> None:
 def test_negative_eta_is_refused() -> None:
     with pytest.raises(ValueError, match="eta"):
         ddim_step_coefficients(sd_scheduler(), 1, eta=-0.5)
+
+
+# Zero terminal SNR (Lin et al., 2024), as the Shapes world trains and samples: v-prediction, trailing spacing.
+ZERO_SNR = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_zero_terminal_snr_mean_matches_diffusers(eta: float) -> None:
+    scheduler = sd_scheduler(10, steps_offset=0, **ZERO_SNR)
+    assert scheduler.timesteps[0] == 999 and scheduler.alphas_cumprod[999] == 0
+    torch.manual_seed(0)
+    for timestep in scheduler.timesteps:
+        sample, model_output = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+        coefficients = ddim_step_coefficients(scheduler, timestep, eta)
+        mean, _ = ddim_step_mean(sample, model_output, coefficients, "v_prediction")
+        expected = scheduler.step(model_output, timestep, sample, eta=eta, variance_noise=torch.zeros_like(sample))
+        torch.testing.assert_close(mean, expected.prev_sample, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_terminal_snr_first_step_by_hand() -> None:
+    """At alpha_bar_t = 0 with eta = 1: sigma^2 = 1 - alpha_bar_prev, mean = sqrt(alpha_bar_prev) * (-v)."""
+    scheduler = sd_scheduler(10, steps_offset=0, **ZERO_SNR)
+    coefficients = ddim_step_coefficients(scheduler, 999, eta=1.0)
+    alpha_prod_prev = float(scheduler.alphas_cumprod[899])
+    assert float(coefficients.alpha_prod_t) == 0.0
+    assert float(coefficients.std_dev_t) == pytest.approx((1 - alpha_prod_prev) ** 0.5, rel=1e-6)
+    sample, velocity = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    mean, pred_original_sample = ddim_step_mean(sample, velocity, coefficients, "v_prediction")
+    torch.testing.assert_close(pred_original_sample, -velocity)  # x_0 = sqrt(a) x_t - sqrt(1 - a) v at a = 0
+    # The "direction to x_t" term is 0 up to float32 round-off of 1 - a_prev - sigma^2, which the sqrt amplifies.
+    torch.testing.assert_close(mean, alpha_prod_prev**0.5 * -velocity, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_zero_terminal_snr_log_probs_are_finite(steps: int) -> None:
+    scheduler = sd_scheduler(steps, steps_offset=0, **ZERO_SNR)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8)
+    for timestep in scheduler.timesteps:
+        step = ddim_policy_step(scheduler, torch.randn(2, 4, 8, 8), latents, timestep.repeat(2), 1.0, generator)
+        assert step.stochastic.all() and torch.isfinite(step.log_prob).all() and torch.isfinite(step.action).all()
+        latents = step.action
+
+
+def test_zero_terminal_snr_with_epsilon_prediction_is_refused() -> None:
+    check_scheduler_config(sd_scheduler(**ZERO_SNR))
+    with pytest.raises(ValueError, match="zero_snr.*epsilon"):
+        check_scheduler_config(sd_scheduler(**{**ZERO_SNR, "prediction_type": "epsilon"}))

@@ -8,12 +8,13 @@ Stages (seeded; each with a progress bar):
 2. a tiny ``AutoencoderKL`` (32x32x3 -> 4x8x8); its ``scaling_factor`` is measured on the data so that
    scaled latents have unit variance;
 3. a tiny ``CLIPTextModel`` (real CLIP BPE tokenizer, hidden 64) jointly with a ``UNet2DConditionModel``
-   (epsilon prediction, classifier-free guidance dropout of the caption, EMA weights);
+   (v-prediction on a zero-terminal-SNR schedule with half of every batch at the noisiest steps, see
+   :func:`sample_training_timesteps`; classifier-free guidance dropout of the caption; EMA weights);
 4. the ``shapes-clip`` proxy (see :mod:`diffusion_gym.shapes.proxy`) on VAE reconstructions.
 
-Writes ``<output>/pipeline`` (a ``StableDiffusionPipeline.save_pretrained`` folder with a DDIM scheduler and
-``diffusion_gym.json``) and ``<output>/proxy_clip``. Weights are stored in fp16 to keep the repository small;
-``from_pretrained`` loads them as fp32 (the configs say so).
+Writes ``<output>/pipeline`` (a ``StableDiffusionPipeline.save_pretrained`` folder with the matching DDIM
+scheduler, trailing timestep spacing, and ``diffusion_gym.json``) and ``<output>/proxy_clip``. Weights are
+stored in fp16 to keep the repository small; ``from_pretrained`` loads them as fp32 (the configs say so).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ class TrainConfig:
     decoder_steps: int = 600
     decoder_batch: int = 32
     decoder_lr: float = 1e-3
-    unet_steps: int = 2500  # 1500 left the shape words at chance (see the README's world history)
+    unet_steps: int = 4000  # half of each batch goes to t >= late_min; the README's world history has the rest
     unet_batch: int = 32
     unet_lr: float = 1.5e-3
+    prediction_type: str = "v_prediction"  # or "epsilon" (the first three worlds)
+    zero_terminal_snr: bool = True  # rescale the betas so that alpha_bar_T = 0 (Lin et al., 2024)
+    late_fraction: float = 0.5  # share of every UNet batch drawn at t >= late_min (0: uniform t)
+    late_min: int = 900
     cfg_dropout: float = 0.1
     ema_decay: float = 0.998
     proxy_steps: int = 150
@@ -150,19 +155,56 @@ def build_unet():
     )
 
 
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
+def _schedule_kwargs(config: TrainConfig) -> dict:
+    """The noise schedule shared by training (DDPM) and sampling (DDIM)."""
+    if config.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {config.prediction_type!r}")
+    if config.zero_terminal_snr and config.prediction_type == "epsilon":
+        # At alpha_bar_T = 0 the input is pure noise, so predicting that noise says nothing about x_0 and
+        # x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) divides by zero (Lin et al., 2024, 3.2).
+        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction'")
+    return dict(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         beta_start=BETA_START,
         beta_end=BETA_END,
         beta_schedule="scaled_linear",
+        prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+    )
+
+
+def build_scheduler(config: TrainConfig):
+    """The sampling scheduler saved with the pipeline.
+
+    With a zero-terminal-SNR schedule, sampling starts at ``t = T - 1`` ("trailing" spacing, Lin et al., 2024,
+    3.3), the one step where the model has learnt that the input holds no information about the image.
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        **_schedule_kwargs(config),
         clip_sample=False,
         set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
+        steps_offset=0 if config.zero_terminal_snr else 1,
+        timestep_spacing="trailing" if config.zero_terminal_snr else "leading",
     )
+
+
+def sample_training_timesteps(batch_size: int, late_fraction: float, late_min: int, generator=None) -> torch.Tensor:
+    """``(B,)`` training timesteps: the first ``round(late_fraction * B)`` uniform in ``[late_min, T)``, the rest
+    uniform in ``[0, T)``.
+
+    Why: in a scene the layout (which object sits in which cell) is fixed by the noisiest steps. At uniform
+    ``t`` the model sees few of them and learns to read the layout off the faint image left in ``x_t``; it
+    then ignores position words altogether (the README's world section measures this). Oversampling the
+    steps where only the caption can say where to draw teaches it to follow them.
+    """
+    if not 0.0 <= late_fraction <= 1.0 or not 0 <= late_min < NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"need 0 <= late_fraction <= 1 and 0 <= late_min < {NUM_TRAIN_TIMESTEPS}")
+    timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch_size,), generator=generator)
+    num_late = round(late_fraction * batch_size)
+    timesteps[:num_late] = torch.randint(late_min, NUM_TRAIN_TIMESTEPS, (num_late,), generator=generator)
+    return timesteps
 
 
 def _pixel_weights(images: np.ndarray) -> torch.Tensor:
@@ -273,9 +315,7 @@ def train_unet(data: Dataset, means: torch.Tensor, scaling: float, config: Train
     ema_params = list(ema_text.parameters()) + list(ema_unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.0)
     schedule = _cosine_schedule(optimizer, config.unet_steps)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="scaled_linear"
-    )
+    noise_scheduler = DDPMScheduler(**_schedule_kwargs(config))
     bar = tqdm(range(config.unet_steps), desc="UNet + text encoder")
     running = None
     for step in bar:
@@ -286,10 +326,15 @@ def train_unet(data: Dataset, means: torch.Tensor, scaling: float, config: Train
         batch_ids[drop] = empty
         latents = means[index] * scaling  # (B, 4, 8, 8)
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (config.unet_batch,))
+        timesteps = sample_training_timesteps(config.unet_batch, config.late_fraction, config.late_min)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if config.prediction_type == "v_prediction":
+            # v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho, 2022)
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
         hidden = text_encoder(batch_ids).last_hidden_state  # (B, L, 64)
-        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, hidden).sample, noise)
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, hidden).sample, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -312,7 +357,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, config: Trai
         text_encoder=text_encoder.half(),
         tokenizer=tokenizer,
         unet=unet.half(),
-        scheduler=build_scheduler(),
+        scheduler=build_scheduler(config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -356,10 +401,15 @@ def reconstruct(vae, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """``(config, refine_only)`` from the command line: one flag per :class:`TrainConfig` field."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for field, value in asdict(TrainConfig()).items():
-        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument(
         "--refine-only",
         action="store_true",
@@ -367,7 +417,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = vars(parser.parse_args(argv))
     refine_only = args.pop("refine_only")
-    config = TrainConfig(**args)
+    return TrainConfig(**args), refine_only
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, refine_only = parse_args(argv)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
