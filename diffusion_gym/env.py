@@ -110,7 +110,9 @@ class DiffusionT2IEnv(gym.Env):
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. On 2026-11-29 the default Shapes world got its fourth weights (v-prediction, zero
+      terminal SNR, "trailing" DDIM steps, so the first observation's timestep is 999 instead of 951); the
+      env's code and spaces are unchanged.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}

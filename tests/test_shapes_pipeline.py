@@ -40,7 +40,9 @@ def test_scheduler_config_guard():
     config = json.loads((PIPELINE_DIR / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == "DDIMScheduler"
     assert config["clip_sample"] is False and config["set_alpha_to_one"] is False
-    assert config["steps_offset"] == 1 and config["prediction_type"] == "epsilon"
+    # v-prediction on a zero-terminal-SNR schedule, sampled from t = 999 (diffusion_gym.shapes.train.build_scheduler)
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    assert config["timestep_spacing"] == "trailing"
     from diffusers import DDIMScheduler
 
     check_scheduler_config(DDIMScheduler.from_pretrained(PIPELINE_DIR / "scheduler"))
@@ -88,3 +90,24 @@ def test_position_word_effect_on_a_hand_made_probe():
     assert hit_rate == pytest.approx(3 / 6) and moved == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="same number of noises"):
         position_word_effect({(0, 0): [(0, 0)], (2, 2): []})
+
+
+def test_the_world_env_starts_at_pure_noise_and_every_step_has_a_density():
+    """The world's zero-terminal-SNR schedule through the env: t = 999 first, finite log-probs at every step."""
+    import gymnasium as gym
+
+    import diffusion_gym
+    from diffusion_gym.sampling import PretrainedPolicy
+
+    vector_env = gym.make_vec(
+        diffusion_gym.ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", num_inference_steps=4
+    )
+    observation, _ = vector_env.reset(seed=0)
+    assert observation["timestep"][:, 0].tolist() == [999, 999]
+    assert vector_env.mdp.scheduler.alphas_cumprod[999] == 0
+    policy = PretrainedPolicy(vector_env, seed=0)
+    for _ in range(4):
+        step = policy(observation)
+        assert bool(step.stochastic.all()) and torch.isfinite(step.log_prob).all()
+        observation, rewards, terminated, *_ = vector_env.step(step.action)
+    assert terminated.all() and ((rewards >= 0) & (rewards <= 1)).all()
