@@ -32,6 +32,7 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from diffusion_gym.ddim import check_scheduler_config
 from diffusion_gym.shapes.gold import gold_score
 from diffusion_gym.shapes.prompt_sets import is_excluded
 from diffusion_gym.shapes.scenes import caption, render, sample_scene
@@ -157,12 +158,8 @@ def build_unet():
 
 def _schedule_kwargs(config: TrainConfig) -> dict:
     """The noise schedule shared by training (DDPM) and sampling (DDIM)."""
-    if config.prediction_type not in ("epsilon", "v_prediction"):
+    if config.prediction_type not in ("epsilon", "v_prediction"):  # the two targets train_unet computes
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {config.prediction_type!r}")
-    if config.zero_terminal_snr and config.prediction_type == "epsilon":
-        # At alpha_bar_T = 0 the input is pure noise, so predicting that noise says nothing about x_0 and
-        # x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) divides by zero (Lin et al., 2024, 3.2).
-        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction'")
     return dict(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         beta_start=BETA_START,
@@ -174,20 +171,23 @@ def _schedule_kwargs(config: TrainConfig) -> dict:
 
 
 def build_scheduler(config: TrainConfig):
-    """The sampling scheduler saved with the pipeline.
+    """The sampling scheduler saved with the pipeline, checked by :func:`check_scheduler_config` (which refuses
+    epsilon-prediction on a zero-terminal-SNR schedule).
 
     With a zero-terminal-SNR schedule, sampling starts at ``t = T - 1`` ("trailing" spacing, Lin et al., 2024,
     3.3), the one step where the model has learnt that the input holds no information about the image.
     """
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
+    scheduler = DDIMScheduler(
         **_schedule_kwargs(config),
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=0 if config.zero_terminal_snr else 1,
         timestep_spacing="trailing" if config.zero_terminal_snr else "leading",
     )
+    check_scheduler_config(scheduler)
+    return scheduler
 
 
 def sample_training_timesteps(batch_size: int, late_fraction: float, late_min: int, generator=None) -> torch.Tensor:
@@ -348,7 +348,7 @@ def train_unet(data: Dataset, means: torch.Tensor, scaling: float, config: Train
     return tokenizer, ema_text.eval(), ema_unet.eval()
 
 
-def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, config: TrainConfig) -> None:
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig) -> None:
     """Save an fp16 ``StableDiffusionPipeline`` folder whose configs ask for fp32 on load, plus metadata."""
     from diffusers import StableDiffusionPipeline
 
@@ -357,7 +357,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, config: Trai
         text_encoder=text_encoder.half(),
         tokenizer=tokenizer,
         unet=unet.half(),
-        scheduler=build_scheduler(config),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -422,6 +422,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 
 def main(argv: list[str] | None = None) -> None:
     config, refine_only = parse_args(argv)
+    scheduler = build_scheduler(config)  # checked here, before the training that uses its schedule
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         tokenizer, text_encoder, unet = train_unet(data, means, scaling, config, rng)
         timings["unet"] = time.perf_counter() - started - sum(timings.values())
-        save_pipeline(pipeline_dir, vae, text_encoder, tokenizer, unet, config)
+        save_pipeline(pipeline_dir, vae, text_encoder, tokenizer, unet, scheduler, config)
 
     from diffusion_gym.shapes.proxy import save_proxy, train_proxy
 
