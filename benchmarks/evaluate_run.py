@@ -14,7 +14,8 @@ over the paired differences; with decorrelated pairs it is about an unpaired int
 
 Prints a markdown table and writes ``evaluation.json`` into the run folder. On the Shapes world it also gives
 which facts of the object sentences each model gets right (colour drawn, shape, size, cell; see
-``diffusion_gym.shapes.gold.object_attribute_accuracy``), which says *what* a change in gold is made of.
+``diffusion_gym.shapes.gold.object_attribute_accuracy``), which says *what* a change in gold is made of, and
+which shape each model draws for each named shape (``shape_confusion``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         lines.append(f"| {name} | {before.mean():.4f} | {after.mean():.4f} | {change:+.4f} ± {half_width:.4f} |")
     if world.world == "shapes":
-        from diffusion_gym.shapes.gold import object_attribute_accuracy
+        from diffusion_gym.shapes.gold import object_attribute_accuracy, shape_confusion
 
         facts = {
             "base": object_attribute_accuracy(base.images, prompts),
@@ -116,6 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
         result["object_facts"] = facts
         lines += ["", "| object sentences: fraction right | base | fine-tuned |", "|---|---:|---:|"]
         lines += [f"| {fact} | {facts['base'][fact]:.3f} | {facts['fine_tuned'][fact]:.3f} |" for fact in facts["base"]]
+        confusion = {
+            "base": shape_confusion(base.images, prompts),
+            "fine_tuned": shape_confusion(tuned.images, prompts),
+        }
+        result["shape_confusion"] = confusion
+        drawn_shapes = list(confusion["base"])
+        lines += ["", "| shape named -> drawn (base / fine-tuned) | " + " | ".join(drawn_shapes) + " |"]
+        lines += ["|---|" + "---:|" * len(drawn_shapes)]
+        for named, row in confusion["base"].items():
+            cells = [f"{row[drawn]} / {confusion['fine_tuned'][named][drawn]}" for drawn in drawn_shapes]
+            lines.append(f"| {named} | " + " | ".join(cells) + " |")
     distance = float((tuned.images - base.images).pow(2).mean().sqrt())
     result["distance_from_base"] = distance
     result["seconds"] = time.perf_counter() - started

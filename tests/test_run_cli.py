@@ -272,7 +272,13 @@ def test_evaluate_run_on_the_shapes_world_reports_the_object_facts(tmp_path, cap
         assert set(model_facts) == {"colour_present", "shape", "size", "position"}
         # One object sentence per sample, naming a size and a cell: every fraction is k / 2 or NaN (none drawn).
         assert all(np.isnan(v) or v in (0.0, 0.5, 1.0) for v in model_facts.values())
-    assert "| position |" in capsys.readouterr().out
+    # The one object sentence names a circle: only the circle row can count anything, at most 2 per model.
+    for confusion in result["shape_confusion"].values():
+        assert sum(confusion["square"].values()) == sum(confusion["triangle"].values()) == 0
+        assert sum(confusion["circle"].values()) <= 2
+    out = capsys.readouterr().out
+    assert "| position |" in out
+    assert "| shape named -> drawn (base / fine-tuned) | circle | square | triangle |" in out
 
 
 def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline, tmp_path, capsys):

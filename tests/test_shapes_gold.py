@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from diffusion_gym.rewards import make_reward
-from diffusion_gym.shapes.gold import gold_per_sentence, gold_score, object_attribute_accuracy, parse_sentence
+from diffusion_gym.shapes.gold import (
+    gold_per_sentence,
+    gold_score,
+    object_attribute_accuracy,
+    parse_sentence,
+    shape_confusion,
+)
 from diffusion_gym.shapes.scenes import Scene, ShapeObject, caption, full_caption, render, sample_scene
 
 RED_CIRCLE_LEFT = ShapeObject("circle", "red", "large", (1, 0), (5.5, 16.0))
@@ -70,6 +76,25 @@ def test_object_attribute_accuracy_by_hand():
         object_attribute_accuracy(image, [prompt, prompt])
     with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
         gold_score(image, [prompt, prompt])
+
+
+def test_shape_confusion_by_hand():
+    image = render(SCENE)[None]  # (1, 32, 32, 3): a red circle, a blue square, a green triangle
+    prompt = (
+        "A large red circle on the right."  # circle drawn as a circle
+        " A blue circle at the top right."  # circle named, a square drawn
+        " A green square."  # square named, a triangle drawn
+        " A yellow square."  # colour absent: not counted
+        " A gray background."  # not an object sentence
+    )
+    confusion = shape_confusion(np.concatenate([image, image]), [prompt, "A red triangle."])
+    assert confusion == {
+        "circle": {"circle": 1, "square": 1, "triangle": 0},
+        "square": {"circle": 0, "square": 0, "triangle": 1},
+        "triangle": {"circle": 1, "square": 0, "triangle": 0},
+    }
+    with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
+        shape_confusion(image, [prompt, prompt])
 
 
 def test_background_sentences():

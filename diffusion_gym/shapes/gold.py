@@ -280,6 +280,24 @@ def object_attribute_accuracy(images: torch.Tensor | np.ndarray, prompts: Sequen
     return {name: float(np.mean(values)) if values else float("nan") for name, values in hits.items()}
 
 
+def shape_confusion(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> dict[str, dict[str, int]]:
+    """How the named shapes were drawn: ``result[named][drawn]`` counts object sentences, a diagnostic.
+
+    Over every object sentence of ``prompts`` whose colour has a blob, the shape named in the sentence against
+    the shape of the largest blob of that colour (the one the gold score checks). Every shape of ``SHAPES`` is a
+    key on both levels, with 0 where nothing was counted. The diagonal over the row sums is
+    :func:`object_attribute_accuracy`'s ``shape`` per named shape.
+    """
+    arrays = _uint8_images(images, prompts)
+    counts = {named: dict.fromkeys(SHAPES, 0) for named in SHAPES}
+    for image, prompt in zip(arrays, prompts, strict=True):
+        analysis = analyse(image)
+        for sentence in parse_prompt(prompt):
+            if isinstance(sentence, ObjectSentence) and (blob := analysis.largest(sentence.colour)) is not None:
+                counts[sentence.shape][blob.shape] += 1
+    return counts
+
+
 def gold_score(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
     """``(B,)`` float32: the mean over each prompt's sentences of the per-sentence gold score."""
     return torch.tensor([float(np.mean(s)) for s in gold_per_sentence(images, prompts)], dtype=torch.float32)
