@@ -21,7 +21,7 @@ The prompt's score is the mean over its sentences. A sentence outside this gramm
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -253,6 +253,18 @@ def gold_per_sentence(images: torch.Tensor | np.ndarray, prompts: Sequence[str])
     return results
 
 
+def _object_sentences_and_blobs(
+    images: torch.Tensor | np.ndarray, prompts: Sequence[str]
+) -> Iterator[tuple[ObjectSentence, Blob | None]]:
+    """Every object sentence of ``prompts`` with the largest blob of its colour in its image (None: absent)."""
+    arrays = _uint8_images(images, prompts)
+    for image, prompt in zip(arrays, prompts, strict=True):
+        analysis = analyse(image)
+        for sentence in parse_prompt(prompt):
+            if isinstance(sentence, ObjectSentence):
+                yield sentence, analysis.largest(sentence.colour)
+
+
 def object_attribute_accuracy(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> dict[str, float]:
     """Which facts of the object sentences the images get right: a diagnostic, not a reward.
 
@@ -261,22 +273,16 @@ def object_attribute_accuracy(images: torch.Tensor | np.ndarray, prompts: Sequen
     named shape / size / cell, counted only over the sentences that name a size or a position. Chance levels
     for an image that ignores the word: shape 1/3, size 1/2, position 1/9. NaN where no sentence qualifies.
     """
-    arrays = _uint8_images(images, prompts)
     hits: dict[str, list[bool]] = {"colour_present": [], "shape": [], "size": [], "position": []}
-    for image, prompt in zip(arrays, prompts, strict=True):
-        analysis = analyse(image)
-        for sentence in parse_prompt(prompt):
-            if not isinstance(sentence, ObjectSentence):
-                continue
-            blob = analysis.largest(sentence.colour)
-            hits["colour_present"].append(blob is not None)
-            if blob is None:
-                continue
-            hits["shape"].append(blob.shape == sentence.shape)
-            if sentence.size is not None:
-                hits["size"].append(blob.size == sentence.size)
-            if sentence.cell is not None:
-                hits["position"].append(blob.cell == sentence.cell)
+    for sentence, blob in _object_sentences_and_blobs(images, prompts):
+        hits["colour_present"].append(blob is not None)
+        if blob is None:
+            continue
+        hits["shape"].append(blob.shape == sentence.shape)
+        if sentence.size is not None:
+            hits["size"].append(blob.size == sentence.size)
+        if sentence.cell is not None:
+            hits["position"].append(blob.cell == sentence.cell)
     return {name: float(np.mean(values)) if values else float("nan") for name, values in hits.items()}
 
 
@@ -288,13 +294,10 @@ def shape_confusion(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -
     key on both levels, with 0 where nothing was counted. The diagonal over the row sums is
     :func:`object_attribute_accuracy`'s ``shape`` per named shape.
     """
-    arrays = _uint8_images(images, prompts)
     counts = {named: dict.fromkeys(SHAPES, 0) for named in SHAPES}
-    for image, prompt in zip(arrays, prompts, strict=True):
-        analysis = analyse(image)
-        for sentence in parse_prompt(prompt):
-            if isinstance(sentence, ObjectSentence) and (blob := analysis.largest(sentence.colour)) is not None:
-                counts[sentence.shape][blob.shape] += 1
+    for sentence, blob in _object_sentences_and_blobs(images, prompts):
+        if blob is not None:
+            counts[sentence.shape][blob.shape] += 1
     return counts
 
 
