@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from diffusion_gym.ddim import check_scheduler_config
-from diffusion_gym.shapes.train import TrainConfig, build_scheduler, parse_args, sample_training_timesteps
+from diffusion_gym.shapes.train import (
+    FIELD_HELP,
+    TrainConfig,
+    build_scheduler,
+    parse_args,
+    sample_training_timesteps,
+)
 
 
 def test_default_schedule_is_zero_terminal_snr_v_prediction_with_trailing_steps():
@@ -46,3 +52,13 @@ def test_boolean_flags_parse_both_ways():
         config, refine_only = parse_args(argv)
         assert config.zero_terminal_snr is expected and not refine_only
     assert parse_args(["--late-fraction", "0.25"])[0].late_fraction == 0.25
+
+
+def test_every_training_flag_has_a_help_line(capsys):
+    from dataclasses import fields
+
+    assert set(FIELD_HELP) == {field.name for field in fields(TrainConfig)}
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines to the terminal's width
+    assert "alpha_bar_T = 0" in out and "optimiser steps (default: 4000)" in out

@@ -341,16 +341,23 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate the Shapes world's pipeline and proxy.")
-    parser.add_argument("--pipeline", default=str(PIPELINE_DIR))
-    parser.add_argument("--proxy", default=str(PROXY_DIR))
-    parser.add_argument("--output-dir", default="runs/shapes_eval")
-    parser.add_argument("--samples-per-prompt", type=int, default=2)
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: diffusion_gym.json")
-    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: diffusion_gym.json")
+    parser = argparse.ArgumentParser(
+        description="Evaluate the Shapes world's pipeline and proxy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--pipeline", default=str(PIPELINE_DIR), help="the world's StableDiffusionPipeline folder")
+    parser.add_argument("--proxy", default=str(PROXY_DIR), help="the shapes-clip proxy folder")
+    parser.add_argument(
+        "--output-dir", default="runs/shapes_eval", help="receives shapes_eval.json and shapes_grid.png"
+    )
+    parser.add_argument("--samples-per-prompt", type=int, default=2, help="base-model samples of each held-out prompt")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance scale (None: diffusion_gym.json's)"
+    )
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="DDIM steps (None: diffusion_gym.json's)")
     parser.add_argument("--sweep", default="", help="comma-separated guidance scales to also measure")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
     report = evaluate(

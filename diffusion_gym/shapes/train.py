@@ -72,6 +72,35 @@ class TrainConfig:
     num_inference_steps: int = 20
 
 
+# The --help line of each TrainConfig field (parse_args makes one flag per field; a test checks none is missing).
+FIELD_HELP: dict[str, str] = {
+    "output": "folder that receives pipeline/ and proxy_clip/ (the default overwrites the committed world)",
+    "seed": "seed of the scenes, the initialisations and every stage's batches",
+    "threads": "torch CPU threads",
+    "num_scenes": "procedural training scenes, two captions each (held-out, standard and long scenes skipped)",
+    "vae_steps": "VAE stage: optimiser steps",
+    "vae_batch": "VAE stage: images per step",
+    "vae_lr": "VAE stage: AdamW learning rate (cosine schedule)",
+    "kl_weight": "VAE stage: weight of the KL term beside the weighted L1 reconstruction loss",
+    "decoder_steps": "decoder refinement stage (encoder frozen): optimiser steps",
+    "decoder_batch": "decoder refinement stage: images per step",
+    "decoder_lr": "decoder refinement stage: AdamW learning rate (cosine schedule)",
+    "unet_steps": "text encoder + UNet stage: optimiser steps",
+    "unet_batch": "text encoder + UNet stage: scenes per step",
+    "unet_lr": "text encoder + UNet stage: AdamW learning rate (cosine schedule)",
+    "prediction_type": "what the UNet predicts: v_prediction or epsilon",
+    "zero_terminal_snr": "rescale the betas so that alpha_bar_T = 0 (needs v_prediction)",
+    "late_fraction": "share of every UNet batch drawn at t >= --late-min (0: uniform timesteps)",
+    "late_min": "the first timestep counted as late, for --late-fraction",
+    "cfg_dropout": "probability that a training caption is replaced by the empty prompt (classifier-free guidance)",
+    "ema_decay": "decay of the UNet's and text encoder's exponential moving average (the saved weights)",
+    "proxy_steps": "shapes-clip proxy stage: optimiser steps",
+    "proxy_batch": "shapes-clip proxy stage: image-caption pairs per step",
+    "guidance_scale": "guidance scale written to diffusion_gym.json as the world's default",
+    "num_inference_steps": "DDIM steps written to diffusion_gym.json as the world's default",
+}
+
+
 @dataclass(frozen=True)
 class Dataset:
     images: np.ndarray  # (N, 32, 32, 3) uint8
@@ -406,10 +435,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for field, value in asdict(TrainConfig()).items():
         flag = "--" + field.replace("_", "-")
+        help_text = FIELD_HELP[field] + " (default: %(default)s)"
         if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=help_text)
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=type(value), default=value, help=help_text)
     parser.add_argument(
         "--refine-only",
         action="store_true",
