@@ -78,7 +78,8 @@ class EvalReport:
     proxy_pearson: float
     proxy_spearman: float
     proxy_mean: float
-    guidance_sweep: dict[str, float] = field(default_factory=dict)
+    guidance_sweep: dict[str, float] = field(default_factory=dict)  # --sweep: held-out gold at each guidance scale
+    guidance_sweep_shape: dict[str, float] = field(default_factory=dict)  # --sweep: named shape drawn, as above
     threads: int = 2
 
 
@@ -287,10 +288,11 @@ def evaluate(
     spearman = float(spearmanr(proxy_scores.numpy(), means).statistic)
 
     # Optional guidance sweep (one sample per held-out prompt).
-    sweep_results = {}
+    sweep_results, sweep_shapes = {}, {}
     for value in sweep:
         swept = sample(pipeline, list(prompts), guidance_scale=value, num_inference_steps=steps, eta=eta, seed=seed + 1)
         sweep_results[f"{value:g}"] = float(_prompt_scores(swept, prompts)[0].mean())
+        sweep_shapes[f"{value:g}"] = object_attribute_accuracy(swept, list(prompts))["shape"]
 
     report = EvalReport(
         pipeline=str(pipeline_dir),
@@ -320,6 +322,7 @@ def evaluate(
         proxy_spearman=spearman,
         proxy_mean=float(proxy_scores.mean()),
         guidance_sweep=sweep_results,
+        guidance_sweep_shape=sweep_shapes,
         threads=threads,
     )
     (output_dir / "shapes_eval.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
