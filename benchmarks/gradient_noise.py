@@ -1,0 +1,254 @@
+"""How much signal is in one update? The gradient noise scale of DDPO's objective on a prompt set.
+
+McCandlish et al. (2018), "An Empirical Model of Large-Batch Training": with :math:`G` the expected policy
+gradient and :math:`\\Sigma` the covariance of one trajectory's gradient, the *noise scale*
+
+.. math:: B_{noise} = \\operatorname{tr}(\\Sigma) / |G|^2
+
+is the batch size at which a minibatch gradient's noise has the size of its signal. Far below it, an optimiser
+step is mostly noise and learning is slow whatever the learning rate. This command samples ``--samples``
+trajectories from the base policy through the env, takes DDPO's advantages (per-prompt stats, clipped), splits
+the trajectories into ``k`` minibatches of ``b`` (``--minibatch``) and computes each minibatch's policy gradient
+at ratio 1 (the gradient of PPO's surrogate at its first inner step, which is REINFORCE's), over every
+stochastic step, with respect to the trainable (LoRA) parameters. Then, as in the paper's appendix A.1:
+
+* ``S_small = mean_i |g_i|^2``, which estimates ``|G|^2 + tr(Sigma) / b``;
+* ``S_big = |mean_i g_i|^2``, which estimates ``|G|^2 + tr(Sigma) / (k b)``;
+* ``tr(Sigma) = (S_small - S_big) / (1/b - 1/(k b))`` and ``|G|^2 = S_big - tr(Sigma) / (k b)``.
+
+It also prints the mean cosine between the minibatch gradients (about ``|G|^2 / (|G|^2 + tr(Sigma) / b)``:
+near 0 when the minibatches agree on nothing). Both come from one set of samples: the estimate is itself noisy,
+and ``|G|^2`` can come out negative when the signal is below what the samples can resolve (then ``B_noise`` is
+reported as infinite).
+
+::
+
+    python benchmarks/gradient_noise.py                                # the default run's prompts (shapes-train)
+    python benchmarks/gradient_noise.py --prompts shapes-long          # one prompt, as in the comparisons
+    python benchmarks/gradient_noise.py --model tiny --samples 8 --minibatch 2 --num-inference-steps 3  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/gradient_noise.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import gymnasium as gym
+import torch
+from tqdm.auto import tqdm
+
+import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
+from agents import AgentConfig, Trajectories, make_agent
+from benchmarks.run import positive_int
+from diffusion_gym.models import build_tiny_pipeline
+
+TINY_REWARD = "jpeg-incompressibility"  # the tiny pipeline has no world file: no default reward or prompts
+TINY_PROMPTS = "a red circle. a blue square."
+
+
+@dataclass
+class NoiseScale:
+    """The estimate from ``k`` minibatch gradients of ``b`` trajectories each."""
+
+    minibatch: int  # b
+    num_minibatches: int  # k
+    small_batch_sq_norm: float  # S_small = mean_i |g_i|^2
+    big_batch_sq_norm: float  # S_big = |mean_i g_i|^2
+    trace_sigma: float  # tr(Sigma), per trajectory
+    true_gradient_sq_norm: float  # |G|^2 (can be negative: signal below resolution)
+    noise_scale: float  # B_noise = tr(Sigma) / |G|^2; inf where |G|^2 <= 0
+    mean_cosine: float  # mean over pairs i < j of cos(g_i, g_j)
+
+
+def noise_scale(gradients: torch.Tensor, minibatch: int) -> NoiseScale:
+    """:class:`NoiseScale` of ``gradients`` ``(k, P)``: ``k >= 2`` minibatch gradients of ``minibatch`` trajectories."""
+    num, _ = gradients.shape
+    if num < 2:
+        raise ValueError(f"need at least 2 minibatch gradients, got {num}")
+    gradients = gradients.double()
+    small = float((gradients**2).sum(dim=1).mean())  # mean_i |g_i|^2
+    big = float((gradients.mean(dim=0) ** 2).sum())  # |mean_i g_i|^2
+    trace = (small - big) / (1 / minibatch - 1 / (num * minibatch))
+    signal = big - trace / (num * minibatch)
+    unit = gradients / gradients.norm(dim=1, keepdim=True).clamp_min(1e-30)  # (k, P)
+    cosines = unit @ unit.T  # (k, k)
+    pairs = cosines[torch.triu_indices(num, num, offset=1).unbind()]  # (k (k - 1) / 2,)
+    return NoiseScale(
+        minibatch=minibatch,
+        num_minibatches=num,
+        small_batch_sq_norm=small,
+        big_batch_sq_norm=big,
+        trace_sigma=trace,
+        true_gradient_sq_norm=signal,
+        noise_scale=trace / signal if signal > 0 else math.inf,
+        mean_cosine=float(pairs.mean()),
+    )
+
+
+def step_segments(stochastic: torch.Tensor, count: int) -> list[list[int]]:
+    """The stochastic steps' indices in ``count`` contiguous groups, noisiest first (sizes differ by at most 1)."""
+    steps = torch.nonzero(stochastic).flatten()
+    if not 1 <= count <= len(steps):
+        raise ValueError(f"--segments must be between 1 and the {len(steps)} stochastic steps, got {count}")
+    return [chunk.tolist() for chunk in torch.tensor_split(steps, count)]
+
+
+def minibatch_gradients(
+    agent, samples: Trajectories, advantages: torch.Tensor, segments: list[list[int]]
+) -> torch.Tensor:
+    """``(G, P)``: per segment, the flat gradient of ``-mean_j A_j sum_{t in segment} log pi(x_{t-1} | x_t, c_j)``.
+
+    Their sum over the segments is the whole trajectory's policy gradient.
+    """
+    num = len(samples)
+    rows = []
+    for segment in segments:
+        agent.optimizer.zero_grad(set_to_none=True)
+        for t in segment:
+            step = agent.policy(
+                samples.latents[:, t],  # (b, C, H, W)
+                samples.timesteps[t].repeat(num).to(samples.latents.device),  # (b,)
+                samples.prompt_embeddings,  # (b, S, D)
+                samples.next_latents[:, t],  # (b, C, H, W)
+            )
+            (-(advantages.to(step.log_prob.device) * step.log_prob).mean()).backward()  # accumulates over t
+        grads = [p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
+        rows.append(torch.cat(grads))  # (P,)
+    agent.optimizer.zero_grad(set_to_none=True)
+    return torch.stack(rows)  # (G, P)
+
+
+def measure(
+    model: str,
+    prompts: str | None,
+    reward: str | None,
+    samples: int,
+    minibatch: int,
+    num_inference_steps: int | None,
+    seed: int,
+    lora_rank: int,
+    latent_bound: float,
+    segments: int = 1,
+) -> tuple[dict[str, NoiseScale], dict[str, float]]:
+    """Sample ``samples`` trajectories of ``prompts``; DDPO's gradient noise scale on them, for the whole trajectory
+    (key ``"all steps"``) and, with ``segments > 1``, for each contiguous segment of steps (key ``"t=999..699"``)."""
+    if samples % minibatch or samples // minibatch < 2:
+        raise ValueError(f"--samples ({samples}) must be a multiple of --minibatch ({minibatch}), at least twice it")
+    batch_size = math.gcd(samples, 32)  # env batch: up to 32 episodes at a time
+    env = gym.make_vec(
+        "DiffusionT2I-v0",
+        num_envs=batch_size,
+        vectorization_mode="vector_entry_point",
+        model=model,
+        reward=reward,
+        prompts=prompts,
+        num_inference_steps=num_inference_steps,
+        latent_bound=latent_bound,
+    )
+    config = AgentConfig(seed=seed, batch_size=batch_size, batches_per_epoch=samples // batch_size, lora_rank=lora_rank)
+    agent = make_agent("ddpo", env.unwrapped, config)
+    try:
+        started = time.perf_counter()
+        trajectories = Trajectories.cat(agent.collect())  # (N, ...) from the base policy
+        sampled = time.perf_counter() - started
+        advantages = agent.advantages(trajectories).cpu()  # (N,)
+        groups = step_segments(trajectories.stochastic, segments)
+        gradients = []
+        for start in tqdm(range(0, samples, minibatch), desc="minibatch gradients", unit="mb"):
+            rows = list(range(start, start + minibatch))
+            gradients.append(minibatch_gradients(agent, trajectories.select(rows), advantages[rows], groups))
+        per_segment = torch.stack(gradients, dim=1)  # (G, k, P)
+        estimates = {"all steps": noise_scale(per_segment.sum(dim=0), minibatch)}
+        if segments > 1:
+            timesteps = trajectories.timesteps.tolist()
+            for group, grads in zip(groups, per_segment, strict=True):
+                estimates[f"t={timesteps[group[0]]}..{timesteps[group[-1]]}"] = noise_scale(grads, minibatch)
+        info = {
+            "reward_mean": float(trajectories.rewards.mean()),
+            "reward_std": float(trajectories.rewards.std()),
+            "distinct_prompts": len(set(trajectories.prompts)),
+            "sampling_seconds": round(sampled, 1),
+            "gradient_seconds": round(time.perf_counter() - started - sampled, 1),
+        }
+        return estimates, info
+    finally:
+        agent.close()
+        env.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", default="shapes", help="'shapes', a pipeline folder or hub id, or 'tiny' (smoke)")
+    parser.add_argument("--prompts", default=None, help="a prompt set or one prompt (None: the world's training set)")
+    parser.add_argument("--reward", default=None, help="reward name (None: the world's default)")
+    parser.add_argument("--samples", type=positive_int, default=256, help="trajectories sampled from the base policy")
+    parser.add_argument("--minibatch", type=positive_int, default=8, help="trajectories per minibatch gradient (b)")
+    parser.add_argument("--num-inference-steps", type=positive_int, default=None, help="DDIM steps (None: world's)")
+    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank of the policy (0: full fine-tune)")
+    parser.add_argument(
+        "--segments", type=positive_int, default=1, help="also estimate on this many contiguous segments of the steps"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of prompts, initial noise and action noise")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--output", type=Path, default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, reward, prompts, bound = args.model, args.reward, args.prompts, 50.0
+    if model == "tiny":
+        model = str(build_tiny_pipeline(tempfile.mkdtemp(prefix="tiny-sd-") + "/pipeline"))
+        reward, prompts, bound = reward or TINY_REWARD, prompts or TINY_PROMPTS, 1e4
+    estimates, info = measure(
+        model,
+        prompts,
+        reward,
+        args.samples,
+        args.minibatch,
+        args.num_inference_steps,
+        args.seed,
+        args.lora_rank,
+        bound,
+        args.segments,
+    )
+    result = {
+        "model": args.model,
+        "prompts": args.prompts,
+        "samples": args.samples,
+        **info,
+        "noise_scales": {steps: asdict(estimate) for steps, estimate in estimates.items()},
+    }
+    prompt_label = prompts or "the world's training prompts"
+    print(
+        f"{args.model}, {prompt_label}: {info['distinct_prompts']} distinct prompts, reward {info['reward_mean']:.3f}"
+    )
+    print("| steps | mean cosine of minibatch grads | tr(Sigma) | abs G squared | B_noise |\n|---|---:|---:|---:|---:|")
+    for steps, e in estimates.items():
+        print(
+            f"| {steps} | {e.mean_cosine:+.4f} | {e.trace_sigma:.4g} | {e.true_gradient_sq_norm:.4g} "
+            f"| {e.noise_scale:.4g} |"
+        )
+    print(
+        f"{args.samples} samples, minibatches of {args.minibatch}; {info['sampling_seconds']} s sampling, "
+        f"{info['gradient_seconds']} s gradients"
+    )
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""benchmarks/gradient_noise.py: the noise-scale estimator by hand, and the command on the tiny pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import gradient_noise
+
+
+def test_noise_scale_matches_hand_computed_values():
+    # g1 = (2, 0), g2 = (2, 2), b = 2, k = 2:
+    # S_small = (4 + 8) / 2 = 6; S_big = |(2, 1)|^2 = 5; tr(Sigma) = (6 - 5) / (1/2 - 1/4) = 4;
+    # |G|^2 = 5 - 4 / 4 = 4; B_noise = 4 / 4 = 1; cos(g1, g2) = 4 / (2 * sqrt(8)) = 1 / sqrt(2).
+    estimate = gradient_noise.noise_scale(torch.tensor([[2.0, 0.0], [2.0, 2.0]]), minibatch=2)
+    assert estimate.small_batch_sq_norm == pytest.approx(6.0)
+    assert estimate.big_batch_sq_norm == pytest.approx(5.0)
+    assert estimate.trace_sigma == pytest.approx(4.0)
+    assert estimate.true_gradient_sq_norm == pytest.approx(4.0)
+    assert estimate.noise_scale == pytest.approx(1.0)
+    assert estimate.mean_cosine == pytest.approx(1 / math.sqrt(2))
+
+
+def test_noise_scale_is_infinite_when_the_gradients_agree_on_nothing():
+    # Orthogonal gradients, b = 4: S_small = 1, S_big = 0.5, tr(Sigma) = 0.5 / (1/4 - 1/8) = 4, |G|^2 = 0.5 - 4/8 = 0.
+    estimate = gradient_noise.noise_scale(torch.eye(2), minibatch=4)
+    assert estimate.true_gradient_sq_norm == pytest.approx(0.0, abs=1e-12)
+    assert estimate.noise_scale == math.inf
+    assert estimate.mean_cosine == pytest.approx(0.0)
+
+
+def test_noise_scale_needs_two_minibatches():
+    with pytest.raises(ValueError, match="at least 2"):
+        gradient_noise.noise_scale(torch.ones(1, 3), minibatch=4)
+
+
+def test_command_measures_the_tiny_pipeline(tmp_path):
+    output = tmp_path / "noise.json"
+    flags = ["--model", "tiny", "--samples", "8", "--minibatch", "2", "--num-inference-steps", "3", "--threads", "1"]
+    result = gradient_noise.main([*flags, "--segments", "2", "--output", str(output)])
+    whole = result["noise_scales"]["all steps"]
+    assert whole["num_minibatches"] == 4 and whole["minibatch"] == 2
+    assert math.isfinite(whole["mean_cosine"]) and whole["small_batch_sq_norm"] > 0
+    assert len(result["noise_scales"]) == 3  # all steps + 2 segments
+    assert json.loads(output.read_text())["noise_scales"] == result["noise_scales"]
+
+
+def test_step_segments_split_the_stochastic_steps_in_order():
+    stochastic = torch.tensor([True, True, True, True, True, False])  # the last step is deterministic
+    assert gradient_noise.step_segments(stochastic, 2) == [[0, 1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="--segments"):
+        gradient_noise.step_segments(stochastic, 6)
+
+
+def test_samples_must_split_into_minibatches():
+    with pytest.raises(ValueError, match="multiple of --minibatch"):
+        gradient_noise.measure("unused", None, None, 10, 4, None, 0, 8, 50.0)
