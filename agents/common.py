@@ -64,6 +64,7 @@ class AgentConfig:
     max_grad_norm: float = 1.0
     train_batch_size: int | None = 8  # trajectories per optimiser step; None -> batch_size
     train_timestep_fraction: float = 0.5  # fraction of the stochastic steps trained per trajectory
+    train_timestep_min: int = 0  # train only the steps with scheduler timestep t >= this (0: every step)
     inner_epochs: int = 2
     clip_range: float = 0.2  # PPO clip on the ratio of SUMMED per-step log-probs
     dual_clip: float | None = 3.0  # dual-clip PPO bound for negative advantages (None: off)
@@ -103,6 +104,7 @@ class AgentConfig:
                 0 < self.train_timestep_fraction <= 1,
                 f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}",
             ),
+            (self.train_timestep_min >= 0, f"train_timestep_min must be >= 0, got {self.train_timestep_min}"),
             (self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None, got {self.dual_clip}"),
@@ -352,6 +354,12 @@ class Agent:
                 f"config.batch_size={config.batch_size} must equal the env's num_envs={env.num_envs} "
                 "(one sampling batch is one step of the vector env)"
             )
+        timesteps = [int(t) for t in env.timesteps]
+        if max(timesteps) < config.train_timestep_min:
+            raise ValueError(
+                f"train_timestep_min={config.train_timestep_min} leaves no step to train on "
+                f"(the env's schedule: {timesteps})"
+            )
         self.env = env
         self.config = config
         with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded
@@ -473,14 +481,14 @@ class Agent:
         advantages = advantages.to(device)
         relabeled = samples.is_relabeled.to(device)
         minibatch = config.train_batch_size or config.batch_size
+        trainable = samples.stochastic & (samples.timesteps >= config.train_timestep_min)  # (T,) bool
         totals: dict[str, list[torch.Tensor]] = {}
         for _ in range(config.inner_epochs):
             order = torch.randperm(len(samples), generator=self.generator).to(device)  # (N,)
             for start in range(0, len(samples), minibatch):
                 rows = order[start : start + minibatch]  # (M,)
-                steps = sample_train_timesteps(
-                    samples.stochastic, len(rows), config.train_timestep_fraction, self.generator
-                ).to(device)  # (M, k)
+                steps = sample_train_timesteps(trainable, len(rows), config.train_timestep_fraction, self.generator)
+                steps = steps.to(device)  # (M, k)
                 for j in range(steps.shape[1]):
                     index = steps[:, j]  # (M,): each trajectory's step for this pass
                     batch = StepBatch(

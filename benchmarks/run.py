@@ -61,6 +61,10 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
     "max_grad_norm": "gradient-norm clipping of the policy update",
     "train_timestep_fraction": "fraction of each trajectory's denoising steps trained on (a random subset)",
+    "train_timestep_min": (
+        "train only the denoising steps with scheduler timestep t >= this (0: every step); on one prompt the "
+        "noisiest steps carry most of the gradient's signal and little of its noise (benchmarks/gradient_noise.py)"
+    ),
     "inner_epochs": "passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)",
     "clip_range": "PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)",
     "dual_clip": "dual-clip PPO bound on the ratio for negative advantages ('none': off)",

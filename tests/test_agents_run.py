@@ -145,6 +145,7 @@ def test_generate_pads_chunks_and_is_seeded(env):
         ("ddpo", {"learning_rate": -1.0}, "learning_rate"),
         ("ddpo", {"eta": 0.0}, "eta"),
         ("ddpo", {"train_timestep_fraction": 0.0}, "train_timestep_fraction"),
+        ("ddpo", {"train_timestep_min": -1}, "train_timestep_min"),
         ("ddpo", {"clip_range": 0.0}, "clip_range"),
         ("ddpo", {"lora_rank": -1}, "lora_rank"),
         ("loop", {"loop_k": 1}, "loop_k"),
@@ -157,6 +158,32 @@ def test_generate_pads_chunks_and_is_seeded(env):
 def test_bad_config_values_give_clear_errors(env, name, overrides, match):
     with pytest.raises(ValueError, match=match):
         make_agent(name, env, tiny_config(**overrides))
+
+
+def test_train_timestep_min_trains_only_the_noisiest_steps(env, monkeypatch):
+    import agents.common
+
+    trained: list[int] = []
+    real_step_batch = agents.common.StepBatch
+
+    def recording_step_batch(**fields):
+        trained.extend(fields["timesteps"].tolist())
+        return real_step_batch(**fields)
+
+    monkeypatch.setattr(agents.common, "StepBatch", recording_step_batch)
+    agent = make_agent("ddpo", env, tiny_config(train_timestep_min=500, train_timestep_fraction=1.0))
+    try:
+        timesteps = env.unwrapped.timesteps.tolist()  # 3 steps, e.g. [999, 666, 333]
+        agent.train_epoch()
+    finally:
+        agent.close()
+    expected = {t for t in timesteps if t >= 500}
+    assert trained and set(trained) == expected and len(expected) < len(timesteps)
+
+
+def test_train_timestep_min_above_every_step_is_an_error(env):
+    with pytest.raises(ValueError, match="train_timestep_min=10000 leaves no step to train on"):
+        make_agent("ddpo", env, tiny_config(train_timestep_min=10_000))
 
 
 def test_agent_names_are_the_interface():
