@@ -121,7 +121,7 @@ def minibatch_gradients(
                 samples.next_latents[:, t],  # (b, C, H, W)
             )
             (-(advantages.to(step.log_prob.device) * step.log_prob).mean()).backward()  # accumulates over t
-        grads = [p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
+        grads = [p.grad.flatten().cpu() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
         rows.append(torch.cat(grads))  # (P,)
     agent.optimizer.zero_grad(set_to_none=True)
     return torch.stack(rows)  # (G, P)
