@@ -48,10 +48,10 @@ from tqdm.auto import tqdm
 
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import AgentConfig, Trajectories, make_agent
+from benchmarks.epoch_overhead import TINY_REWARD
 from benchmarks.run import positive_int
 from diffusion_gym.models import build_tiny_pipeline
 
-TINY_REWARD = "jpeg-incompressibility"  # the tiny pipeline has no world file: no default reward or prompts
 TINY_PROMPTS = "a red circle. a blue square."
 
 
