@@ -1,4 +1,4 @@
-"""RL fine-tuning agents for ``DiffusionT2I-v0``: REINFORCE, DDPO, DPOK, LOOP and the HERD relabeling wrapper.
+"""RL fine-tuning agents for ``DiffusionT2I-v0``: REINFORCE, DDPO, DPOK, LOOP, RWR and the HERD relabeling wrapper.
 
 Every agent drives the env through its vector API (``reset``/``step`` with actions sampled from its policy)::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from agents.common import Agent, AgentConfig, EpochResult, Generation, Trajectories, collect_trajectories
 from agents.policy import DiffusionPolicy
 
-AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "herd")
+AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
 
 
 def agent_class(name: str) -> type[Agent]:
@@ -28,12 +28,14 @@ def agent_class(name: str) -> type[Agent]:
     from agents.herd import HERDAgent
     from agents.loop import LOOPAgent
     from agents.reinforce import ReinforceAgent
+    from agents.rwr import RWRAgent
 
     classes: dict[str, type[Agent]] = {
         "reinforce": ReinforceAgent,
         "ddpo": DDPOAgent,
         "dpok": DPOKAgent,
         "loop": LOOPAgent,
+        "rwr": RWRAgent,
         "herd": HERDAgent,
     }
     if name not in classes:

@@ -77,6 +77,8 @@ class AgentConfig:
     reward_alpha: float = 1.0  # DPOK: weight of the reward term
     value_learning_rate: float = 1e-3  # DPOK: value function V(x_t, c, t)
     loop_k: int = 4  # LOOP: trajectories per prompt
+    rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
+    rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
     herd_base: str = "ddpo"
     herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
     herd_keep_history: bool = False
@@ -114,6 +116,7 @@ class AgentConfig:
             (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
             (self.reward_alpha >= 0, f"reward_alpha must be >= 0, got {self.reward_alpha}"),
             (self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}"),
+            (self.rwr_temperature > 0, f"rwr_temperature must be > 0, got {self.rwr_temperature}"),
             (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
             (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
             (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),

@@ -27,6 +27,7 @@ __all__ = [
     "leave_one_out_baseline",
     "normalize_advantages",
     "ppo_clipped_loss",
+    "reward_weights",
     "sample_train_timesteps",
     "split_sentences",
     "step_log_prob",
@@ -103,6 +104,22 @@ def normalize_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tens
 def clip_advantages(advantages: torch.Tensor, max_abs: float) -> torch.Tensor:
     """DDPO's advantage clipping to ``[-max_abs, max_abs]``."""
     return advantages.clamp(-max_abs, max_abs)
+
+
+def reward_weights(advantages: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Reward-weighted regression's self-normalised weights, ``(N,)`` with mean 1.
+
+    .. math:: w_i = \frac{\exp(A_i / \tau)}{\frac1N \sum_j \exp(A_j / \tau)}
+
+    (Peters & Schaal's RWR; DDPO's RWR baseline weights by :math:`\exp(\beta r)`). A small temperature
+    :math:`\tau` puts the weight on the best samples (RAFT-like); a large one trains on every sample alike.
+    The max is subtracted before ``exp`` for stability (the ratio is unchanged).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = advantages.double() / temperature  # (N,)
+    unnormalised = (logits - logits.max()).exp()  # (N,), in (0, 1]
+    return (unnormalised / unnormalised.mean()).float()
 
 
 class PerPromptStatTracker:

@@ -237,6 +237,24 @@ class DiffusionPolicy:
         with self._adapter(True), self._checkpointing():
             return self._step(self.unet, latents, timesteps, prompt_embeddings, generator, action)
 
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeddings: torch.Tensor,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        r"""The model output (the scheduler's ``prediction_type``: :math:`\epsilon` or :math:`v`) at guidance
+        ``guidance_scale`` (None: the policy's; 1: the conditional branch alone, one UNet pass), float32,
+        ``(B, C, H, W)``, at any training timestep. ``latents`` is a noised :math:`x_t` ``(B, C, H, W)``,
+        ``timesteps`` ``(B,)``. Gradients flow to the trainable parameters unless called under ``torch.no_grad()``.
+        """
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        with self._adapter(True), self._checkpointing(), self._autocast():
+            return guided_noise_prediction(
+                self.unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, scale
+            )
+
     @torch.no_grad()
     def reference(
         self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeddings: torch.Tensor, action: torch.Tensor

@@ -14,6 +14,7 @@ from agents.math import (
     leave_one_out_baseline,
     normalize_advantages,
     ppo_clipped_loss,
+    reward_weights,
     sample_train_timesteps,
     split_sentences,
     step_log_prob,
@@ -70,6 +71,18 @@ def test_normalize_and_clip_advantages():
     expected = [(r - 3.0) / math.sqrt(3.5) for r in (1.0, 2.0, 3.0, 6.0)]
     assert normalize_advantages(rewards).tolist() == pytest.approx(expected, abs=1e-5)
     assert clip_advantages(torch.tensor([-9.0, 0.5, 9.0]), 5.0).tolist() == [-5.0, 0.5, 5.0]
+
+
+def test_reward_weights_hand_computed():
+    advantages = torch.tensor([0.0, math.log(2.0)])
+    # tau = 1: exp(A) = [1, 2], mean 1.5 -> [2/3, 4/3]
+    torch.testing.assert_close(reward_weights(advantages, 1.0), torch.tensor([2 / 3, 4 / 3]))
+    # tau = 0.5: exp(2A) = [1, 4], mean 2.5 -> [0.4, 1.6]
+    torch.testing.assert_close(reward_weights(advantages, 0.5), torch.tensor([0.4, 1.6]))
+    # large advantages do not overflow (the max is subtracted first); equal ones give equal weights
+    torch.testing.assert_close(reward_weights(torch.tensor([1000.0, 1000.0]), 0.01), torch.ones(2))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        reward_weights(advantages, 0.0)
 
 
 def test_per_prompt_stat_tracker_falls_back_then_uses_history():

@@ -51,7 +51,10 @@ def run(env, name: str, epochs: int, **overrides):
         ("ddpo", {"inner_epochs": 2, "train_timestep_fraction": 0.5}),
         ("dpok", {}),
         ("loop", {}),
+        ("rwr", {"inner_epochs": 2}),
+        ("rwr", {"rwr_baseline": True, "rwr_temperature": 0.5}),
         ("herd", {}),
+        ("herd", {"herd_base": "rwr"}),
         ("herd", {"herd_base": "loop", "herd_off_policy_correction": False}),
         ("herd", {"herd_base": "dpok", "herd_keep_history": True, "herd_buffer_batches": 2}),
         ("ddpo", {"lora_rank": 0, "per_prompt_stats": False}),
@@ -61,7 +64,9 @@ def test_agent_runs_end_to_end(env, name, overrides):
     results, parameters = run(env, name, epochs=2, **overrides)
     for result in results:
         metrics = result.metrics
-        for key in ("reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "epoch_seconds", "num_train_samples"):
+        uses_ratios = "rwr" not in (name, overrides.get("herd_base"))  # RWR has no importance ratio
+        ratio_keys = ("approx_kl", "clipfrac") if uses_ratios else ()
+        for key in ("reward_mean", "reward_std", "loss", *ratio_keys, "epoch_seconds", "num_train_samples"):
             assert key in metrics and math.isfinite(metrics[key]), key
         assert result.final_images.shape == (2, 3, 32, 32)
         assert float(result.final_images.min()) >= 0.0 and float(result.final_images.max()) <= 1.0
@@ -187,4 +192,4 @@ def test_train_timestep_min_above_every_step_is_an_error(env):
 
 
 def test_agent_names_are_the_interface():
-    assert AGENT_NAMES == ("reinforce", "ddpo", "dpok", "loop", "herd")
+    assert AGENT_NAMES == ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
