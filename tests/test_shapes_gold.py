@@ -135,3 +135,36 @@ def test_registered_rewards():
     assert per_sentence.shape == (6,) and bool((per_sentence <= mean).all())
     matrix = gold_per_sentence(tensor, wrong)
     assert [min(row) for row in matrix] == pytest.approx(per_sentence.tolist())
+
+
+def test_shape_credit_hand_computed():
+    from diffusion_gym.shapes.gold import Blob, shape_credit
+
+    ious = (("circle", 0.80), ("square", 0.75), ("triangle", 0.40))
+    blob = Blob("red", 50, (16.0, 16.0), (1, 1), "large", "circle", ious)
+    # margin m = IoU(named) - best other IoU; credit = clip(0.5 + m / (2 * 0.1), 0, 1)
+    assert blob.shape_margin("circle") == pytest.approx(0.05)
+    assert shape_credit(blob, "circle") == pytest.approx(0.75)
+    assert shape_credit(blob, "square") == pytest.approx(0.25)  # m = -0.05
+    assert shape_credit(blob, "triangle") == 0.0  # m = -0.40, clipped
+
+
+def test_dense_gold_agrees_with_gold_on_clean_shapes_and_grades_a_rounded_square():
+    scenes, captions, images = _random_scenes(100, seed=5)
+    dense = gold_score(images, captions, dense_shapes=True)
+    assert torch.allclose(dense, gold_score(images, captions), atol=0.05)  # rendered templates: clear margins
+    assert make_reward("shapes-gold-dense")(torch.from_numpy(images).permute(0, 3, 1, 2) / 255, captions).mean() > 0.95
+    # a 10 x 10 square missing its 4 corner pixels: template IoUs circle 0.917, square 0.96 (margin 0.043)
+    image = render(Scene("gray", ()))
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[11:21, 11:21] = True
+    mask[[11, 11, 20, 20], [11, 20, 11, 20]] = False
+    image[mask] = render(Scene("gray", (RED_CIRCLE_LEFT,)))[16, 5]  # the palette's red
+    hard = [gold_per_sentence(image[None], [f"A red {shape}."])[0][0] for shape in ("circle", "square")]
+    dense = [
+        gold_per_sentence(image[None], [f"A red {shape}."], dense_shapes=True)[0][0] for shape in ("circle", "square")
+    ]
+    assert hard == [0.5, 1.0]  # the hard check gives all the shape credit to the square
+    # dense: credits c = 0.5 - 0.043 / 0.2 and 1 - c, scored (1 + c) / 2 and (2 - c) / 2
+    credit = 0.5 - (0.96 - 11 / 12) / 0.2
+    assert dense == pytest.approx([(1 + credit) / 2, (2 - credit) / 2])

@@ -51,6 +51,13 @@ register_reward(
     value_range=(0.0, 1.0),
 )
 register_reward(
+    "shapes-gold-dense",
+    lambda device: GoldReward("mean", dense_shapes=True),
+    description="Shapes world: shapes-gold with partial credit for shape (the template IoU margin), for training",
+    uses_prompt=True,
+    value_range=(0.0, 1.0),
+)
+register_reward(
     "shapes-clip",
     _clip_factory,
     description="Shapes world: CLIPScore (100 * cosine) of a tiny CLIP trained contrastively on scenes",

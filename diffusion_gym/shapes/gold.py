@@ -44,6 +44,7 @@ MIN_AREA = 6  # pixels; smaller regions are noise
 MAX_COLOUR_DISTANCE = 90.0  # RGB distance beyond which a pixel belongs to no palette colour
 LARGE_MIN_EXTENT = 9  # bounding-box side (px) from which an object counts as large (small: 7-8, large: 10-11)
 RELATION_MARGIN = 3.0  # px; "left of" needs x_a < x_b - margin
+SHAPE_CREDIT_MARGIN = 0.1  # shapes-gold-dense: the IoU margin at which the shape credit reaches 0 or 1
 
 _PALETTE_NAMES: tuple[str, ...] = tuple(OBJECT_COLOURS) + tuple(BACKGROUND_COLOURS)
 _PALETTE = np.array([*OBJECT_COLOURS.values(), *BACKGROUND_COLOURS.values()], dtype=np.float32)  # (P, 3)
@@ -134,6 +135,12 @@ class Blob:
     cell: tuple[int, int]  # (row, col)
     size: str
     shape: str
+    shape_ious: tuple[tuple[str, float], ...] = ()  # (shape, IoU of its best-fitting template) for every shape
+
+    def shape_margin(self, shape: str) -> float:
+        """IoU of ``shape``'s template minus the best IoU of the other shapes' (> 0: ``shape`` is the one drawn)."""
+        ious = dict(self.shape_ious)
+        return ious[shape] - max(iou for name, iou in ious.items() if name != shape)
 
 
 @dataclass(frozen=True)
@@ -146,19 +153,24 @@ class ImageAnalysis:
         return max(candidates, key=lambda b: b.area) if candidates else None
 
 
-def _classify_shape(mask: np.ndarray) -> str:
-    """The template (circle, square, triangle) best overlapping a blob's mask, fitted to its bounding box."""
+def _shape_ious(mask: np.ndarray) -> tuple[tuple[str, float], ...]:
+    """For each shape, the IoU of its template fitted to a blob's bounding box (the better of its two sides)."""
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    best, best_iou = SHAPES[0], -1.0
+    ious = []
     for shape in SHAPES:
+        best = 0.0
         for half in {(x1 - x0) / 2, (y1 - y0) / 2}:
             template = shape_mask(shape, cx, cy, half, mask.shape[0])
-            iou = (template & mask).sum() / max((template | mask).sum(), 1)
-            if iou > best_iou:
-                best, best_iou = shape, iou
-    return best
+            best = max(best, float((template & mask).sum() / max((template | mask).sum(), 1)))
+        ious.append((shape, best))
+    return tuple(ious)
+
+
+def _classify_shape(ious: tuple[tuple[str, float], ...]) -> str:
+    """The shape whose template overlaps the blob best (the first of ``SHAPES`` on a tie)."""
+    return max(ious, key=lambda pair: pair[1])[0]
 
 
 def analyse(image: np.ndarray) -> ImageAnalysis:
@@ -185,18 +197,33 @@ def analyse(image: np.ndarray) -> ImageAnalysis:
             cell = (min(int(y // cell_size), 2), min(int(x // cell_size), 2))
             extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
             size = "large" if extent >= LARGE_MIN_EXTENT else "small"
-            blobs.append(Blob(_PALETTE_NAMES[index], area, (x, y), cell, size, _classify_shape(mask)))
+            ious = _shape_ious(mask)
+            blobs.append(Blob(_PALETTE_NAMES[index], area, (x, y), cell, size, _classify_shape(ious), ious))
     return ImageAnalysis(tuple(blobs), dominant)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def score_sentence(analysis: ImageAnalysis, sentence: Sentence) -> float:
-    """The score in ``[0, 1]`` of one parsed sentence on an analysed image."""
+def shape_credit(blob: Blob, shape: str) -> float:
+    r"""``shapes-gold-dense``'s partial credit for drawing ``shape``: the template IoU margin
+    :math:`m` (:meth:`Blob.shape_margin`) mapped linearly to ``[0, 1]``,
+    :math:`\mathrm{clip}(1/2 + m / (2 \cdot \text{SHAPE\_CREDIT\_MARGIN}), 0, 1)`.
+
+    Gold's shape check is the step function :math:`m > 0`; a rounded square that is nearly a circle gets about
+    1/2 here instead of a coin flip between 0 and 1.
+    """
+    return float(np.clip(0.5 + blob.shape_margin(shape) / (2 * SHAPE_CREDIT_MARGIN), 0.0, 1.0))
+
+
+def score_sentence(analysis: ImageAnalysis, sentence: Sentence, dense_shapes: bool = False) -> float:
+    """The score in ``[0, 1]`` of one parsed sentence on an analysed image.
+
+    ``dense_shapes``: an object sentence's shape check is :func:`shape_credit` instead of 0 or 1.
+    """
     if isinstance(sentence, ObjectSentence):
         blob = analysis.largest(sentence.colour)
         if blob is None:
             return 0.0
-        checks = [blob.shape == sentence.shape]
+        checks = [shape_credit(blob, sentence.shape) if dense_shapes else blob.shape == sentence.shape]
         if sentence.size is not None:
             checks.append(blob.size == sentence.size)
         if sentence.cell is not None:
@@ -239,17 +266,20 @@ def _uint8_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> 
     return arrays
 
 
-def gold_per_sentence(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> list[list[float]]:
+def gold_per_sentence(
+    images: torch.Tensor | np.ndarray, prompts: Sequence[str], dense_shapes: bool = False
+) -> list[list[float]]:
     """Per-sentence gold scores: ``result[i][j]`` scores sentence ``j`` of ``prompts[i]`` on ``images[i]``.
 
     ``images`` is a ``(B, 3, H, W)`` float tensor in ``[0, 1]`` or a ``(B, 32, 32, 3)`` uint8 array.
+    ``dense_shapes``: see :func:`score_sentence`.
     """
     arrays = _uint8_images(images, prompts)
     parsed = [parse_prompt(p) for p in prompts]  # parse first: fail before any pixel work
     results = []
     for image, sentences in zip(arrays, parsed, strict=True):
         analysis = analyse(image)
-        results.append([score_sentence(analysis, s) for s in sentences])
+        results.append([score_sentence(analysis, s, dense_shapes) for s in sentences])
     return results
 
 
@@ -301,9 +331,10 @@ def shape_confusion(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -
     return counts
 
 
-def gold_score(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
+def gold_score(images: torch.Tensor | np.ndarray, prompts: Sequence[str], dense_shapes: bool = False) -> torch.Tensor:
     """``(B,)`` float32: the mean over each prompt's sentences of the per-sentence gold score."""
-    return torch.tensor([float(np.mean(s)) for s in gold_per_sentence(images, prompts)], dtype=torch.float32)
+    scores = gold_per_sentence(images, prompts, dense_shapes)
+    return torch.tensor([float(np.mean(s)) for s in scores], dtype=torch.float32)
 
 
 def gold_all_sentences(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> torch.Tensor:
@@ -312,12 +343,18 @@ def gold_all_sentences(images: torch.Tensor | np.ndarray, prompts: Sequence[str]
 
 
 class GoldReward:
-    """The ``shapes-gold`` reward (``reduce="mean"``) or ``shapes-gold-per-sentence`` (``reduce="min"``)."""
+    """The ``shapes-gold`` reward (``reduce="mean"``), ``shapes-gold-per-sentence`` (``reduce="min"``) or
+    ``shapes-gold-dense`` (``reduce="mean", dense_shapes=True``: shape checks get :func:`shape_credit`)."""
 
-    def __init__(self, reduce: str = "mean"):
+    def __init__(self, reduce: str = "mean", dense_shapes: bool = False):
         if reduce not in ("mean", "min"):
             raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
+        if dense_shapes and reduce != "mean":
+            raise ValueError("dense_shapes is only defined for reduce='mean'")
         self.reduce = reduce
+        self.dense_shapes = dense_shapes
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return gold_score(images, prompts) if self.reduce == "mean" else gold_all_sentences(images, prompts)
+        if self.reduce == "min":
+            return gold_all_sentences(images, prompts)
+        return gold_score(images, prompts, self.dense_shapes)
