@@ -68,32 +68,43 @@ class RWRAgent(Agent):
         weights = reward_weights(normalised, self.config.rwr_temperature)  # (N,), mean 1
         return weights - 1.0 if self.config.rwr_baseline else weights
 
+    def diffusion_loss(
+        self, clean: torch.Tensor, prompt_embeddings: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """One draw of the weighted loss: ``mean_i w_i |f_theta(x_t, t, c_i) - y_t|^2`` at random ``t`` and noise.
+
+        ``clean`` ``(M, C, H, W)`` final latents, ``prompt_embeddings`` ``(M, S, D)``, ``weights`` ``(M,)``.
+        """
+        scheduler = self.policy.scheduler
+        device = clean.device
+        low, high = self.config.train_timestep_min, scheduler.config.num_train_timesteps
+        timesteps = torch.randint(low, high, (len(clean),), generator=self.generator).to(device)  # (M,)
+        noise = torch.randn(clean.shape, generator=self.generator).to(device, clean.dtype)  # (M, C, H, W)
+        noisy = scheduler.add_noise(clean, noise, timesteps)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+        target = diffusion_target(scheduler, clean, noise, timesteps)  # (M, C, H, W)
+        prediction = self.policy.predict(noisy, timesteps, prompt_embeddings, 1.0)  # (M, C, H, W): conditional
+        squared_error = (prediction - target.float()).pow(2).mean(dim=(1, 2, 3))  # (M,): mean over latent dims
+        return (weights * squared_error).mean()
+
+    def draws_per_trajectory(self, samples: Trajectories) -> int:
+        """Loss terms per trajectory and inner epoch: ``ceil(train_timestep_fraction x S)``."""
+        return max(1, math.ceil(self.config.train_timestep_fraction * int(samples.stochastic.sum())))
+
     def update(self, samples: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
         """``inner_epochs`` passes of weighted diffusion-loss minibatches over the samples' final latents."""
         config = self.config
-        scheduler = self.policy.scheduler
         device = samples.latents.device
         weights = advantages.to(device)  # (N,)
         clean = samples.next_latents[:, -1]  # (N, C, H, W): x_0, the last action of each trajectory
-        num_stochastic = int(samples.stochastic.sum())
-        draws = max(1, math.ceil(config.train_timestep_fraction * num_stochastic))  # loss terms per trajectory
-        low, high = config.train_timestep_min, scheduler.config.num_train_timesteps
+        draws = self.draws_per_trajectory(samples)
         minibatch = config.train_batch_size or config.batch_size
         losses: list[torch.Tensor] = []
         for _ in range(config.inner_epochs):
             order = torch.randperm(len(samples), generator=self.generator).to(device)  # (N,)
             for start in range(0, len(samples), minibatch):
                 rows = order[start : start + minibatch]  # (M,)
-                x0 = clean[rows]  # (M, C, H, W)
                 for _ in range(draws):
-                    timesteps = torch.randint(low, high, (len(rows),), generator=self.generator).to(device)  # (M,)
-                    noise = torch.randn(x0.shape, generator=self.generator).to(device, x0.dtype)  # (M, C, H, W)
-                    noisy = scheduler.add_noise(x0, noise, timesteps)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
-                    target = diffusion_target(scheduler, x0, noise, timesteps)  # (M, C, H, W)
-                    embeddings = samples.prompt_embeddings[rows]  # (M, S, D)
-                    prediction = self.policy.predict(noisy, timesteps, embeddings, 1.0)  # (M, C, H, W): conditional
-                    squared_error = (prediction - target.float()).pow(2).mean(dim=(1, 2, 3))  # (M,): mean over dims
-                    loss = (weights[rows] * squared_error).mean()
+                    loss = self.diffusion_loss(clean[rows], samples.prompt_embeddings[rows], weights[rows])
                     self.scaler.scale(loss / draws).backward()  # average the gradient over the draws
                     losses.append(loss.detach())
                 self.optimizer_step()

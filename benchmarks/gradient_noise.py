@@ -16,6 +16,10 @@ stochastic step, with respect to the trainable (LoRA) parameters. Then, as in th
 * ``S_big = |mean_i g_i|^2``, which estimates ``|G|^2 + tr(Sigma) / (k b)``;
 * ``tr(Sigma) = (S_small - S_big) / (1/b - 1/(k b))`` and ``|G|^2 = S_big - tr(Sigma) / (k b)``.
 
+``--objective rwr`` measures RWR's gradient instead (``agents/rwr.py`` with ``rwr_baseline``: the diffusion loss
+on the final latents, weighted by the signed weights ``exp(A) / mean - 1``), with as many random (timestep,
+noise) draws per trajectory as RWR's update takes; it has no per-step structure, so ``--segments`` must be 1.
+
 It also prints the mean cosine between the minibatch gradients (about ``|G|^2 / (|G|^2 + tr(Sigma) / b)``:
 near 0 when the minibatches agree on nothing). Both come from one set of samples: the estimate is itself noisy,
 and ``|G|^2`` can come out negative when the signal is below what the samples can resolve (then ``B_noise`` is
@@ -25,6 +29,7 @@ reported as infinite).
 
     python benchmarks/gradient_noise.py                                # the default run's prompts (shapes-train)
     python benchmarks/gradient_noise.py --prompts shapes-long          # one prompt, as in the comparisons
+    python benchmarks/gradient_noise.py --objective rwr                # RWR's weighted diffusion loss instead
     python benchmarks/gradient_noise.py --model tiny --samples 8 --minibatch 2 --num-inference-steps 3  # smoke
 """
 
@@ -127,6 +132,19 @@ def minibatch_gradients(
     return torch.stack(rows)  # (G, P)
 
 
+def rwr_minibatch_gradient(agent, samples: Trajectories, weights: torch.Tensor) -> torch.Tensor:
+    """``(1, P)``: the flat gradient of RWR's weighted diffusion loss on ``samples``, averaged over its draws."""
+    agent.optimizer.zero_grad(set_to_none=True)
+    draws = agent.draws_per_trajectory(samples)
+    clean = samples.next_latents[:, -1]  # (b, C, H, W): x_0
+    for _ in range(draws):
+        loss = agent.diffusion_loss(clean, samples.prompt_embeddings, weights.to(clean.device))
+        (loss / draws).backward()
+    grads = [p.grad.flatten().cpu() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
+    agent.optimizer.zero_grad(set_to_none=True)
+    return torch.cat(grads)[None]  # (1, P)
+
+
 def measure(
     model: str,
     prompts: str | None,
@@ -138,11 +156,17 @@ def measure(
     lora_rank: int,
     latent_bound: float,
     segments: int = 1,
+    objective: str = "ddpo",
 ) -> tuple[dict[str, NoiseScale], dict[str, float]]:
-    """Sample ``samples`` trajectories of ``prompts``; DDPO's gradient noise scale on them, for the whole trajectory
-    (key ``"all steps"``) and, with ``segments > 1``, for each contiguous segment of steps (key ``"t=999..699"``)."""
+    """Sample ``samples`` trajectories of ``prompts``; the gradient noise scale of ``objective`` (``"ddpo"`` or
+    ``"rwr"``) on them, for the whole trajectory (key ``"all steps"``) and, for DDPO with ``segments > 1``, for
+    each contiguous segment of steps (key ``"t=999..699"``)."""
     if samples % minibatch or samples // minibatch < 2:
         raise ValueError(f"--samples ({samples}) must be a multiple of --minibatch ({minibatch}), at least twice it")
+    if objective not in ("ddpo", "rwr"):
+        raise ValueError(f"--objective must be 'ddpo' or 'rwr', got {objective!r}")
+    if objective == "rwr" and segments != 1:
+        raise ValueError("--segments applies to DDPO's per-step gradient only; RWR's loss has no steps")
     batch_size = math.gcd(samples, 32)  # env batch: up to 32 episodes at a time
     env = gym.make_vec(
         "DiffusionT2I-v0",
@@ -154,21 +178,30 @@ def measure(
         num_inference_steps=num_inference_steps,
         latent_bound=latent_bound,
     )
-    config = AgentConfig(seed=seed, batch_size=batch_size, batches_per_epoch=samples // batch_size, lora_rank=lora_rank)
-    agent = make_agent("ddpo", env.unwrapped, config)
+    config = AgentConfig(
+        seed=seed,
+        batch_size=batch_size,
+        batches_per_epoch=samples // batch_size,
+        lora_rank=lora_rank,
+        rwr_baseline=True,
+    )
+    agent = make_agent(objective, env.unwrapped, config)
     try:
         started = time.perf_counter()
         trajectories = Trajectories.cat(agent.collect())  # (N, ...) from the base policy
         sampled = time.perf_counter() - started
-        advantages = agent.advantages(trajectories).cpu()  # (N,)
+        advantages = agent.advantages(trajectories).cpu()  # (N,): DDPO's advantages, or RWR's signed weights
         groups = step_segments(trajectories.stochastic, segments)
         gradients = []
         for start in tqdm(range(0, samples, minibatch), desc="minibatch gradients", unit="mb"):
             rows = list(range(start, start + minibatch))
-            gradients.append(minibatch_gradients(agent, trajectories.select(rows), advantages[rows], groups))
+            if objective == "rwr":
+                gradients.append(rwr_minibatch_gradient(agent, trajectories.select(rows), advantages[rows]))
+            else:
+                gradients.append(minibatch_gradients(agent, trajectories.select(rows), advantages[rows], groups))
         per_segment = torch.stack(gradients, dim=1)  # (G, k, P)
         estimates = {"all steps": noise_scale(per_segment.sum(dim=0), minibatch)}
-        if segments > 1:
+        if segments > 1:  # DDPO only (checked above)
             timesteps = trajectories.timesteps.tolist()
             for group, grads in zip(groups, per_segment, strict=True):
                 estimates[f"t={timesteps[group[0]]}..{timesteps[group[-1]]}"] = noise_scale(grads, minibatch)
@@ -199,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segments", type=positive_int, default=1, help="also estimate on this many contiguous segments of the steps"
     )
+    parser.add_argument(
+        "--objective",
+        choices=("ddpo", "rwr"),
+        default="ddpo",
+        help="ddpo: the policy gradient at ratio 1; rwr: RWR's signed-weight diffusion loss (agents/rwr.py)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts, initial noise and action noise")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--output", type=Path, default=None, help="also write the figures to this JSON file")
@@ -223,8 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.lora_rank,
         bound,
         args.segments,
+        args.objective,
     )
     result = {
+        "objective": args.objective,
         "model": args.model,
         "prompts": args.prompts,
         "samples": args.samples,

@@ -48,6 +48,16 @@ def test_command_measures_the_tiny_pipeline(tmp_path):
     assert json.loads(output.read_text())["noise_scales"] == result["noise_scales"]
 
 
+def test_command_measures_rwr_on_the_tiny_pipeline():
+    flags = ["--model", "tiny", "--samples", "8", "--minibatch", "2", "--num-inference-steps", "3", "--threads", "1"]
+    result = gradient_noise.main([*flags, "--objective", "rwr"])
+    whole = result["noise_scales"]["all steps"]
+    assert result["objective"] == "rwr" and whole["num_minibatches"] == 4
+    assert math.isfinite(whole["mean_cosine"]) and whole["small_batch_sq_norm"] > 0
+    with pytest.raises(ValueError, match="RWR's loss has no steps"):
+        gradient_noise.measure("unused", None, None, 8, 2, None, 0, 8, 50.0, segments=2, objective="rwr")
+
+
 def test_step_segments_split_the_stochastic_steps_in_order():
     stochastic = torch.tensor([True, True, True, True, True, False])  # the last step is deterministic
     assert gradient_noise.step_segments(stochastic, 2) == [[0, 1, 2], [3, 4]]
