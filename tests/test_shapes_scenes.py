@@ -86,6 +86,12 @@ def test_prompt_sets_are_fixed_disjoint_and_parseable():
     scenes, prompts = heldout_scenes_and_prompts()
     assert [len(s.objects) for s in scenes].count(1) == 40
     assert all(is_excluded(s, p) for s, p in zip(scenes, prompts, strict=True))
+    objects = resolve_prompts("shapes-objects")
+    assert len(objects) == len(set(objects)) == 18 and objects[:2] == ["A red circle.", "A red square."]
+    assert not set(objects) & set(heldout)
+    for prompt in objects:
+        (sentence,) = parse_prompt(prompt)
+        assert sentence.size is None and sentence.cell is None  # colour and shape only
 
 
 def test_vae_loss_weights_cover_each_object_and_its_edge_ring():

@@ -4,7 +4,7 @@ Importing this package registers (cheaply; models load only when a reward is bui
 
 * rewards ``shapes-gold`` (the mean of the per-sentence gold scores), ``shapes-gold-per-sentence`` (the
   minimum over sentences: 1 only when every sentence holds) and ``shapes-clip`` (the learned CLIP proxy);
-* prompt sets ``shapes-standard``, ``shapes-long``, ``shapes-train``, ``shapes-heldout``.
+* prompt sets ``shapes-standard``, ``shapes-long``, ``shapes-train``, ``shapes-heldout``, ``shapes-objects``.
 
 The trained pipeline lives in ``diffusion_gym/assets/shapes/pipeline`` (see :data:`PIPELINE_DIR`).
 """
@@ -21,6 +21,7 @@ from diffusion_gym.shapes.prompt_sets import (
     PROMPT_SETS_VERSION,
     STANDARD_PROMPT,
     heldout_prompts,
+    object_prompts,
     train_prompts,
 )
 from diffusion_gym.shapes.scenes import Scene, ShapeObject, caption, render, sample_scene
@@ -69,6 +70,7 @@ register_prompt_set("shapes-standard", lambda: [STANDARD_PROMPT])
 register_prompt_set("shapes-long", lambda: [LONG_PROMPT])
 register_prompt_set("shapes-train", lambda: list(train_prompts()))
 register_prompt_set("shapes-heldout", lambda: list(heldout_prompts()))
+register_prompt_set("shapes-objects", lambda: list(object_prompts()))
 
 __all__ = [
     "ASSETS_DIR",
@@ -87,5 +89,6 @@ __all__ = [
     "parse_prompt",
     "render",
     "sample_scene",
+    "object_prompts",
     "train_prompts",
 ]

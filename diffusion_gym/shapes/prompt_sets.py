@@ -4,6 +4,8 @@
 * ``shapes-long``: one prompt of 5 sentences (three objects, a count, a setting), after HERD's long prompt.
 * ``shapes-train``: 256 prompts for RL fine-tuning (1-3 objects).
 * ``shapes-heldout``: 120 evaluation prompts (40 each with 1, 2 and 3 objects).
+* ``shapes-objects``: the 18 one-sentence prompts ``A <colour> <shape>.``: every colour-shape binding alone, each
+  seen many times in a short run (none is a held-out prompt).
 
 Every set is generated from a fixed seed by :mod:`diffusion_gym.shapes.scenes`; bump ``PROMPT_SETS_VERSION``
 whenever the generator or the seeds change. The scenes behind the held-out, standard and long prompts are
@@ -17,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from diffusion_gym.shapes.scenes import Scene, ShapeObject, caption, full_caption, sample_scene
+from diffusion_gym.shapes.scenes import OBJECT_COLOURS, SHAPES, Scene, ShapeObject, caption, full_caption, sample_scene
 
 PROMPT_SETS_VERSION = 1
 HELDOUT_SEED = 1001
@@ -92,3 +94,8 @@ def train_prompts() -> tuple[str, ...]:
 
 def heldout_prompts() -> tuple[str, ...]:
     return heldout_scenes_and_prompts()[1]
+
+
+def object_prompts() -> tuple[str, ...]:
+    """``A <colour> <shape>.`` for every object colour and shape (colour-major order)."""
+    return tuple(f"A {colour} {shape}." for colour in OBJECT_COLOURS for shape in SHAPES)
