@@ -82,6 +82,34 @@ def test_agent_runs_end_to_end(env, name, overrides):
         assert any(v.abs().sum() > 0 for v in trained)  # B moved away from its zero init
 
 
+def test_rwr_weights_are_what_the_update_learns_from(env):
+    agent = make_agent("rwr", env, tiny_config(rwr_temperature=0.5))
+    try:
+        samples = agent.collect()[0]
+        weights = agent.advantages(samples)
+        assert weights.mean().item() == pytest.approx(1.0, rel=1e-5)
+        assert (weights.argmax() == samples.rewards.argmax()).item()  # the better sample weighs more
+        lora_b = {k: v for k, v in agent.policy.named_trainable_parameters().items() if "lora_B" in k}
+        agent.update(samples, torch.zeros(2))  # zero weights: zero gradient, B stays at its zero init
+        assert all(bool((v == 0).all()) for v in lora_b.values())
+        stats = agent.update(samples, weights)
+        assert any(bool((v != 0).any()) for v in lora_b.values())
+        assert math.isfinite(stats["loss"])
+    finally:
+        agent.close()
+
+
+def test_rwr_baseline_makes_the_weights_signed_with_mean_zero(env):
+    agent = make_agent("rwr", env, tiny_config(rwr_baseline=True))
+    try:
+        samples = agent.collect()[0]
+        signed = agent.advantages(samples)
+        assert abs(signed.mean().item()) < 1e-6
+        assert signed.min() < 0 < signed.max()  # two samples of different rewards: one pushed up, one down
+    finally:
+        agent.close()
+
+
 def test_seeded_run_is_reproducible(env):
     first, first_parameters = run(env, "herd", epochs=2, inner_epochs=2)
     second, second_parameters = run(env, "herd", epochs=2, inner_epochs=2)
