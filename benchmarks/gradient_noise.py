@@ -183,7 +183,7 @@ def measure(
         batch_size=batch_size,
         batches_per_epoch=samples // batch_size,
         lora_rank=lora_rank,
-        rwr_baseline=True,
+        rwr_baseline=True,  # --objective rwr: the signed weights (DDPO ignores the field)
     )
     agent = make_agent(objective, env.unwrapped, config)
     try:

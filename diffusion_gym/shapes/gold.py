@@ -135,7 +135,7 @@ class Blob:
     cell: tuple[int, int]  # (row, col)
     size: str
     shape: str
-    shape_ious: tuple[tuple[str, float], ...] = ()  # (shape, IoU of its best-fitting template) for every shape
+    shape_ious: tuple[tuple[str, float], ...]  # (shape, IoU of its best-fitting template) for every shape
 
     def shape_margin(self, shape: str) -> float:
         """IoU of ``shape``'s template minus the best IoU of the other shapes' (> 0: ``shape`` is the one drawn)."""
