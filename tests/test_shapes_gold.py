@@ -138,7 +138,7 @@ def test_registered_rewards():
 
 
 def test_shape_credit_hand_computed():
-    from diffusion_gym.shapes.gold import Blob, shape_credit
+    from diffusion_gym.shapes.gold import Blob, GoldReward, shape_credit
 
     ious = (("circle", 0.80), ("square", 0.75), ("triangle", 0.40))
     blob = Blob("red", 50, (16.0, 16.0), (1, 1), "large", "circle", ious)
@@ -147,6 +147,8 @@ def test_shape_credit_hand_computed():
     assert shape_credit(blob, "circle") == pytest.approx(0.75)
     assert shape_credit(blob, "square") == pytest.approx(0.25)  # m = -0.05
     assert shape_credit(blob, "triangle") == 0.0  # m = -0.40, clipped
+    with pytest.raises(ValueError, match="dense_shapes is only defined for reduce='mean'"):
+        GoldReward("min", dense_shapes=True)
 
 
 def test_dense_gold_agrees_with_gold_on_clean_shapes_and_grades_a_rounded_square():

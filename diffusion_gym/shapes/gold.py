@@ -16,6 +16,8 @@ Each sentence then gets a score in ``[0, 1]``:
   [first colour present, second colour present, the relation holds between their centroids].
 
 The prompt's score is the mean over its sentences. A sentence outside this grammar raises ``ValueError``.
+
+``shapes-gold-dense`` (a training reward) is the same with partial credit for shape (:func:`shape_credit`).
 """
 
 from __future__ import annotations
