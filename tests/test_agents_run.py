@@ -182,6 +182,7 @@ def test_generate_pads_chunks_and_is_seeded(env):
         ("ddpo", {"clip_range": 0.0}, "clip_range"),
         ("ddpo", {"lora_rank": -1}, "lora_rank"),
         ("loop", {"loop_k": 1}, "loop_k"),
+        ("rwr", {"rwr_temperature": 0.0}, "rwr_temperature must be > 0"),
         ("herd", {"herd_base": "herd"}, "herd_base"),
         ("herd", {"herd_base": "ppo"}, "herd_base"),
         ("herd", {"herd_buffer_batches": 0}, "herd_buffer_batches"),

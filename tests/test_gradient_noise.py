@@ -54,6 +54,8 @@ def test_command_measures_rwr_on_the_tiny_pipeline():
     whole = result["noise_scales"]["all steps"]
     assert result["objective"] == "rwr" and whole["num_minibatches"] == 4
     assert math.isfinite(whole["mean_cosine"]) and whole["small_batch_sq_norm"] > 0
+    with pytest.raises(ValueError, match="--objective must be 'ddpo' or 'rwr'"):
+        gradient_noise.measure("unused", None, None, 8, 2, None, 0, 8, 50.0, objective="ppo")
     with pytest.raises(ValueError, match="RWR's loss has no steps"):
         gradient_noise.measure("unused", None, None, 8, 2, None, 0, 8, 50.0, segments=2, objective="rwr")
 
