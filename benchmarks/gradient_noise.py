@@ -107,6 +107,12 @@ def step_segments(stochastic: torch.Tensor, count: int) -> list[list[int]]:
     return [chunk.tolist() for chunk in torch.tensor_split(steps, count)]
 
 
+def flat_gradient(agent) -> torch.Tensor:
+    """``(P,)``: the agent's accumulated gradient over its trainable parameters, on the CPU (zeros where none)."""
+    grads = [p.grad.flatten().cpu() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
+    return torch.cat(grads)
+
+
 def minibatch_gradients(
     agent, samples: Trajectories, advantages: torch.Tensor, segments: list[list[int]]
 ) -> torch.Tensor:
@@ -126,8 +132,7 @@ def minibatch_gradients(
                 samples.next_latents[:, t],  # (b, C, H, W)
             )
             (-(advantages.to(step.log_prob.device) * step.log_prob).mean()).backward()  # accumulates over t
-        grads = [p.grad.flatten().cpu() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
-        rows.append(torch.cat(grads))  # (P,)
+        rows.append(flat_gradient(agent))  # (P,)
     agent.optimizer.zero_grad(set_to_none=True)
     return torch.stack(rows)  # (G, P)
 
@@ -140,9 +145,9 @@ def rwr_minibatch_gradient(agent, samples: Trajectories, weights: torch.Tensor) 
     for _ in range(draws):
         loss = agent.diffusion_loss(clean, samples.prompt_embeddings, weights.to(clean.device))
         (loss / draws).backward()
-    grads = [p.grad.flatten().cpu() if p.grad is not None else torch.zeros(p.numel()) for p in agent.parameters]
+    gradient = flat_gradient(agent)  # (P,)
     agent.optimizer.zero_grad(set_to_none=True)
-    return torch.cat(grads)[None]  # (1, P)
+    return gradient[None]  # (1, P)
 
 
 def measure(
