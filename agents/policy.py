@@ -237,22 +237,16 @@ class DiffusionPolicy:
         with self._adapter(True), self._checkpointing():
             return self._step(self.unet, latents, timesteps, prompt_embeddings, generator, action)
 
-    def predict(
-        self,
-        latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        prompt_embeddings: torch.Tensor,
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        r"""The model output (the scheduler's ``prediction_type``: :math:`\epsilon` or :math:`v`) at guidance
-        ``guidance_scale`` (None: the policy's; 1: the conditional branch alone, one UNet pass), float32,
-        ``(B, C, H, W)``, at any training timestep. ``latents`` is a noised :math:`x_t` ``(B, C, H, W)``,
-        ``timesteps`` ``(B,)``. Gradients flow to the trainable parameters unless called under ``torch.no_grad()``.
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        r"""The UNet's conditional output (no guidance; the scheduler's ``prediction_type``: :math:`\epsilon` or
+        :math:`v`), float32, ``(B, C, H, W)``, at any training timestep: what the diffusion training loss regresses.
+        ``latents`` is a noised :math:`x_t` ``(B, C, H, W)``, ``timesteps`` ``(B,)``. Gradients flow to the trainable
+        parameters unless called under ``torch.no_grad()``.
         """
-        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         with self._adapter(True), self._checkpointing(), self._autocast():
+            # guidance scale 1: one UNet call on the conditional batch
             return guided_noise_prediction(
-                self.unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, scale
+                self.unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, 1.0
             )
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ each weighted by its reward,
     x_t^{(i)} = \sqrt{\bar\alpha_t}\, x_0^{(i)} + \sqrt{1 - \bar\alpha_t}\, \epsilon ,
 
 with :math:`f_\theta` the UNet's conditional output (LoRA or full; :meth:`DiffusionPolicy.predict
-<agents.policy.DiffusionPolicy.predict>` at guidance 1, pretraining's loss), :math:`y_t` its target under
+<agents.policy.DiffusionPolicy.predict>`, no guidance: pretraining's loss), :math:`y_t` its target under
 the scheduler's ``prediction_type`` (:math:`\epsilon`, or
 :math:`v = \sqrt{\bar\alpha_t}\epsilon - \sqrt{1-\bar\alpha_t}x_0`), the squared error **averaged** over
 latent dims (the usual diffusion loss, unlike the summed log-probs of the policy-gradient agents), and
@@ -86,7 +86,7 @@ class RWRAgent(Agent):
         noise = torch.randn(clean.shape, generator=self.generator).to(device, clean.dtype)  # (M, C, H, W)
         noisy = scheduler.add_noise(clean, noise, timesteps)  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
         target = diffusion_target(scheduler, clean, noise, timesteps)  # (M, C, H, W)
-        prediction = self.policy.predict(noisy, timesteps, prompt_embeddings, 1.0)  # (M, C, H, W): conditional
+        prediction = self.policy.predict(noisy, timesteps, prompt_embeddings)  # (M, C, H, W): conditional
         squared_error = (prediction - target.float()).pow(2).mean(dim=(1, 2, 3))  # (M,): mean over latent dims
         return (weights * squared_error).mean()
 
