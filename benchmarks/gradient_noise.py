@@ -20,6 +20,13 @@ stochastic step, with respect to the trainable (LoRA) parameters. Then, as in th
 on the final latents, weighted by the signed weights ``exp(A) / mean - 1``), with as many random (timestep,
 noise) draws per trajectory as RWR's update takes; it has no per-step structure, so ``--segments`` must be 1.
 
+``--objective branch`` measures a branching estimator (the credit assignment of TempFlow-GRPO and MixGRPO): groups of
+``--branches K`` trajectories share a prompt and an initial noise, every step is deterministic (the DDIM mean)
+except one step per group, drawn from ``--branch-steps`` (schedule indices ``a-b``), where each trajectory samples
+its own action. The K final images then differ only through that one step's noise: the advantage is the
+leave-one-out difference within the group (scaled by the batch's reward std and clipped, as LOOP's), and the
+gradient is ``A grad log pi`` of that step alone. The noise scale is in trajectories, as the others.
+
 It also prints the mean cosine between the minibatch gradients (about ``|G|^2 / (|G|^2 + tr(Sigma) / b)``:
 near 0 when the minibatches agree on nothing). Both come from one set of samples: the estimate is itself noisy,
 and ``|G|^2`` can come out negative when the signal is below what the samples can resolve (then ``B_noise`` is
@@ -30,6 +37,7 @@ reported as infinite).
     python benchmarks/gradient_noise.py                                # the default run's prompts (shapes-train)
     python benchmarks/gradient_noise.py --prompts shapes-long          # one prompt, as in the comparisons
     python benchmarks/gradient_noise.py --objective rwr                # RWR's weighted diffusion loss instead
+    python benchmarks/gradient_noise.py --objective branch --branch-steps 0-6   # one stochastic step per group
     python benchmarks/gradient_noise.py --model tiny --samples 8 --minibatch 2 --num-inference-steps 3  # smoke
 """
 
@@ -38,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -53,6 +62,7 @@ from tqdm.auto import tqdm
 
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
 from agents import AgentConfig, Trajectories, make_agent
+from agents.math import clip_advantages, leave_one_out_baseline
 from benchmarks.epoch_overhead import TINY_REWARD
 from benchmarks.run import positive_int
 from diffusion_gym.models import build_tiny_pipeline
@@ -150,6 +160,106 @@ def rwr_minibatch_gradient(agent, samples: Trajectories, weights: torch.Tensor) 
     return gradient[None]  # (1, P)
 
 
+def parse_step_range(text: str | None, stochastic: torch.Tensor) -> list[int]:
+    """The stochastic step indices in ``"a-b"`` (inclusive; ``None``: every stochastic step)."""
+    candidates = torch.nonzero(stochastic).flatten().tolist()
+    if text is None:
+        return candidates
+    match = re.fullmatch(r"(\d+)-(\d+)", text.strip())
+    if match is None:
+        raise ValueError(f"--branch-steps must look like '0-6' (schedule step indices), got {text!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    chosen = [j for j in candidates if first <= j <= last]
+    if not chosen:
+        raise ValueError(f"--branch-steps {text!r} holds none of the stochastic steps {candidates}")
+    return chosen
+
+
+@torch.no_grad()
+def collect_branches(agent, env, samples: int, branches: int, steps: str | None) -> tuple[Trajectories, torch.Tensor]:
+    """``samples`` trajectories in groups of ``branches``, through ``env``'s reset/step; returns them and each
+    one's branch step ``(N,)``.
+
+    A group shares its prompt and its initial noise (one env seed for all its sub-envs); each group draws one
+    step index from ``steps``; every trajectory takes its policy's sampled action at that step and the DDIM
+    mean (a deterministic step) at every other, so the group's trajectories agree up to that step.
+    """
+    size = env.num_envs
+    groups_per_batch = size // branches
+    candidates = parse_step_range(steps, stochastic_flags(agent, env))
+    batches, branch_steps = [], []
+    for _ in range(samples // size):
+        rows = agent.rng.integers(len(agent.prompts), size=groups_per_batch)
+        prompts = [agent.prompts[i] for i in rows for _ in range(branches)]  # (B,): each group's prompt K times
+        seeds = [int(s) for s in agent.rng.integers(2**31, size=groups_per_batch) for _ in range(branches)]
+        observation, _ = env.reset(seed=seeds, options={"prompts": prompts})
+        embeddings = observation["prompt_embedding"].clone()  # (B, S, D)
+        desired = observation["desired_goal"].clone()  # (B, G)
+        chosen = torch.tensor([candidates[int(i)] for i in agent.rng.integers(len(candidates), size=groups_per_batch)])
+        chosen = chosen.repeat_interleave(branches)  # (B,)
+        latents, actions, log_probs, stochastic = [], [], [], []
+        for index in range(len(env.timesteps)):
+            step = agent.policy.sample(observation, agent.generator)
+            here = (chosen == index).to(step.action.device)  # (B,) the rows that branch at this step
+            action = torch.where(here.view(-1, 1, 1, 1), step.action, step.mean)  # (B, C, H, W)
+            latents.append(observation["latent"].clone())
+            actions.append(action)
+            log_probs.append(torch.where(here, step.log_prob, torch.zeros_like(step.log_prob)))  # (B,)
+            stochastic.append(bool(step.stochastic[0]))
+            observation, reward, _, _, info = env.step(action)
+        batches.append(
+            Trajectories(
+                latents=torch.stack(latents, dim=1),  # (B, T, C, H, W)
+                next_latents=torch.stack(actions, dim=1),  # (B, T, C, H, W)
+                timesteps=env.timesteps.clone().cpu(),  # (T,)
+                log_probs=torch.stack(log_probs, dim=1),  # (B, T): the branch step's only
+                stochastic=torch.tensor(stochastic),  # (T,)
+                prompt_embeddings=embeddings,
+                prompts=prompts,
+                rewards=reward.float().cpu(),  # (B,)
+                achieved_goals=observation["achieved_goal"].clone(),
+                desired_goals=desired,
+            )
+        )
+        branch_steps.append(chosen)
+    return Trajectories.cat(batches), torch.cat(branch_steps)  # (N, ...), (N,)
+
+
+def stochastic_flags(agent, env) -> torch.Tensor:
+    """``(T,)`` bool: which of ``env``'s schedule steps have a density under the agent's policy (eta)."""
+    from diffusion_gym.ddim import ddim_step_coefficients
+
+    return torch.tensor(
+        [bool(ddim_step_coefficients(env.scheduler, t, agent.policy.eta).is_stochastic) for t in env.timesteps]
+    )
+
+
+def branch_advantages(rewards: torch.Tensor, branches: int, max_abs: float) -> torch.Tensor:
+    """``(N,)``: leave-one-out within consecutive groups of ``branches``, over the batch's reward std, clipped."""
+    grouped = rewards.view(-1, branches)  # (G, K)
+    advantages = (grouped - leave_one_out_baseline(grouped)).flatten()  # (N,)
+    return clip_advantages(advantages / (rewards.std(unbiased=False) + 1e-6), max_abs)
+
+
+def branch_minibatch_gradient(
+    agent, samples: Trajectories, branch_steps: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
+    """``(1, P)``: the flat gradient of ``-mean_j A_j log pi(x_{t-1} | x_t, c_j)`` at each trajectory's branch step."""
+    agent.optimizer.zero_grad(set_to_none=True)
+    rows = torch.arange(len(samples))
+    index = branch_steps.to(samples.latents.device)  # (b,)
+    step = agent.policy(
+        samples.latents[rows, index],  # (b, C, H, W)
+        samples.timesteps.to(index.device)[index],  # (b,)
+        samples.prompt_embeddings,  # (b, S, D)
+        samples.next_latents[rows, index],  # (b, C, H, W)
+    )
+    (-(advantages.to(step.log_prob.device) * step.log_prob).mean()).backward()
+    gradient = flat_gradient(agent)  # (P,)
+    agent.optimizer.zero_grad(set_to_none=True)
+    return gradient[None]  # (1, P)
+
+
 def measure(
     model: str,
     prompts: str | None,
@@ -162,17 +272,25 @@ def measure(
     latent_bound: float,
     segments: int = 1,
     objective: str = "ddpo",
+    branches: int = 4,
+    branch_steps: str | None = None,
 ) -> tuple[dict[str, NoiseScale], dict[str, float]]:
     """Sample ``samples`` trajectories of ``prompts``; the gradient noise scale of ``objective`` (``"ddpo"`` or
     ``"rwr"``) on them, for the whole trajectory (key ``"all steps"``) and, for DDPO with ``segments > 1``, for
-    each contiguous segment of steps (key ``"t=999..699"``)."""
+    each contiguous segment of steps (key ``"t=999..699"``). ``"branch"``: groups of ``branches`` with one
+    stochastic step each, drawn from ``branch_steps`` (:func:`collect_branches`)."""
     if samples % minibatch or samples // minibatch < 2:
         raise ValueError(f"--samples ({samples}) must be a multiple of --minibatch ({minibatch}), at least twice it")
-    if objective not in ("ddpo", "rwr"):
-        raise ValueError(f"--objective must be 'ddpo' or 'rwr', got {objective!r}")
-    if objective == "rwr" and segments != 1:
-        raise ValueError("--segments applies to DDPO's per-step gradient only; RWR's loss has no steps")
+    if objective not in ("ddpo", "rwr", "branch"):
+        raise ValueError(f"--objective must be 'ddpo', 'rwr' or 'branch', got {objective!r}")
+    if objective != "ddpo" and segments != 1:
+        raise ValueError(f"--segments applies to DDPO's per-step gradient only, not to --objective {objective}")
     batch_size = math.gcd(samples, 32)  # env batch: up to 32 episodes at a time
+    if objective == "branch" and (branches < 2 or batch_size % branches or minibatch % branches):
+        raise ValueError(
+            f"--branches ({branches}) must be >= 2 and divide both the env batch ({batch_size}) "
+            f"and --minibatch ({minibatch})"
+        )
     env = gym.make_vec(
         "DiffusionT2I-v0",
         num_envs=batch_size,
@@ -190,18 +308,25 @@ def measure(
         lora_rank=lora_rank,
         rwr_baseline=True,  # --objective rwr: the signed weights (DDPO ignores the field)
     )
-    agent = make_agent(objective, env.unwrapped, config)
+    agent = make_agent("ddpo" if objective == "branch" else objective, env.unwrapped, config)
     try:
         started = time.perf_counter()
-        trajectories = Trajectories.cat(agent.collect())  # (N, ...) from the base policy
+        if objective == "branch":
+            trajectories, chosen = collect_branches(agent, env.unwrapped, samples, branches, branch_steps)
+            advantages = branch_advantages(trajectories.rewards, branches, config.adv_clip_max)  # (N,)
+        else:
+            trajectories = Trajectories.cat(agent.collect())  # (N, ...) from the base policy
+            advantages = agent.advantages(trajectories).cpu()  # (N,): DDPO's advantages, or RWR's signed weights
         sampled = time.perf_counter() - started
-        advantages = agent.advantages(trajectories).cpu()  # (N,): DDPO's advantages, or RWR's signed weights
         groups = step_segments(trajectories.stochastic, segments)
         gradients = []
         for start in tqdm(range(0, samples, minibatch), desc="minibatch gradients", unit="mb"):
             rows = list(range(start, start + minibatch))
             if objective == "rwr":
                 gradients.append(rwr_minibatch_gradient(agent, trajectories.select(rows), advantages[rows]))
+            elif objective == "branch":
+                batch = trajectories.select(rows)
+                gradients.append(branch_minibatch_gradient(agent, batch, chosen[rows], advantages[rows]))
             else:
                 gradients.append(minibatch_gradients(agent, trajectories.select(rows), advantages[rows], groups))
         per_segment = torch.stack(gradients, dim=1)  # (G, k, P)
@@ -212,6 +337,11 @@ def measure(
                 estimates[f"t={timesteps[group[0]]}..{timesteps[group[-1]]}"] = noise_scale(grads, minibatch)
         info = {
             "reward_mean": float(trajectories.rewards.mean()),
+            **(
+                {"groups_with_unequal_rewards": unequal_groups(trajectories.rewards, branches)}
+                if objective == "branch"
+                else {}
+            ),
             "reward_std": float(trajectories.rewards.std()),
             "distinct_prompts": len(set(trajectories.prompts)),
             "sampling_seconds": round(sampled, 1),
@@ -221,6 +351,12 @@ def measure(
     finally:
         agent.close()
         env.close()
+
+
+def unequal_groups(rewards: torch.Tensor, branches: int) -> str:
+    """How many groups of ``branches`` consecutive rewards are not all equal (only those carry a gradient)."""
+    grouped = rewards.view(-1, branches)  # (G, K)
+    return f"{int((grouped.max(dim=1).values > grouped.min(dim=1).values).sum())} of {grouped.shape[0]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,9 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--objective",
-        choices=("ddpo", "rwr"),
+        choices=("ddpo", "rwr", "branch"),
         default="ddpo",
-        help="ddpo: the policy gradient at ratio 1; rwr: RWR's signed-weight diffusion loss (agents/rwr.py)",
+        help="ddpo: the policy gradient at ratio 1; rwr: RWR's signed-weight diffusion loss (agents/rwr.py); "
+        "branch: groups sharing prompt and initial noise, one stochastic step each, leave-one-out advantages",
+    )
+    parser.add_argument("--branches", type=positive_int, default=4, help="--objective branch: trajectories per group")
+    parser.add_argument(
+        "--branch-steps",
+        default=None,
+        help="--objective branch: schedule step indices 'a-b' (inclusive) a group's stochastic step is drawn from "
+        "(None: every stochastic step)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts, initial noise and action noise")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
@@ -268,12 +412,15 @@ def main(argv: list[str] | None = None) -> dict:
         bound,
         args.segments,
         args.objective,
+        args.branches,
+        args.branch_steps,
     )
     result = {
         "objective": args.objective,
         "model": args.model,
         "prompts": args.prompts,
         "samples": args.samples,
+        **({"branches": args.branches, "branch_steps": args.branch_steps} if args.objective == "branch" else {}),
         **info,
         "noise_scales": {steps: asdict(estimate) for steps, estimate in estimates.items()},
     }
@@ -288,7 +435,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {e.noise_scale:.4g} |"
         )
     print(
-        f"{args.samples} samples, minibatches of {args.minibatch}; {info['sampling_seconds']} s sampling, "
+        (f"groups with unequal rewards: {info['groups_with_unequal_rewards']}; " if args.objective == "branch" else "")
+        + f"{args.samples} samples, minibatches of {args.minibatch}; {info['sampling_seconds']} s sampling, "
         f"{info['gradient_seconds']} s gradients"
     )
     if args.output is not None:
