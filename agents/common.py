@@ -43,6 +43,8 @@ class AgentConfig:
 
     Defaults, chosen for a CPU budget of ~10 epochs (short probes only, see the agents' report):
 
+    * ``learning_rate`` ``None``: the agent's own default (:meth:`with_agent_defaults`): 1e-3 for the
+      policy-gradient agents, 1e-4 for RWR, which diverges at 1e-3 (``agents/rwr.py``); HERD takes its base's.
     * LoRA rank 8 at ``learning_rate`` 1e-3 with ``inner_epochs`` 2: LoRA tolerates far higher rates than a full
       fine-tune (TRL: 3e-4 LoRA vs 1e-5 full). Probes on the Shapes world (standard prompt, 10 DDIM steps,
       2 x 16 samples per epoch): lr 5e-4 with 1 inner epoch left the training reward flat over 8 epochs
@@ -59,7 +61,7 @@ class AgentConfig:
     guidance_scale: float | None = None  # None -> env.model.world.guidance_scale
     eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
     lora_rank: int = 8  # 0 -> full fine-tune
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     train_batch_size: int | None = 8  # trajectories per optimiser step; None -> batch_size
@@ -95,7 +97,10 @@ class AgentConfig:
             (self.guidance_scale is None or self.guidance_scale >= 0, "guidance_scale must be >= 0 or None"),
             (math.isfinite(self.eta) and self.eta > 0, f"eta must be > 0 (eta = 0 is deterministic), got {self.eta}"),
             (self.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tune), got {self.lora_rank}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (
+                self.learning_rate is None or self.learning_rate > 0,
+                f"learning_rate must be > 0 or None, got {self.learning_rate}",
+            ),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
             (
@@ -124,6 +129,20 @@ class AgentConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def with_agent_defaults(self, agent: str) -> AgentConfig:
+        """This config with agent ``agent``'s defaults in place of ``None``: today only ``learning_rate``
+        (:data:`AGENT_LEARNING_RATES`, else :data:`DEFAULT_LEARNING_RATE`; HERD takes its ``herd_base``'s)."""
+        if self.learning_rate is not None:
+            return self
+        learner = self.herd_base if agent == "herd" else agent
+        return dataclasses.replace(self, learning_rate=AGENT_LEARNING_RATES.get(learner, DEFAULT_LEARNING_RATE))
+
+
+# The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
+# AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/rwr.py).
+DEFAULT_LEARNING_RATE = 1e-3
+AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4}
 
 
 # ============================================================================================== data
@@ -363,6 +382,7 @@ class Agent:
                 f"train_timestep_min={config.train_timestep_min} leaves no step to train on "
                 f"(the env's schedule: {timesteps})"
             )
+        config = config.with_agent_defaults(self.name)
         self.env = env
         self.config = config
         with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded

@@ -28,9 +28,8 @@ sampling noise, which says nothing of the reward (``benchmarks/gradient_noise.py
 the outcome only: no importance ratio, no per-step log-prob, at the price of DDPO's "multiple levels of
 approximation" (the diffusion loss stands in for :math:`-\log p_\theta(x_0 \mid c)`).
 
-**Learning rate.** The shared default (1e-3) is the policy-gradient agents'. On the Shapes world RWR diverged
-at it (training gold 0.88 -> 0.45 in 17 epochs); use about 1e-4 (``--learning-rate 1e-4``; the ``rwr`` variant
-of ``--compare`` sets it).
+**Learning rate.** RWR's default is 1e-4 (``agents.common.AGENT_LEARNING_RATES``), not the policy-gradient
+agents' 1e-3: on the Shapes world RWR diverged at 1e-3 (training gold 0.88 -> 0.45 in 17 epochs).
 
 Compute: per trajectory and inner epoch, ``ceil(train_timestep_fraction x S)`` loss terms (``S`` stochastic
 sampling steps) at uniform random training timesteps in ``[train_timestep_min, T_train)``, each one

@@ -53,12 +53,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("dpok", "dpok", {}, "DPOK: reward + beta * per-step KL to the base model, value baseline"),
         Variant("dpok-nokl", "dpok", {"kl_beta": 0.0}, "DPOK without its KL term (beta = 0)"),
         Variant("loop", "loop", {"loop_k": 4}, "LOOP with K = 4 trajectories per prompt"),
-        Variant(
-            "rwr",
-            "rwr",
-            {"learning_rate": 1e-4},  # the shared default, 1e-3, is the PPO family's: RWR diverges at it (README)
-            "RWR: the diffusion loss on the agent's own samples, weighted by exp(A / tau), learning rate 1e-4",
-        ),
+        Variant("rwr", "rwr", {}, "RWR: the diffusion loss on the agent's own samples, weighted by exp(A / tau)"),
         Variant("herd", "herd", {}, "HERD: 1 batch of relabeled trajectories replayed (paper's HERD)"),
         Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),
         Variant(
@@ -95,7 +90,7 @@ def plan_runs(settings: RunSettings, variants: list[Variant], seeds: list[int], 
             settings,
             agent=variant.agent,
             label=variant.name,
-            config=replace(settings.config, seed=seed, **variant.overrides),
+            config=replace(settings.config, seed=seed, **variant.overrides).with_agent_defaults(variant.agent),
             output_dir=output_dir / f"{variant.name}-seed{seed}",
         )
         for variant in variants

@@ -56,7 +56,10 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
     "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
     "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
-    "learning_rate": "learning rate of the policy's optimiser (AdamW)",
+    "learning_rate": (
+        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
+        "(herd: its base's)"
+    ),
     "weight_decay": "AdamW weight decay of the policy's optimiser",
     "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
     "max_grad_norm": "gradient-norm clipping of the policy update",
@@ -417,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
     try:
         config = AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
         config.validate()
+        if args.agent is not None:  # recorded in run.json as a number (comparison mode: per variant)
+            config = config.with_agent_defaults(args.agent)
     except (ValueError, TypeError) as error:
         parser.error(f"invalid agent configuration: {error}")
     existing = args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir())

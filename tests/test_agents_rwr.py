@@ -29,3 +29,13 @@ def test_diffusion_target_hand_computed():
     scheduler.register_to_config(prediction_type="flow")
     with pytest.raises(ValueError, match="prediction_type 'flow'"):
         diffusion_target(scheduler, clean, noise, timesteps)
+
+
+def test_with_agent_defaults_fills_only_an_unset_learning_rate():
+    from agents.common import AgentConfig
+
+    assert AgentConfig().with_agent_defaults("ddpo").learning_rate == 1e-3
+    assert AgentConfig().with_agent_defaults("rwr").learning_rate == 1e-4
+    assert AgentConfig(herd_base="rwr").with_agent_defaults("herd").learning_rate == 1e-4
+    assert AgentConfig(herd_base="loop").with_agent_defaults("herd").learning_rate == 1e-3
+    assert AgentConfig(learning_rate=5e-2).with_agent_defaults("rwr").learning_rate == 5e-2

@@ -72,6 +72,22 @@ def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
     assert settings.config.herd_buffer_batches == 2 and settings.config.per_prompt_stats is False
 
 
+def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
+    from benchmarks.compare import plan_runs
+
+    cases = [
+        (["--agent", "ddpo"], 1e-3),
+        (["--agent", "rwr"], 1e-4),  # RWR diverges at the policy-gradient agents' 1e-3
+        (["--agent", "herd", "--herd-base", "rwr"], 1e-4),  # HERD takes its base's
+        (["--agent", "rwr", "--learning-rate", "3e-4"], 3e-4),  # an explicit rate wins
+    ]
+    for argv, expected in cases:
+        assert run.parse_args([*argv, "--model", tiny_pipeline]).config.learning_rate == expected, argv
+    comparison = run.parse_args(["--compare", "ddpo,rwr", "--model", tiny_pipeline, "--output-dir", str(tmp_path)])
+    planned = plan_runs(comparison.run, comparison.variants, [0], tmp_path)
+    assert [p.config.learning_rate for p in planned] == [1e-3, 1e-4]
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
     """The tiny pipeline with world metadata: JPEG (in)compressibility stand in for gold and proxy scores."""
