@@ -193,7 +193,7 @@ def train(
 ) -> RunResult:
     """The run itself: evaluate the base model, train epoch by epoch, evaluate again, write the folder."""
     distributed = distributed or Distributed()
-    config = settings.config
+    config = agent.config  # settings.config with the agent's defaults filled in (e.g. its learning rate)
     world = vector_env.model.world
     output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
