@@ -270,15 +270,16 @@ class Rollout:
         env,
         policy: DiffusionPolicy,
         prompts: list[str],
-        seed: int,
+        seed: int | list[int],
         generator: torch.Generator,
         asynchronous: bool = False,
     ) -> Rollout:
         """Reset ``env`` and take the ``T`` steps of the schedule with actions from ``policy``.
 
-        ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``); ``generator`` draws the
-        policy's action noise. With ``asynchronous``, the last step is left pending on ``env`` (``step_async``):
-        ``env`` must not be reset before :meth:`finish`.
+        ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``, or from ``seed[i]`` for a
+        list); ``generator`` draws the policy's action noise. ``policy`` is anything with
+        :meth:`DiffusionPolicy.sample`. With ``asynchronous``, the last step is left pending on ``env``
+        (``step_async``): ``env`` must not be reset before :meth:`finish`.
         """
         observation, _ = env.reset(seed=seed, options={"prompts": list(prompts)})
         rollout = cls(
@@ -334,12 +335,13 @@ class Rollout:
 
 
 def collect_trajectories(
-    env, policy: DiffusionPolicy, prompts: list[str], seed: int, generator: torch.Generator
+    env, policy: DiffusionPolicy, prompts: list[str], seed: int | list[int], generator: torch.Generator
 ) -> Trajectories:
     """Run one batch of episodes through ``env`` (a ``DiffusionT2IVectorEnv``) with actions from ``policy``.
 
-    ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``); ``generator`` draws the
-    policy's action noise. Returns the recorded :class:`Trajectories` (:class:`Rollout` in one go).
+    ``reset(seed=seed)`` draws the initial noise (sub-env ``i`` from ``seed + i``, or ``seed[i]`` for a list);
+    ``generator`` draws the policy's action noise. Returns the recorded :class:`Trajectories` (:class:`Rollout` in
+    one go).
     """
     return Rollout.start(env, policy, prompts, seed, generator).finish()
 

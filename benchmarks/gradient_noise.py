@@ -61,11 +61,12 @@ import torch
 from tqdm.auto import tqdm
 
 import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
-from agents import AgentConfig, Trajectories, make_agent
+from agents import AgentConfig, DiffusionPolicy, Trajectories, collect_trajectories, make_agent
 from agents.math import clip_advantages, leave_one_out_baseline
-from benchmarks.epoch_overhead import TINY_REWARD
+from benchmarks.epoch_overhead import TINY_REWARD, stochastic_steps
 from benchmarks.run import positive_int
 from diffusion_gym.models import build_tiny_pipeline
+from diffusion_gym.sampling import PolicyStep
 
 TINY_PROMPTS = "a red circle. a blue square."
 
@@ -175,63 +176,46 @@ def parse_step_range(text: str | None, stochastic: torch.Tensor) -> list[int]:
     return chosen
 
 
-@torch.no_grad()
+class BranchingPolicy:
+    """``policy``, but each row samples its action only at its branch timestep and takes the DDIM mean (a
+    deterministic step, log-prob 0) at every other. :class:`agents.common.Rollout` calls only :meth:`sample`."""
+
+    def __init__(self, policy: DiffusionPolicy, branch_timesteps: torch.Tensor):
+        self.policy = policy
+        self.branch_timesteps = branch_timesteps  # (B,) int64: each row's scheduler timestep t to branch at
+
+    def sample(self, observation: dict[str, torch.Tensor], generator: torch.Generator) -> PolicyStep:
+        step = self.policy.sample(observation, generator)
+        timesteps = observation["timestep"][:, 0]  # (B,)
+        here = timesteps == self.branch_timesteps.to(timesteps.device)  # (B,) the rows that branch at this step
+        return step._replace(
+            action=torch.where(here.view(-1, 1, 1, 1), step.action, step.mean),  # (B, C, H, W)
+            log_prob=torch.where(here, step.log_prob, torch.zeros_like(step.log_prob)),  # (B,)
+        )
+
+
 def collect_branches(agent, env, samples: int, branches: int, steps: str | None) -> tuple[Trajectories, torch.Tensor]:
     """``samples`` trajectories in groups of ``branches``, through ``env``'s reset/step; returns them and each
-    one's branch step ``(N,)``.
+    one's branch step index ``(N,)``.
 
     A group shares its prompt and its initial noise (one env seed for all its sub-envs); each group draws one
     step index from ``steps``; every trajectory takes its policy's sampled action at that step and the DDIM
-    mean (a deterministic step) at every other, so the group's trajectories agree up to that step.
+    mean at every other (:class:`BranchingPolicy`), so the group's trajectories agree up to that step.
     """
     size = env.num_envs
     groups_per_batch = size // branches
-    candidates = parse_step_range(steps, stochastic_flags(agent, env))
+    candidates = parse_step_range(steps, stochastic_steps(env, agent.policy.eta))
     batches, branch_steps = [], []
     for _ in range(samples // size):
         rows = agent.rng.integers(len(agent.prompts), size=groups_per_batch)
         prompts = [agent.prompts[i] for i in rows for _ in range(branches)]  # (B,): each group's prompt K times
         seeds = [int(s) for s in agent.rng.integers(2**31, size=groups_per_batch) for _ in range(branches)]
-        observation, _ = env.reset(seed=seeds, options={"prompts": prompts})
-        embeddings = observation["prompt_embedding"].clone()  # (B, S, D)
-        desired = observation["desired_goal"].clone()  # (B, G)
         chosen = torch.tensor([candidates[int(i)] for i in agent.rng.integers(len(candidates), size=groups_per_batch)])
-        chosen = chosen.repeat_interleave(branches)  # (B,)
-        latents, actions, log_probs, stochastic = [], [], [], []
-        for index in range(len(env.timesteps)):
-            step = agent.policy.sample(observation, agent.generator)
-            here = (chosen == index).to(step.action.device)  # (B,) the rows that branch at this step
-            action = torch.where(here.view(-1, 1, 1, 1), step.action, step.mean)  # (B, C, H, W)
-            latents.append(observation["latent"].clone())
-            actions.append(action)
-            log_probs.append(torch.where(here, step.log_prob, torch.zeros_like(step.log_prob)))  # (B,)
-            stochastic.append(bool(step.stochastic[0]))
-            observation, reward, _, _, info = env.step(action)
-        batches.append(
-            Trajectories(
-                latents=torch.stack(latents, dim=1),  # (B, T, C, H, W)
-                next_latents=torch.stack(actions, dim=1),  # (B, T, C, H, W)
-                timesteps=env.timesteps.clone().cpu(),  # (T,)
-                log_probs=torch.stack(log_probs, dim=1),  # (B, T): the branch step's only
-                stochastic=torch.tensor(stochastic),  # (T,)
-                prompt_embeddings=embeddings,
-                prompts=prompts,
-                rewards=reward.float().cpu(),  # (B,)
-                achieved_goals=observation["achieved_goal"].clone(),
-                desired_goals=desired,
-            )
-        )
+        chosen = chosen.repeat_interleave(branches)  # (B,) step indices
+        policy = BranchingPolicy(agent.policy, env.timesteps.cpu()[chosen])
+        batches.append(collect_trajectories(env, policy, prompts, seeds, agent.generator))
         branch_steps.append(chosen)
     return Trajectories.cat(batches), torch.cat(branch_steps)  # (N, ...), (N,)
-
-
-def stochastic_flags(agent, env) -> torch.Tensor:
-    """``(T,)`` bool: which of ``env``'s schedule steps have a density under the agent's policy (eta)."""
-    from diffusion_gym.ddim import ddim_step_coefficients
-
-    return torch.tensor(
-        [bool(ddim_step_coefficients(env.scheduler, t, agent.policy.eta).is_stochastic) for t in env.timesteps]
-    )
 
 
 def branch_advantages(rewards: torch.Tensor, branches: int, max_abs: float) -> torch.Tensor:
