@@ -1,4 +1,4 @@
-"""RL fine-tuning agents for ``DiffusionT2I-v0``: REINFORCE, DDPO, DPOK, LOOP, RWR and the HERD relabeling wrapper.
+"""RL fine-tuning agents for ``DiffusionT2I-v1``: REINFORCE, DDPO, DPOK, LOOP, RWR and the HERD relabeling wrapper.
 
 Every agent drives the env through its vector API (``reset``/``step`` with actions sampled from its policy)::
 
@@ -6,7 +6,7 @@ Every agent drives the env through its vector API (``reset``/``step`` with actio
     import diffusion_gym  # noqa: F401  (registers the env)
     from agents import AgentConfig, make_agent
 
-    env = gym.make_vec("DiffusionT2I-v0", num_envs=16, vectorization_mode="vector_entry_point")
+    env = gym.make_vec("DiffusionT2I-v1", num_envs=16, vectorization_mode="vector_entry_point")
     agent = make_agent("herd", env, AgentConfig(batch_size=16))
     for epoch in range(10):
         result = agent.train_epoch()

@@ -58,7 +58,7 @@ class AgentConfig:
     seed: int = 0
     batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
     batches_per_epoch: int = 2
-    guidance_scale: float | None = None  # None -> env.model.world.guidance_scale
+    guidance_scale: float | None = None  # None -> the world's (env.unwrapped.diffusion.world.guidance_scale)
     eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
     lora_rank: int = 8  # 0 -> full fine-tune
     learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
@@ -289,7 +289,7 @@ class Rollout:
             prompt_embeddings=observation["prompt_embedding"].clone(),  # (B, S, D)
             desired_goals=observation["desired_goal"].clone(),  # (B, G)
         )
-        num_steps = len(env.timesteps)
+        num_steps = env.unwrapped.diffusion.num_inference_steps
         for index in range(num_steps):
             step: PolicyStep = policy.sample(observation, generator)
             rollout.latents.append(observation["latent"].clone())  # (B, C, H, W)
@@ -352,7 +352,7 @@ def _cpu(value) -> torch.Tensor | None:
 
 def prompt_pool(env) -> list[str]:
     """The env's training prompt set (the prompts ``reset`` draws from)."""
-    return list(env.mdp.prompt_pool)
+    return list(env.unwrapped.diffusion.prompt_pool)
 
 
 # ============================================================================================== the agent
@@ -373,12 +373,13 @@ class Agent:
         config.validate()
         self.distributed = distributed or current()
         env = env.unwrapped
+        diffusion = env.diffusion  # the env's public interface for policies and agents
         if config.batch_size != env.num_envs:
             raise ValueError(
                 f"config.batch_size={config.batch_size} must equal the env's num_envs={env.num_envs} "
                 "(one sampling batch is one step of the vector env)"
             )
-        timesteps = [int(t) for t in env.timesteps]
+        timesteps = [int(t) for t in diffusion.timesteps]
         if max(timesteps) < config.train_timestep_min:
             raise ValueError(
                 f"train_timestep_min={config.train_timestep_min} leaves no step to train on "
@@ -386,6 +387,7 @@ class Agent:
             )
         config = config.with_agent_defaults(self.name)
         self.env = env
+        self.diffusion = diffusion
         self.config = config
         with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded
             torch.manual_seed(config.seed)
@@ -401,7 +403,7 @@ class Agent:
         # float16 gradients at scale 1 (and 1/16) are within ~0.5% of float32's, and overflow from 2**8-2**10 on.
         # bfloat16 has float32's range and needs no scaler; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(
-            env.model.device.type, init_scale=1.0, enabled=self.policy.model_dtype == torch.float16
+            diffusion.device.type, init_scale=1.0, enabled=self.policy.model_dtype == torch.float16
         )
         sampling_seed = self.distributed.process_seed(config.seed)  # config.seed on the main process
         self.rng = np.random.default_rng(sampling_seed)  # prompts, env seeds
@@ -421,7 +423,7 @@ class Agent:
         """``batches_per_epoch`` batches from the current policy.
 
         With ``async_reward`` and two batches or more, the batches alternate between the env and a sibling env
-        (:meth:`~diffusion_gym.vector_env.DiffusionT2IVectorEnv.make_sibling`): batch ``i``'s terminal step is
+        (``env.diffusion.new_vector_env``): batch ``i``'s terminal step is
         ``step_async``, batch ``i + 1`` is sampled on the other env while batch ``i``'s reward is scored on a worker
         thread, then batch ``i`` is collected (``step_wait``). Prompts, env seeds and action noise are drawn in the
         same order as in the synchronous loop, so the batches are identical. (One batch has nothing to overlap
@@ -450,9 +452,9 @@ class Agent:
     def sibling_env(self):
         """A second env like :attr:`env` (same arguments, shared models), made on first use, closed by :meth:`close`."""
         if self._sibling_env is None:
-            if not hasattr(self.env, "make_sibling"):
+            if not hasattr(self.env, "step_async"):
                 raise TypeError(f"async_reward needs a DiffusionT2IVectorEnv, got {type(self.env).__name__}")
-            self._sibling_env = self.env.make_sibling()
+            self._sibling_env = self.diffusion.new_vector_env(self.env.num_envs)
         return self._sibling_env
 
     # ------------------------------------------------------------------------------ advantages

@@ -68,11 +68,10 @@ class DPOKAgent(Agent):
 
     def __init__(self, env, config: AgentConfig):
         super().__init__(env, config)
-        env = self.env
         with torch.random.fork_rng():
             torch.manual_seed(config.seed + 1)
-            self.value = ValueNetwork(env.model.latent_shape[0], env.model.text_encoder.config.hidden_size)
-        self.value.to(env.device)
+            self.value = ValueNetwork(self.diffusion.latent_shape[0], self.diffusion.embedding_dim)
+        self.value.to(self.diffusion.device)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value_learning_rate)
 
     # advantages: Agent.advantages -- the normalised reward r~, clipped (V is subtracted per step below)

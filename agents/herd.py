@@ -9,7 +9,8 @@ Each epoch:
 4. the buffer is refilled: ``H = herd_buffer_batches`` batches' worth of this epoch's new trajectories, chosen
    at random; each one's goal is relabeled with **one random sentence of its prompt**; its reward is recomputed
    through the env's ``compute_reward`` on the relabeled goal, and its prompt embedding through
-   ``env.encode_prompts``. Latents, actions and behaviour log-probs are kept.
+   ``encode_prompts`` (both of ``env.unwrapped.diffusion``, the env's public interface). Latents, actions and
+   behaviour log-probs are kept.
 
 By default the buffer is cleared each epoch (Algorithm 1); ``herd_keep_history`` keeps the relabeled
 trajectories of the last ``herd_history_batches`` batches and replays ``H`` batches drawn from them at random.
@@ -40,19 +41,19 @@ from agents.common import (
     trajectories_from_state,
     trajectories_to_state,
 )
-from agents.math import split_sentences
+from diffusion_gym.prompts import split_sentences
 
 
-def relabel(env, samples: Trajectories, prompts: list[str]) -> Trajectories:
+def relabel(diffusion, samples: Trajectories, prompts: list[str]) -> Trajectories:
     """``samples`` with their goals relabeled to ``prompts``: new desired goals, prompt embeddings, rewards.
 
     Latents, actions, log-probs, timesteps and achieved goals are kept (the same images, scored for a new goal).
     """
     if len(prompts) != len(samples):
         raise ValueError(f"got {len(prompts)} prompts for {len(samples)} trajectories")
-    desired_goals = env.codec.relabel(samples.desired_goals, prompts)  # (B, G): only the prompt bytes change
-    rewards = env.compute_reward(samples.achieved_goals, desired_goals).float().cpu()  # (B,)
-    prompt_embeddings = env.encode_prompts(prompts).to(samples.prompt_embeddings.device)  # (B, S, D)
+    desired_goals = diffusion.codec.relabel(samples.desired_goals, prompts)  # (B, G): only the prompt bytes change
+    rewards = diffusion.compute_reward(samples.achieved_goals, desired_goals).float().cpu()  # (B,)
+    prompt_embeddings = diffusion.encode_prompts(prompts).to(samples.prompt_embeddings.device)  # (B, S, D)
     return dataclasses.replace(
         samples,
         prompts=list(prompts),
@@ -94,7 +95,7 @@ class HERDAgent(Agent):
         count = min(self.config.herd_buffer_batches * self.config.batch_size, len(new))
         rows = torch.from_numpy(self.base.rng.choice(len(new), size=count, replace=False))
         chosen = new.select(rows)
-        relabeled = relabel(self.env, chosen, self.choose_sentences(chosen.prompts))
+        relabeled = relabel(self.base.diffusion, chosen, self.choose_sentences(chosen.prompts))
         if not self.config.herd_keep_history:
             self.history = []
         self.history.append(relabeled)

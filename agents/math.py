@@ -12,7 +12,6 @@ much sharper: a clip range of ``eps`` here is about ``eps / (C*H*W)`` in DDPO's 
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 
 import torch
@@ -29,7 +28,6 @@ __all__ = [
     "ppo_clipped_loss",
     "reward_weights",
     "sample_train_timesteps",
-    "split_sentences",
     "step_log_prob",
 ]
 
@@ -202,13 +200,3 @@ def sample_train_timesteps(
     k = max(1, math.ceil(fraction * candidates.numel()))
     order = torch.argsort(torch.rand(num_samples, candidates.numel(), generator=generator), dim=1)  # (N, S)
     return candidates[order[:, :k]]  # (N, k)
-
-
-# ------------------------------------------------------------------------------------------ prompts
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_sentences(prompt: str) -> list[str]:
-    """HERD's relabeling unit: the sentences of ``prompt`` (split after ``.``, ``!``, ``?``), stripped."""
-    sentences = [s.strip() for s in _SENTENCE_END.split(prompt.strip())]
-    return [s for s in sentences if s] or [prompt]

@@ -63,14 +63,15 @@ class DiffusionPolicy:
             raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tune), got {lora_rank}")
         if eta <= 0:
             raise ValueError(f"eta must be > 0: with eta = 0 every DDIM step is deterministic (no policy), got {eta}")
-        world = env.model.world
-        self.env = env
-        self.scheduler = env.scheduler
+        diffusion = env.unwrapped.diffusion  # the env's public interface for policies
+        world = diffusion.world
+        self.diffusion = diffusion
+        self.scheduler = diffusion.scheduler
         self.eta = float(eta)
         self.guidance_scale = float(world.guidance_scale if guidance_scale is None else guidance_scale)
         self.lora_rank = lora_rank
-        self.negative_embeddings = env.unconditional_embedding  # (1, S, D): the CFG null prompt
-        self.reference_unet = env.model.unet
+        self.negative_embeddings = diffusion.unconditional_embedding  # (1, S, D): the CFG null prompt
+        self.reference_unet = diffusion.unet
         self.model_dtype = self.reference_unet.dtype  # the frozen model's (env --dtype)
         self.adapter_name: str | None = None
         self._lora_layers: list = []

@@ -10,7 +10,7 @@
 Use::
 
     settings = apply_preset("herd-forest-imagereward", {"model": "/path/to/tiny-sd", "epochs": 2})
-    env = gym.make_vec("DiffusionT2I-v0", vectorization_mode="vector_entry_point", **env_kwargs(settings))
+    env = gym.make_vec("DiffusionT2I-v1", vectorization_mode="vector_entry_point", **env_kwargs(settings))
     agent = make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
 """
 
@@ -130,7 +130,7 @@ def apply_preset(name: str, overrides: Mapping[str, Any] | None = None, *, skip_
 
 
 def env_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``gym.make_vec("DiffusionT2I-v0", ...)`` keyword arguments of a settings dict (``num_envs`` = batch)."""
+    """The ``gym.make_vec("DiffusionT2I-v1", ...)`` keyword arguments of a settings dict (``num_envs`` = batch)."""
     kwargs = {key: settings[key] for key in ENV_KEYS if key in settings}
     kwargs["num_envs"] = settings["batch_size"]
     if isinstance(kwargs.get("prompts"), str):

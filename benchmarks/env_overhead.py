@@ -1,6 +1,6 @@
 """How much does the env add to a bare sampling loop? A benchmark, not a test.
 
-Times, in one process and alternating, ``--rollouts`` batched rollouts of ``DiffusionT2I-v0`` (the vector env
+Times, in one process and alternating, ``--rollouts`` batched rollouts of ``DiffusionT2I-v1`` (the vector env
 driven by the pretrained model as policy) against a bare loop doing the same model calls with no env:
 text encoding, the guided UNet call and DDIM step of every timestep, one VAE decode and one reward call.
 Prints both medians and their ratio (target: the env adds <= 10% at batch 32 on the tiny pipeline).
@@ -56,7 +56,8 @@ def main() -> None:
     ).unwrapped
     policy = PretrainedPolicy(env, guidance_scale=args.guidance, eta=1.0, seed=0)
     reward_fn = make_reward(args.reward)
-    unet, scheduler = env.model.unet, env.scheduler
+    diffusion = env.diffusion
+    unet, scheduler = diffusion.unet, diffusion.scheduler
 
     def env_rollout(seed: int) -> None:
         observation, _ = env.reset(seed=seed)
@@ -68,14 +69,14 @@ def main() -> None:
     def bare_rollout(seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         batch_prompts = [prompts[i % len(prompts)] for i in range(args.batch)]
-        embeddings = env.model.encode_prompts(batch_prompts)  # (B, S, D)
-        negative = env.model.encode_prompts([""])  # (1, S, D)
-        latents = torch.randn(args.batch, *env.model.latent_shape, generator=generator)  # (B, C, H, W)
-        for timestep in env.timesteps:
+        embeddings = diffusion.encode_prompts(batch_prompts)  # (B, S, D)
+        negative = diffusion.unconditional_embedding  # (1, S, D)
+        latents = torch.randn(args.batch, *diffusion.latent_shape, generator=generator)  # (B, C, H, W)
+        for timestep in diffusion.timesteps:
             timesteps = timestep.repeat(args.batch)  # (B,)
             noise = guided_noise_prediction(unet, latents, timesteps, embeddings, negative, args.guidance)
             latents = ddim_policy_step(scheduler, noise, latents, timesteps, 1.0, generator).action
-        reward_fn(env.model.decode_latents(latents), batch_prompts)
+        reward_fn(diffusion.decode_latents(latents), batch_prompts)
 
     env_rollout(0), bare_rollout(0)  # warm-up
     env_times, bare_times = [], []

@@ -56,7 +56,6 @@ from agents.policy import DiffusionPolicy  # noqa: E402
 from benchmarks.run import add_agent_config_flags, agent_config_fields  # noqa: E402
 from diffusion_gym.ddim import ddim_step_coefficients  # noqa: E402
 from diffusion_gym.models import build_tiny_pipeline  # noqa: E402
-from diffusion_gym.rewards import make_reward  # noqa: E402
 
 TARGET = 1.15  # the issue's target: an epoch takes at most 1.15x its bare compute
 TINY_REWARD = "jpeg-incompressibility"  # the tiny pipeline has no world file: no default reward or prompts
@@ -164,7 +163,10 @@ class EpochShape:
 
 def stochastic_steps(env, eta: float) -> torch.Tensor:
     """``(T,)`` bool: the steps with a density, as ``ddim_policy_step`` flags them (the only ones trained)."""
-    return torch.tensor([bool(ddim_step_coefficients(env.scheduler, t, eta).is_stochastic) for t in env.timesteps])
+    diffusion = env.unwrapped.diffusion
+    return torch.tensor(
+        [bool(ddim_step_coefficients(diffusion.scheduler, t, eta).is_stochastic) for t in diffusion.timesteps]
+    )
 
 
 def epoch_shape(agent: Agent, env) -> EpochShape:
@@ -199,10 +201,11 @@ class BareEpoch:
 
     def __init__(self, agent: Agent, env, shape: EpochShape, prompts: list[str], seed: int):
         self.agent = agent
-        self.env = env
+        diffusion = env.unwrapped.diffusion
+        self.diffusion = diffusion
         self.shape = shape
         self.policy: DiffusionPolicy = agent.policy
-        self.device = env.device
+        self.device = diffusion.device
         self.generator = torch.Generator().manual_seed(seed)
         config = agent.config
         self.reference = base_name(agent) == "dpok"  # DPOK scores every trained step under pi_pre too
@@ -211,19 +214,15 @@ class BareEpoch:
         batch_prompts = [prompts[i % len(prompts)] for i in range(shape.batch_size)]
         self.prompts = batch_prompts
         with torch.no_grad():
-            self.embeddings = env.encode_prompts(batch_prompts).to(self.device)  # (B, S, D)
+            self.embeddings = diffusion.encode_prompts(batch_prompts).to(self.device)  # (B, S, D)
         self.parameters = self.policy.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.max_grad_norm = config.max_grad_norm
-        self.timesteps = env.timesteps.to(self.device)  # (T,)
+        self.timesteps = diffusion.timesteps.to(self.device)  # (T,)
         self.stochastic = stochastic_steps(env, config.eta)  # (T,) bool
         self.fraction = config.train_timestep_fraction
-        self.latent_shape = env.model.latent_shape
-        self.init_noise_sigma = float(env.scheduler.init_noise_sigma)
-        self.reward_fn = env.mdp.reward_fn
-        self.extra_rewards = [
-            make_reward(name, self.device) for name in env.mdp.extra_score_names.values() if name != env.mdp.reward_name
-        ]
+        self.latent_shape = diffusion.latent_shape
+        self.init_noise_sigma = float(diffusion.scheduler.init_noise_sigma)
         self.records: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # per batch: T x_t's, T x_{t-1}'s
         self.replay: tuple[torch.Tensor, ...] = ()  # HERD uncorrected: the trajectories to rescore
 
@@ -248,10 +247,8 @@ class BareEpoch:
     def decode_and_reward(self) -> None:
         """What the env adds at the end of each batch: VAE decode, reward, the world's extra scores."""
         for _, actions in self.records:
-            images = self.env.model.decode_latents(actions[-1])  # (B, 3, H, W)
-            self.reward_fn(images, self.prompts)
-            for reward_fn in self.extra_rewards:
-                reward_fn(images, self.prompts)
+            images = self.diffusion.decode_latents(actions[-1])  # (B, 3, H, W)
+            self.diffusion.score_images(images, self.prompts)  # the reward and the world's extra scores
 
     # ------------------------------------------------------------------------------ training
     def trajectories(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -365,9 +362,9 @@ def main() -> None:
         dtype=args.dtype,
         latent_bound=latent_bound or 50.0,
     ).unwrapped
-    device = torch.device(env.device)
+    device = torch.device(env.diffusion.device)
     agent = make_agent(args.agent, env, config)
-    bare = BareEpoch(agent, env, epoch_shape(agent, env), list(env.mdp.prompt_pool), seed=config.seed + 1)
+    bare = BareEpoch(agent, env, epoch_shape(agent, env), list(env.diffusion.prompt_pool), seed=config.seed + 1)
 
     results: list[EpochResult] = []
     runs: list[dict[str, Timing]] = []

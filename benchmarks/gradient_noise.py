@@ -60,7 +60,7 @@ import gymnasium as gym
 import torch
 from tqdm.auto import tqdm
 
-import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
+import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v1)
 from agents import AgentConfig, DiffusionPolicy, Trajectories, collect_trajectories, make_agent
 from agents.math import clip_advantages, leave_one_out_baseline
 from benchmarks.epoch_overhead import TINY_REWARD, stochastic_steps
@@ -212,7 +212,7 @@ def collect_branches(agent, env, samples: int, branches: int, steps: str | None)
         seeds = [int(s) for s in agent.rng.integers(2**31, size=groups_per_batch) for _ in range(branches)]
         chosen = torch.tensor([candidates[int(i)] for i in agent.rng.integers(len(candidates), size=groups_per_batch)])
         chosen = chosen.repeat_interleave(branches)  # (B,) step indices
-        policy = BranchingPolicy(agent.policy, env.timesteps.cpu()[chosen])
+        policy = BranchingPolicy(agent.policy, env.unwrapped.diffusion.timesteps.cpu()[chosen])
         batches.append(collect_trajectories(env, policy, prompts, seeds, agent.generator))
         branch_steps.append(chosen)
     return Trajectories.cat(batches), torch.cat(branch_steps)  # (N, ...), (N,)
@@ -276,7 +276,7 @@ def measure(
             f"and --minibatch ({minibatch})"
         )
     env = gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=batch_size,
         vectorization_mode="vector_entry_point",
         model=model,

@@ -40,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v0)
+import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v1)
 from agents import make_agent
 from agents.checkpoint import (
     capture_rng_state,
@@ -157,9 +157,9 @@ def train_and_evaluate(settings: RunSettings) -> RunResult | None:
 
 
 def make_env(settings: RunSettings, device: str | torch.device | None = None):
-    """The run's vector env: ``batch_size`` episodes of ``DiffusionT2I-v0`` with the run's model, reward, prompts."""
+    """The run's vector env: ``batch_size`` episodes of ``DiffusionT2I-v1`` with the run's model, reward, prompts."""
     return gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=settings.config.batch_size,
         vectorization_mode="vector_entry_point",
         model=settings.model,
@@ -194,7 +194,7 @@ def train(
     """The run itself: evaluate the base model, train epoch by epoch, evaluate again, write the folder."""
     distributed = distributed or Distributed()
     config = agent.config  # settings.config with the agent's defaults filled in (e.g. its learning rate)
-    world = vector_env.model.world
+    world = vector_env.diffusion.world
     output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -292,7 +292,7 @@ def train(
         final=final.scores,
         config=asdict(config),
         command=settings.command,
-        num_inference_steps=len(vector_env.timesteps),
+        num_inference_steps=vector_env.diffusion.num_inference_steps,
         device=settings.device,
         history=history,
     )

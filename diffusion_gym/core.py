@@ -8,6 +8,7 @@ All ``N`` episodes of a batch run in lockstep (every episode has the same ``T``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from diffusion_gym.goals import GoalCodec
+from diffusion_gym.images import to_uint8
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.prompts import resolve_prompts
 from diffusion_gym.rewards import RewardFn, make_reward, validate_reward
@@ -26,7 +28,7 @@ from diffusion_gym.rewards import RewardFn, make_reward, validate_reward
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """The arguments of ``DiffusionT2I-v0`` that define the MDP (all plain data, so specs stay light)."""
+    """The arguments of ``DiffusionT2I-v1`` that define the MDP (all plain data, so specs stay light)."""
 
     model: str = "shapes"
     reward: str | None = None
@@ -86,6 +88,7 @@ class DiffusionMDP:
         self._image_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.step_index: int | None = None  # None: reset needed
         self.latents: torch.Tensor | None = None
+        self._unconditional_embedding: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------------- spaces
     def single_observation_space(self) -> spaces.Dict:
@@ -265,7 +268,7 @@ class DiffusionMDP:
         if missing:
             decoded = self.model.decode_latents(latents[missing].to(self.model.device))  # (M, 3, H, W)
             for i, image in zip(missing, decoded, strict=True):
-                self._image_cache[keys[i]] = (image * 255).round().to(torch.uint8)
+                self._image_cache[keys[i]] = to_uint8(image)
         images = []
         for key in keys:
             self._image_cache.move_to_end(key)
@@ -302,7 +305,140 @@ class DiffusionMDP:
         if self.latents is None:
             raise ResetNeeded("render() called before reset()")
         images = self.model.decode_latents(self.latents)  # (N, 3, H, W)
-        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+        return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+
+    @property
+    def unconditional_embedding(self) -> torch.Tensor:
+        """The empty prompt's embedding ``(1, S, D)``, computed once: classifier-free guidance's null condition."""
+        if self._unconditional_embedding is None:
+            self._unconditional_embedding = self.encode_text([""])
+        return self._unconditional_embedding
+
+
+class DiffusionHandle:
+    """What a policy or an agent may use of a ``DiffusionT2I`` env: the public interface between the two.
+
+    ``env.unwrapped.diffusion`` of the single and the vector env (reach it through any wrapper with
+    ``env.unwrapped``). Agents drive episodes through the env's own ``reset``/``step`` (so that wrappers see
+    them) and read everything else here, never the env's internals:
+
+    * the model: ``unet`` (frozen; policies add adapters to it), ``vae``, ``text_encoder``, ``tokenizer``,
+      ``latent_shape`` ``(C, H, W)``, ``device``, ``dtype``, and ``world`` (the world's metadata: guidance scale,
+      eta, default reward and prompt sets, :class:`diffusion_gym.models.WorldInfo`);
+    * the schedule: ``scheduler`` (the env's DDIM scheduler, already set to its schedule: read it, never call
+      ``set_timesteps`` on it), ``timesteps`` ``(T,)`` descending and ``num_inference_steps`` ``T``;
+    * prompts: ``prompt_pool`` (the prompts ``reset`` draws goals from), ``encode_prompts`` (goal prompts, checked
+      as ``reset`` checks them) and ``unconditional_embedding`` (classifier-free guidance's null prompt);
+    * goals and rewards: ``codec`` (:class:`diffusion_gym.goals.GoalCodec`, to relabel a goal) and
+      ``compute_reward`` (the goal-conditioned reward as a float32 CPU tensor, whatever the env returns);
+    * ``new_vector_env(num_envs)``: another vector env with this env's arguments, sharing its loaded model and
+      decoded-image cache (e.g. to sample one batch while another batch's reward is scored).
+    """
+
+    def __init__(self, mdp: DiffusionMDP):
+        self._mdp = mdp
+
+    # ----------------------------------------------------------------------------------------- the model
+    @property
+    def model(self) -> DiffusionModel:
+        return self._mdp.model
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self._mdp.model.unet
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self._mdp.model.vae
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self._mdp.model.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self._mdp.model.tokenizer
+
+    @property
+    def world(self):
+        return self._mdp.model.world
+
+    @property
+    def device(self) -> torch.device:
+        return self._mdp.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._mdp.model.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self._mdp.model.latent_shape
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D`` of a prompt embedding ``(S, D)``."""
+        return int(self._mdp.model.text_encoder.config.hidden_size)
+
+    # ----------------------------------------------------------------------------------------- the schedule
+    @property
+    def scheduler(self):
+        return self._mdp.scheduler
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """``(T,)`` int64, descending: the scheduler timestep of each step of an episode."""
+        return self._mdp.timesteps
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self._mdp.num_steps
+
+    # ----------------------------------------------------------------------------------------- prompts
+    @property
+    def prompt_pool(self) -> tuple[str, ...]:
+        return tuple(self._mdp.prompt_pool)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The frozen text encoder's hidden states ``(B, S, D)`` for goal prompts (each checked as ``reset`` does)."""
+        for prompt in prompts:
+            self._mdp.check_prompt(prompt)
+        return self._mdp.encode_text(list(prompts))
+
+    @property
+    def unconditional_embedding(self) -> torch.Tensor:
+        """The empty prompt's embedding ``(1, S, D)``: the null condition of classifier-free guidance."""
+        return self._mdp.unconditional_embedding
+
+    # ----------------------------------------------------------------------------------------- goals, rewards
+    @property
+    def codec(self) -> GoalCodec:
+        return self._mdp.codec
+
+    def compute_reward(self, achieved_goal, desired_goal) -> torch.Tensor:
+        """The goal-conditioned reward of goals ``(B, G)``: ``(B,)`` float32 on the CPU."""
+        return self._mdp.compute_reward(achieved_goal, desired_goal)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, C, H, W)`` -> 8-bit images ``(B, 3, H, W)`` as floats in [0, 1] (what the reward sees)."""
+        return self._mdp.model.decode_latents(latents)
+
+    def score_images(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The terminal scores of images ``(B, 3, H, W)`` in [0, 1]: ``"reward"`` and the world's extra scores
+        (``gold_score``, ``proxy_score``), each ``(B,)`` float32 on the CPU."""
+        scores = {key: fn(images, list(prompts)).float().cpu() for key, fn in self._mdp.terminal_scorers().items()}
+        return self._mdp.terminal_outcome(images, scores)[1] | {"reward": scores["reward"]}
+
+    # ----------------------------------------------------------------------------------------- more envs
+    def new_vector_env(self, num_envs: int):
+        """A new :class:`~diffusion_gym.vector_env.DiffusionT2IVectorEnv` with this env's arguments, sharing its
+        (once-per-process) model and its decoded-image cache; it has its own episodes, RNGs and reward scorer."""
+        from diffusion_gym.vector_env import DiffusionT2IVectorEnv
+
+        config = {field.name: getattr(self._mdp.config, field.name) for field in dataclasses.fields(self._mdp.config)}
+        env = DiffusionT2IVectorEnv(num_envs, **config)
+        env.mdp.share_image_cache(self._mdp)
+        return env
 
 
 def _required(value, argument: str, model: str):

@@ -1,4 +1,4 @@
-"""``DiffusionT2I-v0``: the single (unbatched) environment."""
+"""``DiffusionT2I-v1``: the single (unbatched) environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from diffusion_gym.core import DiffusionMDP, EnvConfig
+from diffusion_gym.core import DiffusionHandle, DiffusionMDP, EnvConfig
+from diffusion_gym.images import to_uint8_hwc
 
 
 class DiffusionT2IEnv(gym.Env):
@@ -77,7 +78,7 @@ class DiffusionT2IEnv(gym.Env):
     import gymnasium as gym
     import diffusion_gym
 
-    env = gym.make("DiffusionT2I-v0", model="shapes", reward="shapes-gold", prompts="shapes-train")
+    env = gym.make("DiffusionT2I-v1", model="shapes", reward="shapes-gold", prompts="shapes-train")
     ```
 
     * ``model``: ``"shapes"`` (default, shipped), a ``save_pretrained`` pipeline folder, or a diffusers hub id.
@@ -102,7 +103,7 @@ class DiffusionT2IEnv(gym.Env):
 
     ## Vectorized Environment
 
-    ``gym.make_vec("DiffusionT2I-v0", num_envs=N, vectorization_mode="vector_entry_point")`` runs all ``N``
+    ``gym.make_vec("DiffusionT2I-v1", num_envs=N, vectorization_mode="vector_entry_point")`` runs all ``N``
     episodes as one batch on the env's device and returns torch tensors there
     (:class:`diffusion_gym.vector_env.DiffusionT2IVectorEnv`). It also has Gymnasium's split step,
     ``step_async(actions)`` / ``step_wait()``: at the terminal step the reward is scored on a worker thread
@@ -110,9 +111,14 @@ class DiffusionT2IEnv(gym.Env):
 
     ## Version History
 
-    * v0: Initial version. On 2026-11-29 the default Shapes world got its fourth weights (v-prediction, zero
-      terminal SNR, "trailing" DDIM steps, so the first observation's timestep is 999 instead of 951); the
-      env's code and spaces are unchanged.
+    * v1 (2026-12-04): the default Shapes world's fourth weights (v-prediction, zero terminal SNR, "trailing"
+      DDIM steps: the first observation's timestep is 999, not 951, and every episode differs from v0's); the
+      public interface for policies, ``env.unwrapped.diffusion`` (:class:`diffusion_gym.core.DiffusionHandle`),
+      replaces the vector env's convenience attributes (``model``, ``scheduler``, ``timesteps``, ``codec``,
+      ``encode_prompts``, ``unconditional_embedding``, ``make_sibling``). ``gym.make("DiffusionT2I-v0")`` raises
+      Gymnasium's ``DeprecatedEnv``.
+    * v0: Initial version (the Shapes world's first to third weights, epsilon-prediction on Stable Diffusion's
+      schedule).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -147,6 +153,7 @@ class DiffusionT2IEnv(gym.Env):
             max_prompt_chunks=max_prompt_chunks,
         )
         self.mdp = DiffusionMDP(config, num_envs=1)
+        self.diffusion = DiffusionHandle(self.mdp)  # the public interface for policies (see DiffusionHandle)
         self.observation_space = self.mdp.single_observation_space()
         self.action_space = self.mdp.single_action_space()
 
@@ -168,7 +175,7 @@ class DiffusionT2IEnv(gym.Env):
         info: dict[str, Any] = {"prompt": self.mdp.prompts[0]}
         if terminated:
             final_image = extras.pop("final_images")[0]  # (3, H, W)
-            info["final_image"] = (final_image * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            info["final_image"] = to_uint8_hwc(final_image[None])[0]  # (H, W, 3)
             info.update({key: float(value[0]) for key, value in extras.items()})
         return self._observation(), float(rewards[0]), terminated, False, info
 

@@ -1,4 +1,4 @@
-"""The goal encoding of ``DiffusionT2I-v0``: a prompt, and what was generated for it, in one flat vector.
+"""The goal encoding of ``DiffusionT2I-v1``: a prompt, and what was generated for it, in one flat vector.
 
 Gymnasium-robotics' ``GoalEnv`` contract (and SB3's ``HerReplayBuffer``) needs ``achieved_goal`` and
 ``desired_goal`` in one space, and a vectorised ``compute_reward(achieved_goal, desired_goal, info)``.

@@ -6,6 +6,7 @@ and a list or tuple of strings as a prompt set of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 _PROMPT_SETS: dict[str, Callable[[], list[str]]] = {}
@@ -40,3 +41,15 @@ def resolve_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 def _ensure_builtin_sets() -> None:
     import diffusion_gym.rewards  # noqa: F401  (importing it imports the Shapes world, which registers sets)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(prompt: str) -> list[str]:
+    """The sentences of ``prompt``, split after ``.``, ``!`` or ``?`` and stripped (each keeps its final mark).
+
+    HERD's relabeling unit and the Shapes gold scorer's parsing unit. A prompt without such a mark is one sentence.
+    """
+    sentences = [s.strip() for s in _SENTENCE_END.split(prompt.strip())]
+    return [s for s in sentences if s] or [prompt]

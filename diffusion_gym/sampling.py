@@ -86,22 +86,23 @@ class PretrainedPolicy:
     """
 
     def __init__(self, vector_env, guidance_scale: float | None = None, eta: float | None = None, seed: int = 0):
-        world = vector_env.model.world
-        self.env = vector_env
+        self.diffusion = vector_env.unwrapped.diffusion  # the env's public interface for policies
+        world = self.diffusion.world
         self.guidance_scale = world.guidance_scale if guidance_scale is None else guidance_scale
         self.eta = world.eta if eta is None else eta
         self.generator = torch.Generator().manual_seed(seed)
-        self.negative_embeddings = vector_env.unconditional_embedding  # (1, S, D)
+        self.negative_embeddings = self.diffusion.unconditional_embedding  # (1, S, D)
 
     @torch.no_grad()
     def __call__(self, observation: dict[str, torch.Tensor]) -> PolicyStep:
         timesteps = observation["timestep"][:, 0]  # (B,)
         noise = guided_noise_prediction(
-            self.env.model.unet,
+            self.diffusion.unet,
             observation["latent"],
             timesteps,
             observation["prompt_embedding"],
             self.negative_embeddings,
             self.guidance_scale,
         )
-        return ddim_policy_step(self.env.scheduler, noise, observation["latent"], timesteps, self.eta, self.generator)
+        scheduler = self.diffusion.scheduler
+        return ddim_policy_step(scheduler, noise, observation["latent"], timesteps, self.eta, self.generator)

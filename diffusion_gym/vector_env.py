@@ -1,4 +1,4 @@
-"""``DiffusionT2I-v0`` as a native batched vector env: all ``N`` episodes are one batch on one device."""
+"""``DiffusionT2I-v1`` as a native batched vector env: all ``N`` episodes are one batch on one device."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from diffusion_gym.core import DiffusionMDP, EnvConfig
+from diffusion_gym.core import DiffusionHandle, DiffusionMDP, EnvConfig
 from diffusion_gym.env import DiffusionT2IEnv
 from diffusion_gym.rewards.async_scoring import AsyncRewardScorer
 
@@ -50,7 +50,7 @@ class DiffusionT2IVectorEnv(VectorEnv):
       caller's thread and queues the reward (and the gold/proxy scores) on the env's
       :class:`~diffusion_gym.rewards.async_scoring.AsyncRewardScorer` (a worker thread, started on first use and
       stopped by ``close()``), then returns at once: the caller can sample another batch, e.g. on a second env
-      (:meth:`make_sibling`), while the reward model scores this one. ``step_wait`` blocks on the scores and
+      (``env.diffusion.new_vector_env``), while the reward model scores this one. ``step_wait`` blocks on the scores and
       re-raises a reward's exception. Other steps are done by ``step_async`` itself. Calling ``step_async``,
       ``step`` or ``reset`` while a step is pending raises ``AlreadyPendingCallError``; ``step_wait`` without a
       pending step, ``NoAsyncCallError``.
@@ -89,6 +89,7 @@ class DiffusionT2IVectorEnv(VectorEnv):
             max_prompt_chunks=max_prompt_chunks,
         )
         self.mdp = DiffusionMDP(config, num_envs=num_envs)
+        self.diffusion = DiffusionHandle(self.mdp)  # the public interface for policies (see DiffusionHandle)
         self.num_envs = num_envs
         self.single_observation_space = self.mdp.single_observation_space()
         self.single_action_space = self.mdp.single_action_space()
@@ -98,27 +99,6 @@ class DiffusionT2IVectorEnv(VectorEnv):
         self.device = self.mdp.model.device
         self._pending: _PendingStep | None = None  # between step_async and step_wait
         self._scorer: AsyncRewardScorer | None = None  # started by the first terminal step_async
-
-    # Convenience accessors for policies that drive the env.
-    @property
-    def model(self):
-        return self.mdp.model
-
-    @property
-    def timesteps(self) -> torch.Tensor:
-        return self.mdp.timesteps
-
-    @property
-    def scheduler(self):
-        return self.mdp.scheduler
-
-    @property
-    def codec(self):
-        return self.mdp.codec
-
-    @property
-    def prompts(self) -> list[str]:
-        return self.mdp.prompts
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
         self._check_no_pending("reset")
@@ -219,34 +199,9 @@ class DiffusionT2IVectorEnv(VectorEnv):
             self._scorer.close()
             self._scorer = None
 
-    def make_sibling(self) -> DiffusionT2IVectorEnv:
-        """A new env with this one's arguments, sharing its (once-per-process) models and its decoded-image cache.
-
-        It has its own episodes, RNGs and reward scorer: e.g. to sample a batch while this env's terminal step is
-        being scored (between ``step_async`` and ``step_wait``), as the agents' ``async_reward`` does. Through the
-        shared cache, ``compute_reward`` on either env sees exactly the images both scored.
-        """
-        config = {field.name: getattr(self.mdp.config, field.name) for field in dataclasses.fields(self.mdp.config)}
-        sibling = type(self)(self.num_envs, **config, render_mode=self.render_mode)
-        sibling.mdp.share_image_cache(self.mdp)
-        return sibling
-
     def compute_reward(self, achieved_goal, desired_goal, info=None) -> torch.Tensor:
         """Vectorised goal-conditioned reward, goals ``(B, G)`` -> ``(B,)`` float32 (CPU tensor)."""
         return self.mdp.compute_reward(achieved_goal, desired_goal)
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The frozen text encoder's hidden states ``(B, S, D)`` for (relabeled) goal prompts."""
-        for prompt in prompts:
-            self.mdp.check_prompt(prompt)
-        return self.mdp.encode_text(prompts)
-
-    @property
-    def unconditional_embedding(self) -> torch.Tensor:
-        """The empty prompt's embedding ``(1, S, D)``: the null condition of classifier-free guidance."""
-        if not hasattr(self, "_unconditional_embedding"):
-            self._unconditional_embedding = self.mdp.encode_text([""])
-        return self._unconditional_embedding
 
     def render(self):
         if self.render_mode is None:

@@ -89,7 +89,7 @@ def main() -> None:
     distributed = Distributed.from_environment(cpu=True)
     assert distributed.num_processes == 2, "launch with accelerate launch --num_processes 2"
     env = gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=CONFIG["batch_size"],
         vectorization_mode="vector_entry_point",
         model=pipeline,

@@ -16,9 +16,9 @@ from agents.math import (
     ppo_clipped_loss,
     reward_weights,
     sample_train_timesteps,
-    split_sentences,
     step_log_prob,
 )
+from diffusion_gym.prompts import split_sentences
 
 
 # ------------------------------------------------------------------------------------------ PPO

@@ -21,7 +21,7 @@ PROMPTS = ["A large red circle on the left. A gray background.", "A small blue s
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
     vector_env = gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=2,
         vectorization_mode="vector_entry_point",
         model=tiny_pipeline,
@@ -59,10 +59,10 @@ def test_recomputed_log_probs_match_sampling_and_kl_is_zero_at_init(env, policy)
 
 
 def test_adapter_is_disabled_outside_the_policy_and_gradients_reach_lora(env, policy):
-    unet = env.model.unet
+    unet = env.diffusion.unet
     latents = torch.randn(2, 4, 8, 8)
-    timesteps = env.timesteps[:1].repeat(2)
-    embeddings = env.encode_prompts(PROMPTS)
+    timesteps = env.diffusion.timesteps[:1].repeat(2)
+    embeddings = env.diffusion.encode_prompts(PROMPTS)
     with torch.no_grad():  # make the adapter non-trivial
         for name, parameter in policy.named_trainable_parameters().items():
             if "lora_B" in name:
@@ -90,7 +90,8 @@ def test_two_policies_share_the_unet_independently(env):
     with torch.no_grad():
         for parameter in first.named_trainable_parameters().values():
             parameter.fill_(0.05)
-    latents, timesteps, embeddings = torch.randn(2, 4, 8, 8), env.timesteps[:1].repeat(2), env.encode_prompts(PROMPTS)
+    latents = torch.randn(2, 4, 8, 8)
+    timesteps, embeddings = env.diffusion.timesteps[:1].repeat(2), env.diffusion.encode_prompts(PROMPTS)
     action = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         second_step = second(latents, timesteps, embeddings, action)
@@ -100,15 +101,15 @@ def test_two_policies_share_the_unet_independently(env):
     assert not torch.allclose(first_step.mean, reference.mean)
     first.close()
     second.close()
-    assert not getattr(env.model.unet, "peft_config", {})
+    assert not getattr(env.diffusion.unet, "peft_config", {})
 
 
 def test_full_finetune_trains_a_private_copy(env):
     policy = DiffusionPolicy(env, lora_rank=0)
-    assert policy.unet is not env.model.unet
-    shared = {id(p) for p in env.model.unet.parameters()}
+    assert policy.unet is not env.diffusion.unet
+    shared = {id(p) for p in env.diffusion.unet.parameters()}
     assert all(id(p) not in shared for p in policy.trainable_parameters())
-    assert all(not p.requires_grad for name, p in env.model.unet.named_parameters() if "lora" not in name)
+    assert all(not p.requires_grad for name, p in env.diffusion.unet.named_parameters() if "lora" not in name)
     policy.close()  # no adapter to remove: a no-op
 
 
@@ -154,7 +155,7 @@ def test_ppo_first_step_ratio_is_one_and_gradient_equals_reinforce(env):
 
 def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_pipeline):
     vector_env = gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=2,
         vectorization_mode="vector_entry_point",
         model=tiny_pipeline,
@@ -168,13 +169,13 @@ def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_
     try:
         samples = collect_trajectories(env, policy, PROMPTS, seed=5, generator=torch.Generator().manual_seed(5))
         sentences = ["A gray background.", "A small blue square at the top."]
-        relabeled = relabel(env, samples, sentences)
+        relabeled = relabel(env.diffusion, samples, sentences)
         for name in ("latents", "next_latents", "log_probs", "timesteps", "stochastic", "achieved_goals"):
             assert torch.equal(getattr(relabeled, name), getattr(samples, name)), name
         assert torch.equal(relabeled.final_images, samples.final_images)
         assert relabeled.prompts == sentences and samples.prompts == PROMPTS
-        assert env.codec.decode_prompts(relabeled.desired_goals) == sentences
-        torch.testing.assert_close(relabeled.prompt_embeddings, env.encode_prompts(sentences))
+        assert env.diffusion.codec.decode_prompts(relabeled.desired_goals) == sentences
+        torch.testing.assert_close(relabeled.prompt_embeddings, env.diffusion.encode_prompts(sentences))
         assert not torch.equal(relabeled.prompt_embeddings, samples.prompt_embeddings)
         # the reward of the relabeled goal, through the env's compute_reward, equals the reward model's score
         from diffusion_gym.rewards import make_reward

@@ -18,7 +18,7 @@ TIMING_KEYS = {"epoch_seconds", "samples_per_second"}
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
     return gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=2,
         vectorization_mode="vector_entry_point",
         model=tiny_pipeline,
@@ -207,7 +207,7 @@ def test_train_timestep_min_trains_only_the_noisiest_steps(env, monkeypatch):
     monkeypatch.setattr(agents.common, "StepBatch", recording_step_batch)
     agent = make_agent("ddpo", env, tiny_config(train_timestep_min=500, train_timestep_fraction=1.0))
     try:
-        timesteps = env.unwrapped.timesteps.tolist()  # 3 steps, e.g. [999, 666, 333]
+        timesteps = env.unwrapped.diffusion.timesteps.tolist()  # 3 steps, e.g. [999, 666, 333]
         agent.train_epoch()
     finally:
         agent.close()

@@ -125,7 +125,7 @@ def env(world):
 
 def fixed_actions(env, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(env.num_envs, *env.model.latent_shape, generator=generator) for _ in range(STEPS + 1)]
+    return [torch.randn(env.num_envs, *env.diffusion.latent_shape, generator=generator) for _ in range(STEPS + 1)]
 
 
 def split_step(env, action):
@@ -228,16 +228,17 @@ def test_close_stops_the_scorer(world):
 
 
 def test_sibling_env_shares_models_and_image_cache(env, monkeypatch):
-    sibling = env.make_sibling()
+    sibling = env.diffusion.new_vector_env(env.num_envs)
     try:
         assert sibling is not env and sibling.mdp is not env.mdp and sibling.mdp.config == env.mdp.config
-        assert sibling.model is env.model and sibling.num_envs == env.num_envs
+        assert sibling.diffusion.model is env.diffusion.model and sibling.num_envs == env.num_envs
         observation, _ = sibling.reset(seed=3)
         for action in fixed_actions(sibling)[:STEPS]:
             observation, rewards, *_ = split_step(sibling, action)
         decodes = []
-        original = env.model.decode_latents
-        monkeypatch.setattr(env.model, "decode_latents", lambda latents: decodes.append(1) or original(latents))
+        model = env.diffusion.model
+        original = model.decode_latents
+        monkeypatch.setattr(model, "decode_latents", lambda latents: decodes.append(1) or original(latents))
         relabeled = env.compute_reward(observation["achieved_goal"], observation["desired_goal"])
         assert torch.equal(relabeled, rewards.cpu())
         assert not decodes  # the parent env found the sibling's images in the shared cache

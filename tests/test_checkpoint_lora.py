@@ -95,7 +95,7 @@ def test_agent_state_through_a_checkpoint_resumes_exactly(tiny_pipeline, tmp_pat
 
     def new_agent():
         env = gym.make_vec(
-            "DiffusionT2I-v0", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
+            "DiffusionT2I-v1", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
         )
         return make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
 

@@ -1,4 +1,4 @@
-"""The Gymnasium / SB3 contract of DiffusionT2I-v0, on a tiny random pipeline, on the CPU."""
+"""The Gymnasium / SB3 contract of DiffusionT2I-v1, on a tiny random pipeline, on the CPU."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_registered_with_both_entry_points() -> None:
 def test_module_prefixed_id_works_without_import(tiny_pipeline: str) -> None:
     code = (
         "import gymnasium as gym\n"
-        f"env = gym.make('diffusion_gym:DiffusionT2I-v0', model={tiny_pipeline!r}, "
+        f"env = gym.make('diffusion_gym:DiffusionT2I-v1', model={tiny_pipeline!r}, "
         "reward='jpeg-compressibility', prompts=['a cat'], num_inference_steps=2)\n"
         "obs, info = env.reset(seed=0)\n"
         "print(sorted(obs))\n"
@@ -216,12 +216,12 @@ def test_vector_env_agrees_with_single_envs(tiny_pipeline: str) -> None:
     # NEXT_STEP autoreset: the step after termination resets and gives reward 0
     observation, rewards, terminated, _, _ = vector_env.step(batch)
     assert torch.all(rewards == 0) and not bool(terminated.any())
-    assert int(observation["timestep"][0, 0]) == int(vector_env.unwrapped.timesteps[0])
+    assert int(observation["timestep"][0, 0]) == int(vector_env.unwrapped.diffusion.timesteps[0])
 
 
 def test_vector_env_returns_tensors_on_device_and_batches_calls(tiny_pipeline: str, monkeypatch) -> None:
     vector_env = make_vec(tiny_pipeline, 4, latent_bound=1e4).unwrapped  # a random UNet drifts
-    model = vector_env.model
+    model = vector_env.diffusion.model
     calls = {"encode": 0, "decode": 0}
     original_encode, original_decode = model.encode_prompts, model.decode_latents
 
@@ -356,15 +356,39 @@ def test_long_prompts_are_encoded_in_windows_when_asked(tiny_pipeline: str) -> N
     observation, _ = env.reset(seed=0)
     assert observation["prompt_embedding"].shape == (2, 154, 32)
     assert env.single_observation_space["prompt_embedding"].shape == (154, 32)
-    assert env.unconditional_embedding.shape == (1, 154, 32)
+    assert env.diffusion.unconditional_embedding.shape == (1, 154, 32)
     # a short prompt's second window is the empty window
-    short = env.encode_prompts(["A short one."])
-    torch.testing.assert_close(short[:, 77:], env.unconditional_embedding[:, 77:])
+    short = env.diffusion.encode_prompts(["A short one."])
+    torch.testing.assert_close(short[:, 77:], env.diffusion.unconditional_embedding[:, 77:])
     with pytest.raises(ValueError, match="max_prompt_chunks=2"):
-        env.encode_prompts([" ".join(["word"] * 200)])
+        env.diffusion.encode_prompts([" ".join(["word"] * 200)])
 
 
 @pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "abc"])
 def test_bad_reward_weights(tiny_pipeline: str, weight: str) -> None:
     with pytest.raises(ValueError, match="weight"):
         make_env(tiny_pipeline, reward=f"jpeg-compressibility:{weight}")
+
+
+def test_v0_is_deprecated_in_favour_of_v1(tiny_pipeline: str) -> None:
+    assert diffusion_gym.ENV_ID == "DiffusionT2I-v1"
+    with pytest.raises(gym.error.DeprecatedEnv, match="DiffusionT2I-v1"):
+        gym.make("DiffusionT2I-v0", model=tiny_pipeline)
+
+
+def test_the_public_handle_is_the_same_interface_on_the_single_and_the_vector_env(tiny_pipeline: str) -> None:
+    single = make_env(tiny_pipeline).unwrapped.diffusion
+    vector = make_vec(tiny_pipeline, 2).unwrapped.diffusion
+    assert single.unet is vector.unet and single.latent_shape == vector.latent_shape == (4, 8, 8)
+    assert single.num_inference_steps == len(single.timesteps) == STEPS
+    assert torch.equal(single.timesteps, vector.timesteps)
+    assert single.embedding_dim == single.unconditional_embedding.shape[-1] == 32
+    assert single.prompt_pool == tuple(PROMPTS)
+    torch.testing.assert_close(single.encode_prompts(PROMPTS[:1]), vector.encode_prompts(PROMPTS[:1]))
+    with pytest.raises(ValueError, match="empty prompt"):
+        vector.encode_prompts([""])  # a goal must say something; the CFG null prompt is unconditional_embedding
+    sibling = vector.new_vector_env(3)
+    try:
+        assert sibling.num_envs == 3 and sibling.diffusion.unet is vector.unet
+    finally:
+        sibling.close()

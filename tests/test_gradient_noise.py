@@ -102,7 +102,7 @@ def test_branches_share_their_prefix_and_differ_only_from_the_branch_step(tmp_pa
 
     pipeline = str(build_tiny_pipeline(tmp_path / "pipeline"))
     env = gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=4,
         vectorization_mode="vector_entry_point",
         model=pipeline,

@@ -30,7 +30,7 @@ ADVANTAGES = torch.tensor([1.0, -0.5])
 
 def make_env(model: str, dtype: str, device: str = "cpu"):
     return gym.make_vec(
-        "DiffusionT2I-v0",
+        "DiffusionT2I-v1",
         num_envs=2,
         vectorization_mode="vector_entry_point",
         model=model,
@@ -71,7 +71,7 @@ def frozen_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def test_bfloat16_keeps_lora_optimizer_and_log_probs_in_float32(envs):
     env = envs["bfloat16"].unwrapped
-    model = env.model
+    model = env.diffusion.model
     agent = make_agent("ddpo", env, tiny_config())
     try:
         policy = agent.policy
@@ -118,8 +118,8 @@ def test_bfloat16_full_fine_tune_trains_a_float32_copy(envs):
     env = envs["bfloat16"].unwrapped
     policy = DiffusionPolicy(env, lora_rank=0)
     samples = collect_trajectories(env, policy, PROMPTS, seed=0, generator=torch.Generator().manual_seed(0))
-    assert policy.unet is not env.model.unet and policy.unet.dtype == torch.float32
-    assert env.model.unet.dtype == torch.bfloat16  # the reference
+    assert policy.unet is not env.diffusion.unet and policy.unet.dtype == torch.float32
+    assert env.diffusion.unet.dtype == torch.bfloat16  # the reference
     step = policy(
         samples.latents[:, 1], samples.timesteps[[1, 1]], samples.prompt_embeddings, samples.next_latents[:, 1]
     )
@@ -185,7 +185,7 @@ def one_step_gradients(policy: DiffusionPolicy, samples, j: int = 1) -> tuple[to
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(envs, dtype):
     env = envs[dtype].unwrapped
-    unet = env.model.unet
+    unet = env.diffusion.unet
     with torch.random.fork_rng():
         torch.manual_seed(0)
         policy = DiffusionPolicy(env, lora_rank=2)
@@ -261,7 +261,7 @@ def test_float16_ddpo_epoch_on_cuda(tiny_pipeline):
     env = make_env(tiny_pipeline, "float16", device="cuda")
     agent = make_agent("ddpo", env, tiny_config(gradient_checkpointing=True))
     try:
-        assert {p.dtype for p in frozen_parameters(env.unwrapped.model.unet)} == {torch.float16}
+        assert {p.dtype for p in frozen_parameters(env.unwrapped.diffusion.unet)} == {torch.float16}
         assert {p.dtype for p in agent.parameters} == {torch.float32} and agent.scaler.is_enabled()
         for _ in range(2):
             metrics = agent.train_epoch().metrics

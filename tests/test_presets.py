@@ -113,7 +113,7 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
         "herd-forest-imagereward", {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2}
     )
     kwargs = {**env_kwargs(settings), "num_inference_steps": 2, "latent_bound": 1e4}
-    env = gym.make_vec("DiffusionT2I-v0", vectorization_mode="vector_entry_point", **kwargs)
+    env = gym.make_vec("DiffusionT2I-v1", vectorization_mode="vector_entry_point", **kwargs)
     try:
         observation, info = env.reset(seed=0)
         assert info["prompt"] == [FOREST_PROMPT, FOREST_PROMPT]
@@ -144,7 +144,7 @@ def test_presets_train_on_the_tiny_pipeline(tiny_pipeline, name):
     overrides = {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2, "batches_per_epoch": 1}
     settings = apply_preset(name, {**overrides, "num_inference_steps": 2})
     env = gym.make_vec(
-        "DiffusionT2I-v0", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
+        "DiffusionT2I-v1", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
     )
     agent = make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
     try:

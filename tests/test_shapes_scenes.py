@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffusion_gym.prompts import resolve_prompts
+from diffusion_gym.prompts import resolve_prompts, split_sentences
 from diffusion_gym.shapes.gold import gold_score, parse_prompt
 from diffusion_gym.shapes.prompt_sets import (
     LONG_PROMPT,
@@ -18,7 +18,6 @@ from diffusion_gym.shapes.scenes import (
     full_caption,
     render,
     sample_scene,
-    split_sentences,
     with_random_cells,
 )
 

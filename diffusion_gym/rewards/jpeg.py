@@ -14,15 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusion_gym.images import to_uint8_hwc
+
 JPEG_QUALITY = 95
 
 
 def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """``(B, 3, H, W)`` float in [0, 1] -> ``(B, H, W, 3)`` uint8, rounding to the nearest level."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return to_uint8_hwc(images)  # (B, H, W, 3)
 
 
 def jpeg_size_kb(images: torch.Tensor) -> torch.Tensor:

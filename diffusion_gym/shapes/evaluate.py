@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_gym.images import to_uint8_hwc
+from diffusion_gym.prompts import split_sentences
 from diffusion_gym.shapes import PIPELINE_DIR, PROXY_DIR
 from diffusion_gym.shapes.gold import (
     analyse,
@@ -37,7 +39,7 @@ from diffusion_gym.shapes.prompt_sets import (
     STANDARD_SCENE,
     heldout_scenes_and_prompts,
 )
-from diffusion_gym.shapes.scenes import POSITION_PHRASES, render, split_sentences, with_random_cells
+from diffusion_gym.shapes.scenes import POSITION_PHRASES, render, with_random_cells
 
 POSITION_BLIND_DRAWS = 8  # random relocations of each held-out scene for the position-blind ceiling
 POSITION_PROBE_SEEDS = 16  # initial noises of the position-word probe, each drawn under all 9 position phrases
@@ -329,7 +331,7 @@ def evaluate(
 
     # The image grid: the standard and long prompts, then held-out prompts with 1, 2, 3 objects.
     def to_numpy(batch: torch.Tensor) -> list[np.ndarray]:
-        return list((batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return list(to_uint8_hwc(batch))
 
     rows = []
     for name, scene, prompt in (("standard", STANDARD_SCENE, STANDARD_PROMPT), ("long", LONG_SCENE, LONG_PROMPT)):

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from diffusion_gym.images import to_uint8_hwc
+from diffusion_gym.prompts import split_sentences
 from diffusion_gym.shapes.scenes import (
     BACKGROUND_COLOURS,
     IMAGE_SIZE,
@@ -39,7 +41,6 @@ from diffusion_gym.shapes.scenes import (
     POSITION_PHRASES,
     SHAPES,
     shape_mask,
-    split_sentences,
 )
 
 MIN_AREA = 6  # pixels; smaller regions are noise
@@ -256,8 +257,7 @@ def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     images = images.detach().float().cpu()
     if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         images = torch.nn.functional.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area")
-    array = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return array.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+    return to_uint8_hwc(images)  # (B, H, W, 3)
 
 
 def _uint8_images(images: torch.Tensor | np.ndarray, prompts: Sequence[str]) -> np.ndarray:

@@ -216,8 +216,3 @@ def full_caption(scene: Scene) -> str:
     sentences.append(count_sentence(scene))
     sentences.append(background_sentence(scene))
     return " ".join(sentences)
-
-
-def split_sentences(prompt: str) -> list[str]:
-    """Split a prompt into its sentences (each keeps its final full stop)."""
-    return [part.strip() + "." for part in prompt.strip().split(".") if part.strip()]
