@@ -1,64 +1,56 @@
-"""RL fine-tuning agents for ``DiffusionT2I-v1``: REINFORCE, DDPO, DPOK, LOOP, RWR and the HERD relabeling wrapper.
+"""RL fine-tuning agents for ``DiffusionT2I-v1``: REINFORCE, DDPO, DPOK, LOOP, RWR, and HERD relabeling; and the
+:class:`Trainer` that runs one of them and writes a run folder.
 
-Every agent drives the env through its vector API (``reset``/``step`` with actions sampled from its policy)::
+Training in a few lines (held-out evaluation, TensorBoard, ``metrics.jsonl``, checkpoints and plots)::
 
     import gymnasium as gym
-    import diffusion_gym  # noqa: F401  (registers the env)
-    from agents import AgentConfig, make_agent
+    import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v1)
+    from agents import AgentConfig, Trainer
 
     env = gym.make_vec("DiffusionT2I-v1", num_envs=16, vectorization_mode="vector_entry_point")
+    trainer = Trainer(env, agent="herd", config=AgentConfig(batch_size=16), output_dir="runs/herd")
+    result = trainer.train(epochs=24)
+    trainer = Trainer.resume("runs/herd")  # later: continue from the latest checkpoint
+    trainer.train(epochs=48)
+
+Or the epoch loop by hand: every agent drives the env (possibly wrapped) through its vector API, ``reset``/
+``step`` with actions sampled from its policy, and reads the rest from ``env.unwrapped.diffusion``::
+
     agent = make_agent("herd", env, AgentConfig(batch_size=16))
     for epoch in range(10):
-        result = agent.train_epoch()
-        print(result.metrics["reward_mean"])
+        print(agent.train_epoch().metrics["reward_mean"])
+
+The modules: ``config`` (AgentConfig), ``buffers`` (Trajectories, StepBatch), ``rollout`` (episodes through the
+env), ``base`` (the Agent's epoch), ``reinforce``/``ddpo``/``dpok``/``loop``/``rwr`` (the algorithms), ``herd``
+(the hindsight relabeler), ``registry`` (agents by name), ``policy`` (the LoRA diffusion policy), ``math`` (pure
+functions), ``distributed`` (accelerate), ``checkpoint`` (pickle-free files), ``envs`` (the env from settings),
+``trainer``, ``evaluation``, ``run_log``, ``run_folder``, ``plots``, ``comparison``, ``stats``,
+``reevaluation``, ``presets`` (the HERD paper's experiments) and ``cli`` (the scripts' flags).
 """
 
 from __future__ import annotations
 
-from agents.common import Agent, AgentConfig, EpochResult, Generation, Trajectories, collect_trajectories
+from agents.base import Agent, EpochResult, Generation
+from agents.buffers import Trajectories
+from agents.config import AgentConfig
+from agents.envs import EnvSettings
+from agents.herd import HindsightRelabeler
 from agents.policy import DiffusionPolicy
-
-AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
-
-
-def agent_class(name: str) -> type[Agent]:
-    """The class of agent ``name``; ``ValueError`` listing :data:`AGENT_NAMES` for an unknown name."""
-    from agents.ddpo import DDPOAgent
-    from agents.dpok import DPOKAgent
-    from agents.herd import HERDAgent
-    from agents.loop import LOOPAgent
-    from agents.reinforce import ReinforceAgent
-    from agents.rwr import RWRAgent
-
-    classes: dict[str, type[Agent]] = {
-        "reinforce": ReinforceAgent,
-        "ddpo": DDPOAgent,
-        "dpok": DPOKAgent,
-        "loop": LOOPAgent,
-        "rwr": RWRAgent,
-        "herd": HERDAgent,
-    }
-    if name not in classes:
-        raise ValueError(f"unknown agent {name!r}; expected one of {AGENT_NAMES}")
-    return classes[name]
-
-
-def make_agent(name: str, env, config: AgentConfig) -> Agent:
-    """Build agent ``name`` on ``env`` (a ``DiffusionT2IVectorEnv``, or the object ``gym.make_vec`` returned)."""
-    if config.herd_base not in AGENT_NAMES or config.herd_base == "herd":
-        raise ValueError(f"herd_base must be one of {AGENT_NAMES[:-1]}, got {config.herd_base!r}")
-    return agent_class(name)(env, config)
-
+from agents.registry import AGENT_NAMES, agent_class, agent_spec, make_agent
+from agents.rollout import collect_trajectories
 
 __all__ = [
     "AGENT_NAMES",
     "Agent",
     "AgentConfig",
     "DiffusionPolicy",
+    "EnvSettings",
     "EpochResult",
     "Generation",
+    "HindsightRelabeler",
     "Trajectories",
     "agent_class",
+    "agent_spec",
     "collect_trajectories",
     "make_agent",
 ]

@@ -445,6 +445,28 @@ def trim_jsonl(path: str | Path, max_step: int, step_key: str = "global_step") -
     return len(kept)
 
 
+# ============================================================================================== nested states
+def map_tensors(function: Callable[[torch.Tensor], Any], state: Any) -> Any:
+    """A copy of a nested state (dicts, lists, tuples) with ``function`` applied to every tensor."""
+    if isinstance(state, torch.Tensor):
+        return function(state)
+    if isinstance(state, dict):
+        return {k: map_tensors(function, v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_tensors(function, v) for v in state)
+    return state
+
+
+def clone_state(state: Any) -> Any:
+    """A deep copy of a nested state with every tensor detached and cloned (what ``state_dict`` methods return)."""
+    return map_tensors(lambda tensor: tensor.detach().clone(), state)
+
+
+def to_cpu(state: Any) -> Any:
+    """A nested state with every tensor detached and moved to the CPU (to gather it across processes)."""
+    return map_tensors(lambda tensor: tensor.detach().cpu(), state)
+
+
 # ============================================================================================== LoRA export
 def export_lora_diffusers(
     unet: torch.nn.Module, folder: str | Path, adapter_name: str | None = None, *, dtype: torch.dtype | None = None
@@ -516,11 +538,14 @@ __all__ = [
     "check_compatible",
     "checkpoint_info",
     "checkpoints_dir",
+    "clone_state",
     "export_lora_diffusers",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "map_tensors",
     "restore_rng_state",
     "save_checkpoint",
+    "to_cpu",
     "trim_jsonl",
 ]

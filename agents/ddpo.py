@@ -16,7 +16,8 @@ in these units (DDPO's 1e-4 per-dim clip would be ~0.03 here for a 4x8x8 latent,
 
 from __future__ import annotations
 
-from agents.common import Agent, StepBatch, StepLoss
+from agents.base import Agent, StepLoss
+from agents.buffers import StepBatch
 from agents.math import ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 

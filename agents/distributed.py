@@ -1,17 +1,24 @@
-"""Data-parallel training across processes (``accelerate launch``): the few collectives the agents need.
+"""Data-parallel training across processes (``accelerate launch``), on ``accelerate``.
 
-:class:`Distributed` is a no-op for a single process (the default). Under ``accelerate launch`` with several
-processes (``WORLD_SIZE > 1``), :func:`current` builds one from an ``accelerate.Accelerator``, whose process
-group (NCCL on GPUs, gloo on CPUs) carries the collectives below. Each process then:
+:class:`Distributed` is a no-op for a single process (the default: no ``Accelerator`` is built, so a single
+process runs exactly as without accelerate). Under ``accelerate launch`` with several processes
+(``WORLD_SIZE > 1``), :func:`current` builds one around an ``accelerate.Accelerator``, whose process group (NCCL
+on GPUs, gloo on CPUs) carries accelerate's collectives (``accelerate.utils.gather_object``, ``broadcast``,
+``broadcast_object_list`` and ``Accelerator.reduce``). Each process then:
 
 * samples its own share of the batch (its own env; RNGs seeded by :meth:`Distributed.process_seed`);
-* computes advantages on the **global** batch: rewards and prompts are gathered (:meth:`gather`,
-  :meth:`gather_prompts`) and every process normalises the same concatenation (rank order), then keeps its
-  own slice (``Agent.global_advantages``), so per-prompt statistics match a single process's exactly;
-* all-reduces (mean) the gradients of its trainable parameters before each optimiser step
-  (:meth:`sync_gradients`), so the parameters stay bit-identical on every process.
+* computes advantages on the **global** batch: every process's rewards and prompts are gathered
+  (:meth:`gather_object`) and every process normalises the same concatenation (rank order), then keeps its own
+  slice (``Agent.global_advantages``), so per-prompt statistics match a single process's exactly;
+* back-propagates through ``Accelerator.backward`` (:meth:`backward`) and averages the gradients of its trainable
+  parameters over the processes before each optimiser step (:meth:`sync_gradients`, ``Accelerator.reduce`` with
+  ``reduction="mean"``: a sum all-reduce, then a division by the process count, the same bits on every
+  process), so identical optimiser steps keep the parameters bit-identical.
 
-Only the main process logs and saves (``benchmarks/training.py``).
+The policy's LoRA adapter lives inside the env's shared UNet, which also serves as the frozen reference, so the
+model is not wrapped in ``DistributedDataParallel`` (``accelerator.prepare``): the gradients are reduced
+explicitly instead, once per optimiser step. Only the main process evaluates, logs and saves
+(:class:`agents.trainer.Trainer`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ class Distributed:
     """The process group of a data-parallel run; a single process when built without an accelerator."""
 
     def __init__(self, accelerator: Any | None = None):
-        self.accelerator = accelerator
+        self.accelerator = accelerator  # an accelerate.Accelerator, or None for a single process
         self.num_processes: int = 1 if accelerator is None else int(accelerator.num_processes)
         self.process_index: int = 0 if accelerator is None else int(accelerator.process_index)
         self.local_process_index: int = 0 if accelerator is None else int(accelerator.local_process_index)
@@ -80,47 +87,43 @@ class Distributed:
         """Every process's ``value``, in rank order (pickled; keep it small and on the CPU)."""
         if not self.enabled:
             return [value]
-        gathered: list[Any] = [None] * self.num_processes
-        torch.distributed.all_gather_object(gathered, value)
-        return gathered
+        from accelerate.utils import gather_object
 
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The concatenation along dim 0 of every process's ``tensor`` (sizes may differ), on ``tensor``'s device."""
-        if not self.enabled:
-            return tensor
-        parts = self.gather_object(tensor.detach().cpu())
-        return torch.cat(parts).to(tensor.device)
-
-    def gather_prompts(self, prompts: list[str]) -> list[str]:
-        """The concatenation of every process's prompts, in rank order."""
-        return [p for part in self.gather_object(list(prompts)) for p in part]
+        return gather_object([value])  # accelerate concatenates the per-process lists: one item each
 
     def broadcast_object(self, value: Any) -> Any:
         """The main process's ``value``, on every process."""
         if not self.enabled:
             return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     @torch.no_grad()
     def broadcast_parameters(self, parameters: Iterable[torch.Tensor]) -> None:
         """Copy the main process's values of ``parameters`` into every process's (in place)."""
         if not self.enabled:
             return
+        from accelerate.utils import broadcast
+
         for parameter in parameters:
-            tensor = parameter.data
-            buffer = tensor if self._can_communicate(tensor) else tensor.cpu()
-            torch.distributed.broadcast(buffer, src=0)
-            if buffer is not tensor:
-                tensor.copy_(buffer)
+            buffer = broadcast(parameter.data.to(self.accelerator.device))  # in place on a communicable copy
+            parameter.data.copy_(buffer)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``; data-parallel, through ``Accelerator.backward`` (no gradient accumulation steps are
+        configured there: the agents accumulate over their own steps and reduce in :meth:`sync_gradients`)."""
+        if self.enabled:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
 
     @torch.no_grad()
     def sync_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
         """Replace every parameter's ``.grad`` by its mean over the processes (a missing grad counts as zero).
 
-        One flat all-reduce: every process ends with the same bits, so identical optimiser steps keep the
-        parameters identical.
+        One flat reduction (``Accelerator.reduce``, mean): every process ends with the same bits, so identical
+        optimiser steps keep the parameters identical.
         """
         if not self.enabled:
             return
@@ -130,15 +133,12 @@ class Distributed:
         for parameter in parameters:
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
-        flat = torch.cat([p.grad.reshape(-1) for p in parameters])
-        buffer = flat if self._can_communicate(flat) else flat.cpu()
-        torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
-        buffer /= self.num_processes
-        flat = buffer.to(flat.device)
+        flat = torch.cat([p.grad.reshape(-1) for p in parameters])  # (P,)
+        mean = self.accelerator.reduce(flat.to(self.accelerator.device), reduction="mean").to(flat.device)  # (P,)
         offset = 0
         for parameter in parameters:
             count = parameter.grad.numel()
-            parameter.grad.copy_(flat[offset : offset + count].view_as(parameter.grad))
+            parameter.grad.copy_(mean[offset : offset + count].view_as(parameter.grad))
             offset += count
 
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -154,12 +154,7 @@ class Distributed:
 
     def wait_for_everyone(self) -> None:
         if self.enabled:
-            torch.distributed.barrier()
-
-    def _can_communicate(self, tensor: torch.Tensor) -> bool:
-        """Whether the backend takes ``tensor`` where it is (gloo: CPU tensors; NCCL: CUDA tensors)."""
-        backend = torch.distributed.get_backend()
-        return tensor.device.type == "cpu" if backend == "gloo" else tensor.device.type != "cpu"
+            self.accelerator.wait_for_everyone()
 
 
 def current() -> Distributed:
@@ -168,15 +163,4 @@ def current() -> Distributed:
     return _CURRENT if _CURRENT is not None else Distributed.from_environment()
 
 
-def to_cpu(value: Any) -> Any:
-    """A nested state (dicts, lists, tuples) with every tensor moved to the CPU (to gather it)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_cpu(v) for v in value)
-    return value
-
-
-__all__ = ["Distributed", "current", "to_cpu"]
+__all__ = ["Distributed", "current"]

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.common import Agent, AgentConfig, StepBatch, StepLoss, clone_state
+from agents.base import Agent, StepLoss
+from agents.buffers import StepBatch
+from agents.checkpoint import clone_state
 from agents.math import clip_advantages, gaussian_step_kl, ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
@@ -66,8 +68,9 @@ class DPOKAgent(Agent):
 
     name = "dpok"
 
-    def __init__(self, env, config: AgentConfig):
-        super().__init__(env, config)
+    def setup(self) -> None:
+        """The value network V and its optimiser (initialised from ``seed + 1``, the same on every process)."""
+        config = self.config
         with torch.random.fork_rng():
             torch.manual_seed(config.seed + 1)
             self.value = ValueNetwork(self.diffusion.latent_shape[0], self.diffusion.embedding_dim)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from agents.common import Agent, AgentConfig, StepBatch, StepLoss, Trajectories
+from agents.base import Agent, StepLoss
+from agents.buffers import StepBatch, Trajectories
+from agents.config import AgentConfig
 from agents.math import clip_advantages, leave_one_out_baseline, ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
@@ -24,10 +26,11 @@ class LOOPAgent(Agent):
 
     name = "loop"
 
-    def __init__(self, env, config: AgentConfig):
+    @classmethod
+    def configure(cls, config: AgentConfig) -> AgentConfig:
         if config.batch_size % config.loop_k != 0:
             raise ValueError(f"batch_size={config.batch_size} must be a multiple of loop_k={config.loop_k}")
-        super().__init__(env, config)
+        return config
 
     def sample_prompts(self) -> list[str]:
         """``batch_size / K`` prompts, each repeated ``K`` times (consecutively)."""

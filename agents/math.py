@@ -7,6 +7,10 @@ prompt :math:`c`; the policy's step :math:`\pi_\theta(x_{t-1} \mid x_t, c)` is G
 **Log-probabilities are sums over the latent dims** (the env's convention, :mod:`diffusion_gym.ddim`), not
 DDPO's per-dimension mean. The per-step log-ratio is therefore ``C*H*W`` times DDPO's, so the PPO ratio is
 much sharper: a clip range of ``eps`` here is about ``eps / (C*H*W)`` in DDPO's units.
+
+**Shapes are checked, not broadcast** (as rlax's ``chex`` asserts): the per-sample inputs of a function must
+have the documented rank and one common shape, else ``ValueError`` names the argument and the shapes. E.g. a
+``(N, 1)`` advantage against ``(N,)`` log-probs would broadcast to an ``(N, N)`` objective.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from diffusion_gym.ddim import MIN_STD, ddim_step_kl, ddim_step_log_prob
 
 __all__ = [
     "MIN_STD",
+    "check_shapes",
     "PerPromptStatTracker",
     "clip_advantages",
     "gaussian_step_kl",
@@ -31,6 +36,17 @@ __all__ = [
     "step_log_prob",
 ]
 
+
+def check_shapes(ndim: int, **tensors: torch.Tensor) -> None:
+    """``ValueError`` unless every tensor has ``ndim`` dims and all share one shape (named in the message)."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
+    wrong_rank = {name: shape for name, shape in shapes.items() if len(shape) != ndim}
+    if wrong_rank:
+        raise ValueError(f"expected {ndim}-d tensors, got shapes {wrong_rank}")
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shapes must match (no broadcasting), got {shapes}")
+
+
 # The log-ratio is clamped before exp() so that a far off-policy sample (HERD's relabeled trajectories) gives
 # a large but finite ratio; every clamped term is clipped anyway (see ppo_clipped_loss), so no gradient is lost.
 MAX_LOG_RATIO = 20.0
@@ -38,7 +54,9 @@ MAX_LOG_RATIO = 20.0
 
 # ------------------------------------------------------------------------------------------ per-step Gaussians
 def step_log_prob(action: torch.Tensor, mean: torch.Tensor, std_dev_t: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log\pi(x_{t-1} \mid x_t, c)` summed over latent dims, ``(B,)`` (``ddim.ddim_step_log_prob``)."""
+    r""":math:`\log\pi(x_{t-1} \mid x_t, c)` summed over latent dims, ``(B,)`` (``ddim.ddim_step_log_prob``);
+    ``action`` and ``mean`` are ``(B, C, H, W)`` (checked)."""
+    check_shapes(4, action=action, mean=mean)
     return ddim_step_log_prob(action, mean, std_dev_t)
 
 
@@ -47,8 +65,10 @@ def gaussian_step_kl(mean_policy: torch.Tensor, mean_reference: torch.Tensor, st
 
     Returns ``(B,)``.
 
-    A thin wrapper of :func:`diffusion_gym.ddim.ddim_step_kl` (both steps share :math:`\sigma_t`).
+    ``mean_policy`` and ``mean_reference`` are ``(B, C, H, W)`` (checked). A thin wrapper of
+    :func:`diffusion_gym.ddim.ddim_step_kl` (both steps share :math:`\sigma_t`).
     """
+    check_shapes(4, mean_policy=mean_policy, mean_reference=mean_reference)
     return ddim_step_kl(mean_policy, mean_reference, std_dev_t)
 
 
@@ -71,8 +91,10 @@ def ppo_clipped_loss(
     bounded below, :math:`\max(\min(\rho A, \mathrm{clip}(\rho) A),\ c A)`, so a sample whose ratio exploded
     (an off-policy sample) cannot dominate the update. ``clipfrac`` is the fraction of terms with
     :math:`|\rho - 1| > \epsilon`; ``approx_kl`` is DDPO's :math:`\tfrac12\mathbb E[(\log\rho)^2]`.
-    All inputs are ``(N,)``; ``old_log_probs`` and ``advantages`` are treated as constants.
+    All inputs are ``(N,)`` (checked: no broadcasting); ``old_log_probs`` and ``advantages`` are treated as
+    constants.
     """
+    check_shapes(1, log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages)
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
     log_ratio = log_probs - old_log_probs.detach()  # (N,)
@@ -95,6 +117,7 @@ def ppo_clipped_loss(
 # ------------------------------------------------------------------------------------------ advantages
 def normalize_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     r"""Batch-wide :math:`A_i = (r_i - \bar r) / (\mathrm{std}(r) + \epsilon)` (population std), ``(N,)``."""
+    check_shapes(1, rewards=rewards)
     rewards = rewards.double()
     return ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)).float()
 
@@ -113,6 +136,7 @@ def reward_weights(advantages: torch.Tensor, temperature: float) -> torch.Tensor
     :math:`\tau` puts the weight on the best samples (RAFT-like); a large one trains on every sample alike.
     The max is subtracted before ``exp`` for stability (the ratio is unchanged).
     """
+    check_shapes(1, advantages=advantages)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = advantages.double() / temperature  # (N,)
@@ -137,6 +161,7 @@ class PerPromptStatTracker:
 
     def update(self, prompts: list[str], rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """Advantages ``(N,)`` for ``rewards`` ``(N,)`` of ``prompts`` (and remember the rewards)."""
+        check_shapes(1, rewards=rewards)
         if len(prompts) != rewards.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {rewards.shape[0]} rewards")
         rewards = rewards.detach().double().cpu()
@@ -192,6 +217,9 @@ def sample_train_timesteps(
     ``stochastic`` is ``(T,)`` bool. Returns step indices ``(num_samples, k)``, ``k = ceil(fraction * S)``
     for ``S`` stochastic steps; each row is an independent random choice without replacement, in random order.
     """
+    check_shapes(1, stochastic=stochastic)
+    if stochastic.dtype != torch.bool:
+        raise ValueError(f"stochastic must be a bool tensor, got {stochastic.dtype}")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     candidates = torch.nonzero(stochastic).flatten()  # (S,)

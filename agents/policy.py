@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import torch
 import torch.utils.checkpoint
 
+from diffusion_gym.ddim import ddim_step_coefficients
 from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -207,6 +208,14 @@ class DiffusionPolicy:
         return parameters
 
     # ------------------------------------------------------------------------------ the policy
+    def stochastic_steps(self) -> torch.Tensor:
+        """``(T,)`` bool: the env's schedule steps at which this policy has a density (``sigma_t >= MIN_STD`` at
+        its ``eta``), as :func:`~diffusion_gym.sampling.ddim_policy_step` flags them: the only ones trained."""
+        scheduler = self.scheduler
+        return torch.tensor(
+            [bool(ddim_step_coefficients(scheduler, t, self.eta).is_stochastic) for t in self.diffusion.timesteps]
+        )
+
     def _step(
         self,
         unet: torch.nn.Module,

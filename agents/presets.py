@@ -10,7 +10,7 @@
 Use::
 
     settings = apply_preset("herd-forest-imagereward", {"model": "/path/to/tiny-sd", "epochs": 2})
-    env = gym.make_vec("DiffusionT2I-v1", vectorization_mode="vector_entry_point", **env_kwargs(settings))
+    env = env_settings(settings).make(num_envs=settings["batch_size"])
     agent = make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
 """
 
@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from agents.envs import EnvSettings
 
 STANDARD_PROMPT = (
     "A black cat and golden retriever dog. A hot ocean-side beach. Dramatic atmosphere, centered, rule of thirds, "
@@ -35,8 +37,7 @@ FOREST_PROMPT = (
 )
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
-# Settings that are not AgentConfig fields: they configure the env or the run.
-ENV_KEYS = ("model", "reward", "prompts", "num_inference_steps", "max_prompt_chunks")
+# Settings that are not AgentConfig fields configure the env (agents.envs.EnvSettings) or the run.
 RUN_KEYS = ("preset", "description", "agent", "epochs")
 
 
@@ -129,27 +130,27 @@ def apply_preset(name: str, overrides: Mapping[str, Any] | None = None, *, skip_
     return settings
 
 
-def env_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``gym.make_vec("DiffusionT2I-v1", ...)`` keyword arguments of a settings dict (``num_envs`` = batch)."""
-    kwargs = {key: settings[key] for key in ENV_KEYS if key in settings}
-    kwargs["num_envs"] = settings["batch_size"]
-    if isinstance(kwargs.get("prompts"), str):
-        kwargs["prompts"] = [kwargs["prompts"]]  # one prompt, never a prompt-set name
-    return kwargs
+def env_settings(settings: Mapping[str, Any]) -> EnvSettings:
+    """The env's arguments in a settings dict; build the env with ``.make(num_envs=settings["batch_size"])``."""
+    values = {key: settings[key] for key in EnvSettings.fields() if key in settings}
+    if isinstance(values.get("prompts"), str):
+        values["prompts"] = (values["prompts"],)  # one prompt, never a prompt-set name
+    return EnvSettings.from_mapping(values)
 
 
 def agent_config_kwargs(settings: Mapping[str, Any], *, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The settings that are ``agents.common.AgentConfig`` fields.
+    """The settings that are :class:`~agents.config.AgentConfig` fields.
 
     ``ValueError`` for a key that is neither an AgentConfig field, an env or run key, nor in ``extra_keys`` (the
-    caller's own settings, e.g. ``("device", "output_dir")``): a misspelt override never passes silently.
+    caller's own settings, e.g. ``("threads", "output_dir")``): a misspelt override never passes silently.
     """
-    from agents.common import AgentConfig
+    from agents.config import AgentConfig
 
     fields = {f.name for f in dataclasses.fields(AgentConfig)}
-    unknown = sorted(set(settings) - fields - set(ENV_KEYS) - set(RUN_KEYS) - set(extra_keys))
+    known = EnvSettings.fields() + RUN_KEYS
+    unknown = sorted(set(settings) - fields - set(known) - set(extra_keys))
     if unknown:
-        raise ValueError(f"unknown settings {unknown}: neither AgentConfig fields nor {ENV_KEYS + RUN_KEYS}")
+        raise ValueError(f"unknown settings {unknown}: neither AgentConfig fields nor {known}")
     return {key: value for key, value in settings.items() if key in fields}
 
 
@@ -161,6 +162,6 @@ __all__ = [
     "Preset",
     "agent_config_kwargs",
     "apply_preset",
-    "env_kwargs",
+    "env_settings",
     "preset_names",
 ]

@@ -20,7 +20,9 @@ import dataclasses
 
 import torch
 
-from agents.common import Agent, AgentConfig, StepBatch, StepLoss, Trajectories
+from agents.base import Agent, StepLoss
+from agents.buffers import StepBatch, Trajectories
+from agents.config import AgentConfig
 from agents.math import MAX_LOG_RATIO, clip_advantages
 from diffusion_gym.sampling import PolicyStep
 
@@ -30,9 +32,10 @@ class ReinforceAgent(Agent):
 
     name = "reinforce"
 
-    def __init__(self, env, config: AgentConfig):
+    @classmethod
+    def configure(cls, config: AgentConfig) -> AgentConfig:
         # REINFORCE is one on-policy pass: one update per sampling batch.
-        super().__init__(env, dataclasses.replace(config, inner_epochs=1, train_batch_size=None))
+        return dataclasses.replace(config, inner_epochs=1, train_batch_size=None)
 
     def advantages(self, samples: Trajectories) -> torch.Tensor:
         if self.config.reinforce_baseline:

@@ -24,11 +24,11 @@ guidance, and fitting the conditional branch to guided samples sharpens it epoch
 applied again on top). On the Shapes world that drift alone moved the images (README).
 
 Why it is here: the policy-gradient agents' per-step score :math:`\nabla\log\pi` is dominated by each step's own
-sampling noise, which says nothing of the reward (``benchmarks/gradient_noise.py`` measures it). RWR regresses on
+sampling noise, which says nothing of the reward (``benchmarks/probes/gradient_noise.py`` measures it). RWR regresses on
 the outcome only: no importance ratio, no per-step log-prob, at the price of DDPO's "multiple levels of
 approximation" (the diffusion loss stands in for :math:`-\log p_\theta(x_0 \mid c)`).
 
-**Learning rate.** RWR's default is 1e-4 (``agents.common.AGENT_LEARNING_RATES``), not the policy-gradient
+**Learning rate.** RWR's default is 1e-4 (``agents.config.AGENT_LEARNING_RATES``), not the policy-gradient
 agents' 1e-3: on the Shapes world RWR diverged at 1e-3 (training gold 0.88 -> 0.45 in 17 epochs).
 
 Compute: per trajectory and inner epoch, ``ceil(train_timestep_fraction x S)`` loss terms (``S`` stochastic
@@ -44,7 +44,8 @@ import math
 
 import torch
 
-from agents.common import Agent, Trajectories
+from agents.base import Agent
+from agents.buffers import Trajectories
 from agents.math import clip_advantages, reward_weights
 
 
@@ -108,7 +109,7 @@ class RWRAgent(Agent):
                 rows = order[start : start + minibatch]  # (M,)
                 for _ in range(draws):
                     loss = self.diffusion_loss(clean[rows], samples.prompt_embeddings[rows], weights[rows])
-                    self.scaler.scale(loss / draws).backward()  # average the gradient over the draws
+                    self.distributed.backward(self.scaler.scale(loss / draws))  # average the gradient over the draws
                     losses.append(loss.detach())
                 self.optimizer_step()
         return {"loss": float(torch.stack(losses).mean())}

@@ -124,6 +124,35 @@ def test_leave_one_out_baseline_with_group_labels():
         leave_one_out_baseline(torch.ones(3, 1))
 
 
+# ------------------------------------------------------------------------------------------ shapes
+def test_a_column_advantage_is_an_error_not_an_n_by_n_objective():
+    # (N, 1) advantages against (N,) log-probs would broadcast to (N, N): 9 terms for 3 samples
+    log_probs, old = torch.zeros(3, requires_grad=True), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"expected 1-d tensors, got shapes \{'advantages': \(3, 1\)\}"):
+        ppo_clipped_loss(log_probs, old, torch.ones(3, 1), clip_range=0.2)
+    with pytest.raises(ValueError, match=r"shapes must match \(no broadcasting\).*'old_log_probs': \(1,\)"):
+        ppo_clipped_loss(log_probs, torch.zeros(1), torch.ones(3), clip_range=0.2)
+    with pytest.raises(ValueError, match="expected 1-d tensors"):
+        ppo_clipped_loss(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), clip_range=0.2)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: normalize_advantages(torch.ones(4, 1)), "'rewards': \\(4, 1\\)"),
+        (lambda: reward_weights(torch.ones(2, 2), 1.0), "'advantages': \\(2, 2\\)"),
+        (lambda: PerPromptStatTracker().update(["a"], torch.ones(1, 1)), "'rewards': \\(1, 1\\)"),
+        (lambda: sample_train_timesteps(torch.ones(2, 3, dtype=torch.bool), 1, 1.0, None), "'stochastic'"),
+        (lambda: sample_train_timesteps(torch.ones(3), 1, 1.0, None), "must be a bool tensor"),
+        (lambda: step_log_prob(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor(1.0)), "expected 4-d"),
+        (lambda: gaussian_step_kl(torch.zeros(2, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor(1.0)), "must match"),
+    ],
+)
+def test_shared_math_checks_its_shapes(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 # ------------------------------------------------------------------------------------------ timesteps
 def test_sample_train_timesteps():
     stochastic = torch.tensor([True, True, False, True, True])

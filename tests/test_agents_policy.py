@@ -9,11 +9,12 @@ import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
-from agents.common import StepBatch, collect_trajectories
+from agents.buffers import StepBatch
 from agents.herd import relabel
 from agents.math import gaussian_step_kl, ppo_clipped_loss
 from agents.policy import DiffusionPolicy
 from agents.reinforce import ReinforceAgent
+from agents.rollout import collect_trajectories
 
 PROMPTS = ["A large red circle on the left. A gray background.", "A small blue square at the top. A white background."]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,11 @@ def env(tiny_pipeline):
         num_inference_steps=3,
         latent_bound=1e4,
     )
+
+
+def untimed(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a seeded run reproduces exactly (not the wall-clock ones)."""
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
 def tiny_config(**overrides) -> AgentConfig:
@@ -114,9 +120,7 @@ def test_seeded_run_is_reproducible(env):
     first, first_parameters = run(env, "herd", epochs=2, inner_epochs=2)
     second, second_parameters = run(env, "herd", epochs=2, inner_epochs=2)
     for a, b in zip(first, second, strict=True):
-        assert {k: v for k, v in a.metrics.items() if k not in TIMING_KEYS} == {
-            k: v for k, v in b.metrics.items() if k not in TIMING_KEYS
-        }
+        assert untimed(a.metrics) == untimed(b.metrics)
         assert torch.equal(a.final_images, b.final_images)
     assert all(torch.equal(first_parameters[k], second_parameters[k]) for k in first_parameters)
     other, _ = run(env, "herd", epochs=1, seed=1)
@@ -149,9 +153,7 @@ def test_state_dict_resumes_exactly(env, name, overrides):
         got = resumed.train_epoch().metrics
     finally:
         resumed.close()
-    assert {k: v for k, v in got.items() if k not in TIMING_KEYS} == {
-        k: v for k, v in expected.items() if k not in TIMING_KEYS
-    }
+    assert untimed(got) == untimed(expected)
 
 
 def test_generate_pads_chunks_and_is_seeded(env):
@@ -195,16 +197,16 @@ def test_bad_config_values_give_clear_errors(env, name, overrides, match):
 
 
 def test_train_timestep_min_trains_only_the_noisiest_steps(env, monkeypatch):
-    import agents.common
+    import agents.base
 
     trained: list[int] = []
-    real_step_batch = agents.common.StepBatch
+    real_step_batch = agents.base.StepBatch
 
     def recording_step_batch(**fields):
         trained.extend(fields["timesteps"].tolist())
         return real_step_batch(**fields)
 
-    monkeypatch.setattr(agents.common, "StepBatch", recording_step_batch)
+    monkeypatch.setattr(agents.base, "StepBatch", recording_step_batch)
     agent = make_agent("ddpo", env, tiny_config(train_timestep_min=500, train_timestep_fraction=1.0))
     try:
         timesteps = env.unwrapped.diffusion.timesteps.tolist()  # 3 steps, e.g. [999, 666, 333]
@@ -222,3 +224,107 @@ def test_train_timestep_min_above_every_step_is_an_error(env):
 
 def test_agent_names_are_the_interface():
     assert AGENT_NAMES == ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
+
+
+# ------------------------------------------------------------------------------------------ HERD composes
+def test_herd_is_its_base_agent_with_a_relabeler(env):
+    from agents import HindsightRelabeler, agent_class, agent_spec
+    from agents.loop import LOOPAgent
+
+    agent = make_agent("herd", env, tiny_config(herd_base="loop"))
+    try:
+        assert type(agent) is LOOPAgent and isinstance(agent.relabeler, HindsightRelabeler)
+        name, config = agent_spec(agent)
+        assert (name, config.herd_base) == ("herd", "loop")
+        plain = make_agent("loop", env, tiny_config())
+        try:
+            assert plain.relabeler is None and agent_spec(plain)[0] == "loop"
+        finally:
+            plain.close()
+    finally:
+        agent.close()
+    with pytest.raises(ValueError, match="relabeler composed with another agent"):
+        agent_class("herd")
+
+
+def test_a_herd_checkpoint_of_the_wrapper_layout_still_loads(env):
+    """A state saved when HERD was a wrapper agent (``{"agent": "herd", "base": ..., "herd_history": ...}``) loads
+    into today's composed agent and continues exactly as the new layout does."""
+    from agents.base import upgrade_herd_state
+
+    agent = make_agent("herd", env, tiny_config())
+    try:
+        agent.train_epoch()  # the buffer holds relabeled trajectories now
+        state = agent.state_dict()
+        expected = agent.train_epoch().metrics
+    finally:
+        agent.close()
+    base_state = {key: value for key, value in state.items() if key != "relabeler"}
+    old = {"agent": "herd", "epoch": 1, "base": base_state, "herd_history": state["relabeler"]["history"]}
+    assert upgrade_herd_state(old).keys() == state.keys()
+    resumed = make_agent("herd", env, tiny_config())
+    try:
+        resumed.load_state_dict(old)
+        got = resumed.train_epoch().metrics
+    finally:
+        resumed.close()
+    assert untimed(got) == untimed(expected)
+
+
+def test_a_state_with_or_without_relabeling_loads_only_into_the_same_kind(env):
+    herd, ddpo = make_agent("herd", env, tiny_config()), make_agent("ddpo", env, tiny_config())
+    try:
+        with pytest.raises(ValueError, match="saved with HERD relabeling, and this agent runs without it"):
+            ddpo.load_state_dict(herd.state_dict())
+        with pytest.raises(ValueError, match="saved without HERD relabeling, and this agent runs with it"):
+            herd.load_state_dict(ddpo.state_dict())
+    finally:
+        herd.close()
+        ddpo.close()
+
+
+# ------------------------------------------------------------------------------------------ wrapped envs
+def numpy_observations(env):
+    """A stock wrapper that hands the policy numpy observations (as a numpy-mode vector env would)."""
+    from gymnasium.wrappers.vector import TransformObservation
+
+    return TransformObservation(env, lambda obs: {k: v.cpu().numpy() for k, v in obs.items()}, env.observation_space)
+
+
+def test_an_agent_trains_on_wrapped_envs_with_torch_or_numpy_observations(env):
+    """Stock vector wrappers around ``gym.make_vec``: the agent drives their reset/step; numpy observations come
+    back as numpy actions; the episodes, rewards and training are the same as on the bare env."""
+    from gymnasium.vector import VectorWrapper
+    from gymnasium.wrappers.vector import ClipReward, TransformAction
+
+    actions: list[type] = []
+
+    def record(action):
+        actions.append(type(action))
+        return action
+
+    wrapped = {
+        "bare": env,
+        "torch": ClipReward(VectorWrapper(env), min_reward=-1e9, max_reward=1e9),
+        "numpy": TransformAction(numpy_observations(env), record, env.action_space),
+    }
+    results = {}
+    for name, vector_env in wrapped.items():
+        results[name] = run(vector_env, "herd", epochs=2)
+    assert actions and set(actions) == {np.ndarray}  # numpy in, numpy out
+    for name in ("torch", "numpy"):
+        (epochs, parameters), (bare_epochs, bare_parameters) = results[name], results["bare"]
+        for a, b in zip(epochs, bare_epochs, strict=True):
+            assert untimed(a.metrics) == untimed(b.metrics), name
+            assert torch.equal(a.final_images, b.final_images)
+        assert all(torch.equal(parameters[k], bare_parameters[k]) for k in parameters)
+
+
+def test_async_reward_refuses_a_wrapped_env(env):
+    """async_reward drives env.unwrapped's step_async/step_wait, which Gymnasium's wrappers do not forward."""
+    from gymnasium.vector import VectorWrapper
+
+    with pytest.raises(ValueError, match="async_reward drives env.unwrapped through step_async/step_wait"):
+        make_agent("ddpo", VectorWrapper(env), tiny_config(async_reward=True, batches_per_epoch=2))
+    agent = make_agent("ddpo", VectorWrapper(env), tiny_config(async_reward=True))  # one batch: nothing overlaps
+    agent.close()

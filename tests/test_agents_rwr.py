@@ -32,7 +32,7 @@ def test_diffusion_target_hand_computed():
 
 
 def test_with_agent_defaults_fills_only_an_unset_learning_rate():
-    from agents.common import AgentConfig
+    from agents.config import AgentConfig
 
     assert AgentConfig().with_agent_defaults("ddpo").learning_rate == 1e-3
     assert AgentConfig().with_agent_defaults("rwr").learning_rate == 1e-4

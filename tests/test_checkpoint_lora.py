@@ -82,31 +82,25 @@ def test_export_refuses_a_unet_without_that_adapter(tiny_pipeline, tmp_path):
 @pytest.mark.parametrize("name", ["herd-b2-standard-imagereward", "dpok-standard-aesthetic"])
 def test_agent_state_through_a_checkpoint_resumes_exactly(tiny_pipeline, tmp_path, name):
     """agent.state_dict() -> save_checkpoint (+ LoRA) -> load_checkpoint -> a fresh agent continues identically."""
-    import gymnasium as gym
+    import dataclasses
 
-    import diffusion_gym  # noqa: F401  (registers the env)
     from agents import make_agent
     from agents.checkpoint import load_checkpoint
-    from agents.common import AgentConfig
-    from agents.presets import agent_config_kwargs, apply_preset, env_kwargs
+    from agents.config import AgentConfig
+    from agents.presets import agent_config_kwargs, apply_preset, env_settings
 
     overrides = {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2, "batches_per_epoch": 1}
     settings = apply_preset(name, {**overrides, "num_inference_steps": 2})
 
     def new_agent():
-        env = gym.make_vec(
-            "DiffusionT2I-v1", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
-        )
+        env = dataclasses.replace(env_settings(settings), latent_bound=1e4).make(settings["batch_size"])
         return make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
-
-    def policy(agent):
-        return getattr(agent, "base", agent).policy  # HERD wraps its base agent
 
     agent, resumed = new_agent(), new_agent()
     try:
         for _ in range(2):  # HERD's replay buffer is full after 2 epochs
             agent.train_epoch()
-        lora = policy(agent)
+        lora = agent.policy
 
         def export(folder):
             export_lora_diffusers(lora.unet, folder / "lora", adapter_name=lora.adapter_name)
@@ -116,7 +110,7 @@ def test_agent_state_through_a_checkpoint_resumes_exactly(tiny_pipeline, tmp_pat
         resumed.load_state_dict(load_checkpoint(tmp_path))
         metrics = resumed.train_epoch().metrics
         assert metrics["reward_mean"] == expected["reward_mean"] and metrics["loss"] == expected["loss"]
-        trained, continued = policy(agent).named_trainable_parameters(), policy(resumed).named_trainable_parameters()
+        trained, continued = agent.policy.named_trainable_parameters(), resumed.policy.named_trainable_parameters()
         assert trained.keys() == continued.keys()
         assert all(torch.equal(trained[k], continued[k]) for k in trained)
     finally:

@@ -17,7 +17,7 @@ from agents.presets import (
     Preset,
     agent_config_kwargs,
     apply_preset,
-    env_kwargs,
+    env_settings,
 )
 
 PAPER = sorted(glob.glob(str(Path(__file__).resolve().parents[2] / "shared" / "papers" / "000_*.txt")))
@@ -71,7 +71,7 @@ def test_prompts_are_the_papers_text():
 
 def test_every_preset_resolves_into_env_and_agent_settings():
     from agents import AGENT_NAMES
-    from agents.common import AgentConfig
+    from agents.config import AgentConfig
 
     for name in PRESETS:
         settings = apply_preset(name, {"model": "/tmp/tiny", "epochs": 2, "learning_rate": None})
@@ -81,9 +81,9 @@ def test_every_preset_resolves_into_env_and_agent_settings():
         config.validate()
         assert (config.batch_size, config.batches_per_epoch, config.lora_rank) == (12, 3, 4)
         assert config.guidance_scale == 7.5
-        kwargs = env_kwargs(settings)
-        assert kwargs["num_envs"] == 12 and kwargs["model"] == "/tmp/tiny" and len(kwargs["prompts"]) == 1
-        assert kwargs["max_prompt_chunks"] == (2 if "forest" in name else 1)
+        env = env_settings(settings)
+        assert settings["batch_size"] == 12 and env.model == "/tmp/tiny" and len(env.prompts) == 1
+        assert env.max_prompt_chunks == (2 if "forest" in name else 1)
 
 
 def test_unknown_names_and_settings_are_clear_errors():
@@ -98,10 +98,8 @@ def test_unknown_names_and_settings_are_clear_errors():
 
 
 def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeline):
-    import gymnasium as gym
     import torch
 
-    import diffusion_gym  # noqa: F401  (registers the env)
     from diffusion_gym.models import load_model
 
     model = load_model(tiny_pipeline)
@@ -112,8 +110,7 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
     settings = apply_preset(
         "herd-forest-imagereward", {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2}
     )
-    kwargs = {**env_kwargs(settings), "num_inference_steps": 2, "latent_bound": 1e4}
-    env = gym.make_vec("DiffusionT2I-v1", vectorization_mode="vector_entry_point", **kwargs)
+    env = dataclasses.replace(env_settings(settings), num_inference_steps=2, latent_bound=1e4).make(num_envs=2)
     try:
         observation, info = env.reset(seed=0)
         assert info["prompt"] == [FOREST_PROMPT, FOREST_PROMPT]
@@ -135,17 +132,12 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
 )
 def test_presets_train_on_the_tiny_pipeline(tiny_pipeline, name):
     """Smoke: a preset's settings drive a real agent (tiny pipeline, cheap stand-in reward, 2 steps, 1 batch)."""
-    import gymnasium as gym
-
-    import diffusion_gym  # noqa: F401
     from agents import make_agent
-    from agents.common import AgentConfig
+    from agents.config import AgentConfig
 
     overrides = {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2, "batches_per_epoch": 1}
     settings = apply_preset(name, {**overrides, "num_inference_steps": 2})
-    env = gym.make_vec(
-        "DiffusionT2I-v1", vectorization_mode="vector_entry_point", latent_bound=1e4, **env_kwargs(settings)
-    )
+    env = dataclasses.replace(env_settings(settings), latent_bound=1e4).make(settings["batch_size"])
     agent = make_agent(settings["agent"], env, AgentConfig(**agent_config_kwargs(settings)))
     try:
         epochs = 2 if settings["agent"] == "herd" else 1  # HERD replays from its 2nd epoch on

@@ -1,0 +1,177 @@
+"""The agents' one flat configuration (:class:`AgentConfig`) and the per-agent defaults resolved into it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentConfig:
+    """One flat config for every agent (fields an agent doesn't use are ignored), so CLI flags map 1:1.
+
+    Log-probs are **sums** over latent dims (see :mod:`agents.math`), so ``clip_range`` is in those units: the
+    per-step log-ratio of a 4x8x8 latent is 256x DDPO's per-dim-mean log-ratio, and 0.2 here is about DDPO's
+    1e-3 (DDPO's 1e-4 would be ~0.026 here; with sums, Adam makes the learning rate scale-free anyway).
+
+    Defaults, chosen for a CPU budget of ~10 epochs (short probes only, see the agents' report):
+
+    * ``learning_rate`` ``None``: the agent's own default (:meth:`with_agent_defaults`): 1e-3 for the
+      policy-gradient agents, 1e-4 for RWR, which diverges at 1e-3 (``agents/rwr.py``); HERD takes its base's.
+    * LoRA rank 8 at ``learning_rate`` 1e-3 with ``inner_epochs`` 2: LoRA tolerates far higher rates than a full
+      fine-tune (TRL: 3e-4 LoRA vs 1e-5 full). Probes on the Shapes world (standard prompt, 10 DDIM steps,
+      2 x 16 samples per epoch): lr 5e-4 with 1 inner epoch left the training reward flat over 8 epochs
+      (approx_kl ~0.01); lr 2e-3 with 2 inner epochs raised it 0.615 -> 0.672 in 6 epochs without collapse,
+      but with approx_kl 1-13 and 40-60% of the ratios clipped. 1e-3 x 2 sits between the two.
+    * ``train_batch_size`` 8: 4 optimiser steps per epoch of 2 x 16 samples, at no extra compute.
+    * ``train_timestep_fraction`` 0.5: training costs ~3 UNet passes per (sample, step) against 1 for
+      sampling; training on half of the (strongly correlated) steps gives ~1.6x the epochs per CPU-minute.
+    """
+
+    seed: int = 0
+    batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
+    batches_per_epoch: int = 2
+    guidance_scale: float | None = None  # None -> the world's (env.unwrapped.diffusion.world.guidance_scale)
+    eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
+    lora_rank: int = 8  # 0 -> full fine-tune
+    learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    train_batch_size: int | None = 8  # trajectories per optimiser step; None -> batch_size
+    train_timestep_fraction: float = 0.5  # fraction of the stochastic steps trained per trajectory
+    train_timestep_min: int = 0  # train only the steps with scheduler timestep t >= this (0: every step)
+    inner_epochs: int = 2
+    clip_range: float = 0.2  # PPO clip on the ratio of SUMMED per-step log-probs
+    dual_clip: float | None = 3.0  # dual-clip PPO bound for negative advantages (None: off)
+    adv_clip_max: float = 5.0
+    per_prompt_stats: bool = True
+    stat_buffer_size: int = 32
+    stat_min_count: int = 16
+    reinforce_baseline: bool = True  # REINFORCE: subtract the (per-prompt) mean reward
+    kl_beta: float = 0.01  # DPOK: weight of the per-step KL to the pretrained policy
+    reward_alpha: float = 1.0  # DPOK: weight of the reward term
+    value_learning_rate: float = 1e-3  # DPOK: value function V(x_t, c, t)
+    loop_k: int = 4  # LOOP: trajectories per prompt
+    rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
+    rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
+    herd_base: str = "ddpo"
+    herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
+    herd_keep_history: bool = False
+    herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)
+    herd_off_policy_correction: bool = True
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more compute
+    async_reward: bool = False  # score batch i's reward on a worker thread while batch i + 1 is sampled
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        checks: list[tuple[bool, str]] = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batches_per_epoch >= 1, f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}"),
+            (self.guidance_scale is None or self.guidance_scale >= 0, "guidance_scale must be >= 0 or None"),
+            (math.isfinite(self.eta) and self.eta > 0, f"eta must be > 0 (eta = 0 is deterministic), got {self.eta}"),
+            (self.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tune), got {self.lora_rank}"),
+            (
+                self.learning_rate is None or self.learning_rate > 0,
+                f"learning_rate must be > 0 or None, got {self.learning_rate}",
+            ),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
+            (
+                self.train_batch_size is None or self.train_batch_size >= 1,
+                f"train_batch_size must be >= 1 or None, got {self.train_batch_size}",
+            ),
+            (
+                0 < self.train_timestep_fraction <= 1,
+                f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}",
+            ),
+            (self.train_timestep_min >= 0, f"train_timestep_min must be >= 0, got {self.train_timestep_min}"),
+            (self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}"),
+            (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
+            (self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None, got {self.dual_clip}"),
+            (self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}"),
+            (self.stat_buffer_size >= 1, f"stat_buffer_size must be >= 1, got {self.stat_buffer_size}"),
+            (self.stat_min_count >= 1, f"stat_min_count must be >= 1, got {self.stat_min_count}"),
+            (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
+            (self.reward_alpha >= 0, f"reward_alpha must be >= 0, got {self.reward_alpha}"),
+            (self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}"),
+            (self.rwr_temperature > 0, f"rwr_temperature must be > 0, got {self.rwr_temperature}"),
+            (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
+            (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
+            (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def with_agent_defaults(self, agent: str) -> AgentConfig:
+        """This config with agent ``agent``'s defaults in place of ``None``: today only ``learning_rate``
+        (:data:`AGENT_LEARNING_RATES`, else :data:`DEFAULT_LEARNING_RATE`; HERD takes its ``herd_base``'s)."""
+        if self.learning_rate is not None:
+            return self
+        learner = self.herd_base if agent == "herd" else agent
+        return dataclasses.replace(self, learning_rate=AGENT_LEARNING_RATES.get(learner, DEFAULT_LEARNING_RATE))
+
+
+# The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
+# AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/rwr.py).
+DEFAULT_LEARNING_RATE = 1e-3
+AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4}
+
+
+# What each field means, for the CLI's --help (agents.cli) and readers of run.json; tests/test_run_cli.py checks
+# that no field is missing.
+AGENT_CONFIG_HELP: dict[str, str] = {
+    "seed": "random seed of the run (initial noise, prompts, adapter initialisation)",
+    "batch_size": "trajectories per sampling batch; also the number of parallel envs",
+    "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
+    "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
+    "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
+    "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
+    "learning_rate": (
+        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
+        "(herd: its base's)"
+    ),
+    "weight_decay": "AdamW weight decay of the policy's optimiser",
+    "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
+    "max_grad_norm": "gradient-norm clipping of the policy update",
+    "train_timestep_fraction": "fraction of each trajectory's denoising steps trained on (a random subset)",
+    "train_timestep_min": (
+        "train only the denoising steps with scheduler timestep t >= this (0: every step); on one prompt the "
+        "noisiest steps carry most of the gradient's signal and little of its noise "
+        "(benchmarks/probes/gradient_noise.py)"
+    ),
+    "inner_epochs": "passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)",
+    "clip_range": "PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)",
+    "dual_clip": "dual-clip PPO bound on the ratio for negative advantages ('none': off)",
+    "adv_clip_max": "advantages are clipped to [-adv_clip_max, adv_clip_max]",
+    "per_prompt_stats": "normalise rewards into advantages per prompt (DDPO/TRL stat tracker) instead of batch-wide",
+    "stat_buffer_size": "per-prompt stat tracker: rewards kept per prompt",
+    "stat_min_count": "per-prompt stat tracker: rewards a prompt needs before its own statistics are used",
+    "reinforce_baseline": "REINFORCE: subtract the (per-prompt) mean reward as a baseline",
+    "kl_beta": "DPOK: weight beta of the per-step KL to the pretrained model",
+    "reward_alpha": "DPOK: weight alpha of the reward term",
+    "value_learning_rate": "DPOK: learning rate of the value function V(x_t, c, t) used as baseline",
+    "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
+    "rwr_temperature": "RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)",
+    "rwr_baseline": "RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing",
+    "herd_base": "HERD: the agent HERD wraps",
+    "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
+    "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",
+    "herd_history_batches": "HERD: cap, in batches, of the extended history (--herd-keep-history)",
+    "herd_off_policy_correction": (
+        "HERD: importance-weight relabeled trajectories by their behaviour log-probs under the original prompt, "
+        "PPO-clipped (--no-herd-off-policy-correction: the paper's uncorrected variant)"
+    ),
+    "gradient_checkpointing": (
+        "recompute the UNet's activations in the backward pass instead of storing them: much less memory for the "
+        "training step, about a third more training compute; same gradients"
+    ),
+    "async_reward": (
+        "score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env "
+        "sharing the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results"
+    ),
+}
+
+
+__all__ = ["AGENT_CONFIG_HELP", "AGENT_LEARNING_RATES", "DEFAULT_LEARNING_RATE", "AgentConfig"]
