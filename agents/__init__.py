@@ -38,6 +38,8 @@ from agents.herd import HindsightRelabeler
 from agents.policy import DiffusionPolicy
 from agents.registry import AGENT_NAMES, agent_class, agent_spec, make_agent
 from agents.rollout import collect_trajectories
+from agents.run_folder import RunResult, RunSettings
+from agents.trainer import EpochEvent, EvaluationEvent, Trainer, TrainerCallback, TrainerEvent
 
 __all__ = [
     "AGENT_NAMES",
@@ -45,9 +47,16 @@ __all__ = [
     "AgentConfig",
     "DiffusionPolicy",
     "EnvSettings",
+    "EpochEvent",
     "EpochResult",
+    "EvaluationEvent",
     "Generation",
     "HindsightRelabeler",
+    "RunResult",
+    "RunSettings",
+    "Trainer",
+    "TrainerCallback",
+    "TrainerEvent",
     "Trajectories",
     "agent_class",
     "agent_spec",

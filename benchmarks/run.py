@@ -3,17 +3,19 @@
     python benchmarks/run.py --agent herd                       # HERD on the Shapes world, default settings
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
+    python benchmarks/run.py --resume runs/ddpo-long --epochs 60  # continue a run from its latest checkpoint
     accelerate launch --multi_gpu --num_processes 4 benchmarks/run.py --agent ddpo --device cuda  # data-parallel
 
 Data-parallel, ``--batch-size`` is per process: an epoch samples ``batch_size x batches_per_epoch x N``
 trajectories; advantages are computed on the global batch and gradients averaged (``agents/distributed.py``).
 
 A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics.jsonl``, ``reward_curve.png``,
-``before_after.png``, ``results.json``, ``run.json`` and ``checkpoints/`` (see ``benchmarks/training.py``); a
+``before_after.png``, ``results.json``, ``run.json`` and ``checkpoints/`` (see ``agents/run_folder.py``); a
 comparison folder holds one run folder per agent and seed plus ``comparison.md``, ``comparison.png`` and
-``comparison.json`` (see ``benchmarks/compare.py``).
+``comparison.json`` (see ``agents/comparison.py``). This command is a thin layer over the library:
+``agents.Trainer`` trains and writes the folder, the same as ``Trainer(env, agent, config, output_dir).train()``.
 
-The agent flags are generated from the fields of ``agents.common.AgentConfig``, so the CLI never drifts from it.
+The agent flags are generated from the fields of ``agents.config.AgentConfig``, so the CLI never drifts from it.
 """
 
 from __future__ import annotations
@@ -22,186 +24,36 @@ import argparse
 import dataclasses
 import shlex
 import sys
-import types
-import typing
-from datetime import datetime
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from agents import AGENT_NAMES  # noqa: E402
-from agents.checkpoint import latest_checkpoint  # noqa: E402
-from agents.common import AgentConfig  # noqa: E402
-from agents.distributed import Distributed  # noqa: E402
-from agents.presets import apply_preset, preset_names  # noqa: E402
-from benchmarks.compare import VARIANTS, Variant, resolve_variants, run_comparison  # noqa: E402
-from benchmarks.training import RunSettings, read_settings, results_table, train_and_evaluate  # noqa: E402
-from diffusion_gym.models import UnknownModelError, resolve_model  # noqa: E402
-from diffusion_gym.prompts import registered_prompt_sets  # noqa: E402
-from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward  # noqa: E402
+from agents import AGENT_NAMES, AgentConfig, RunSettings, Trainer
+from agents.checkpoint import latest_checkpoint
+from agents.cli import (
+    add_agent_config_flags,
+    agent_config_fields,
+    config_from_args,
+    device_name,
+    model_name,
+    optional,
+    positive_float,
+    positive_int,
+    prompt_text,
+    reward_name,
+    seed_list,
+    variant_list,
+)
+from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
+from agents.distributed import Distributed
+from agents.presets import apply_preset, preset_names
+from agents.run_folder import default_output_dir, read_settings, results_table
+from diffusion_gym.prompts import registered_prompt_sets
+from diffusion_gym.rewards import registered_rewards
 
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24  # ~20 s per epoch on this 2-core CPU: the default run fits in 10 minutes
 DEFAULT_SEEDS = "0,1,2"
-
-# Help for every AgentConfig field (a field's own ``metadata["help"]`` wins). A field missing here still gets a
-# flag; tests/test_run_cli.py checks that none is missing.
-AGENT_CONFIG_HELP: dict[str, str] = {
-    "seed": "random seed of the run (initial noise, prompts, adapter initialisation)",
-    "batch_size": "trajectories per sampling batch; also the number of parallel envs",
-    "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
-    "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
-    "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
-    "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
-    "learning_rate": (
-        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
-        "(herd: its base's)"
-    ),
-    "weight_decay": "AdamW weight decay of the policy's optimiser",
-    "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
-    "max_grad_norm": "gradient-norm clipping of the policy update",
-    "train_timestep_fraction": "fraction of each trajectory's denoising steps trained on (a random subset)",
-    "train_timestep_min": (
-        "train only the denoising steps with scheduler timestep t >= this (0: every step); on one prompt the "
-        "noisiest steps carry most of the gradient's signal and little of its noise (benchmarks/gradient_noise.py)"
-    ),
-    "inner_epochs": "passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)",
-    "clip_range": "PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)",
-    "dual_clip": "dual-clip PPO bound on the ratio for negative advantages ('none': off)",
-    "adv_clip_max": "advantages are clipped to [-adv_clip_max, adv_clip_max]",
-    "per_prompt_stats": "normalise rewards into advantages per prompt (DDPO/TRL stat tracker) instead of batch-wide",
-    "stat_buffer_size": "per-prompt stat tracker: rewards kept per prompt",
-    "stat_min_count": "per-prompt stat tracker: rewards a prompt needs before its own statistics are used",
-    "reinforce_baseline": "REINFORCE: subtract the (per-prompt) mean reward as a baseline",
-    "kl_beta": "DPOK: weight beta of the per-step KL to the pretrained model",
-    "reward_alpha": "DPOK: weight alpha of the reward term",
-    "value_learning_rate": "DPOK: learning rate of the value function V(x_t, c, t) used as baseline",
-    "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
-    "rwr_temperature": "RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)",
-    "rwr_baseline": "RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing",
-    "herd_base": "HERD: the agent HERD wraps",
-    "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
-    "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",
-    "herd_history_batches": "HERD: cap, in batches, of the extended history (--herd-keep-history)",
-    "herd_off_policy_correction": (
-        "HERD: importance-weight relabeled trajectories by their behaviour log-probs under the original prompt, "
-        "PPO-clipped (--no-herd-off-policy-correction: the paper's uncorrected variant)"
-    ),
-    "gradient_checkpointing": (
-        "recompute the UNet's activations in the backward pass instead of storing them: much less memory for the "
-        "training step, about a third more training compute; same gradients"
-    ),
-    "async_reward": (
-        "score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env "
-        "sharing the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results"
-    ),
-}
-POSITIVE_FIELDS = {
-    "batch_size",
-    "batches_per_epoch",
-    "inner_epochs",
-    "loop_k",
-    "herd_buffer_batches",
-    "learning_rate",
-    "value_learning_rate",
-    "rwr_temperature",
-    "max_grad_norm",
-    "clip_range",
-    "adv_clip_max",
-    "train_timestep_fraction",
-    "train_batch_size",
-    "dual_clip",
-    "stat_buffer_size",
-    "stat_min_count",
-    "herd_history_batches",
-}
-FIELD_CHOICES: dict[str, list[str]] = {"herd_base": [name for name in AGENT_NAMES if name != "herd"]}
-
-
-# ----------------------------------------------------------------------------------------------- parsing values
-def positive_int(text: str) -> int:
-    return _checked(int, text, lambda value: value >= 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    return _checked(int, text, lambda value: value >= 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    return _checked(float, text, lambda value: value > 0 and value < float("inf"), "a finite number > 0")
-
-
-def non_negative_float(text: str) -> float:
-    return _checked(float, text, lambda value: 0 <= value < float("inf"), "a finite number >= 0")
-
-
-def _checked(kind: type, text: str, ok, expected: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def optional(parse):
-    """Accept 'none' (use the world's default) besides what ``parse`` accepts."""
-
-    def parse_optional(text: str):
-        return None if text.lower() in ("none", "default") else parse(text)
-
-    parse_optional.__name__ = parse.__name__
-    return parse_optional
-
-
-def reward_name(text: str) -> str:
-    """A registered reward or weighted sum, checked without loading any model."""
-    try:
-        return validate_reward(text)
-    except (UnknownRewardError, ValueError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def model_name(text: str) -> str:
-    """A named world, a pipeline folder or a hub id, checked without loading it."""
-    try:
-        resolve_model(text)
-    except (UnknownModelError, FileNotFoundError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def prompt_text(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the prompt (set name) is empty")
-    return text
-
-
-def device_name(text: str) -> str:
-    try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
-    return text
-
-
-def seed_list(text: str) -> list[int]:
-    seeds = [non_negative_int(part.strip()) for part in text.split(",") if part.strip()]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds such as 0,1,2, got {text!r}")
-    return seeds
-
-
-def variant_list(text: str) -> str:
-    try:
-        resolve_variants(text, AGENT_NAMES)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
 
 
 # ----------------------------------------------------------------------------------------------- the parser
@@ -346,54 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=seed_list, default=None, help=f"seeds of every agent in --compare (default: {DEFAULT_SEEDS})"
     )
 
-    add_agent_config_flags(parser.add_argument_group("agent (agents.common.AgentConfig)"))
+    add_agent_config_flags(parser.add_argument_group("agent (agents.config.AgentConfig)"))
     return parser
-
-
-def agent_config_fields() -> list[tuple[dataclasses.Field, type, bool]]:
-    """``(field, value type, optional)`` for each AgentConfig field."""
-    hints = typing.get_type_hints(AgentConfig)
-    described = []
-    for field in dataclasses.fields(AgentConfig):
-        kind = hints[field.name]
-        arguments = typing.get_args(kind)
-        is_optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in arguments
-        if is_optional:
-            kind = next(argument for argument in arguments if argument is not type(None))
-        described.append((field, kind, is_optional))
-    return described
-
-
-def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per AgentConfig field: --batch-size, --lora-rank, --herd-keep-history/--no-herd-keep-history, ..."""
-    for field, kind, is_optional in agent_config_fields():
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        description = field.metadata.get("help") or AGENT_CONFIG_HELP.get(field.name, f"AgentConfig.{field.name}")
-        flag = "--" + field.name.replace("_", "-")
-        if kind is bool:
-            state = "on" if default else "off"
-            group.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{description} (default: {state})",
-            )
-            continue
-        if kind is int:
-            parse = positive_int if field.name in POSITIVE_FIELDS else non_negative_int
-        elif kind is float:
-            parse = positive_float if field.name in POSITIVE_FIELDS else non_negative_float
-        else:
-            parse = prompt_text if kind is str else kind
-        group.add_argument(
-            flag,
-            dest=field.name,
-            type=optional(parse) if is_optional else parse,
-            choices=FIELD_CHOICES.get(field.name),
-            default=default,
-            help=description + " (default: %(default)s)",
-        )
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -418,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
     try:
-        config = AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
+        config = config_from_args(args)
         config.validate()
         if args.agent is not None:  # recorded in run.json as a number (comparison mode: per variant)
             config = config.with_agent_defaults(args.agent)
@@ -435,8 +241,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         model_name(model)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --model: {error}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    default_dir = Path("runs") / f"{'compare' if args.compare else args.agent}-{stamp}"
+    default_dir = default_output_dir("compare" if args.compare else args.agent)
     settings = RunSettings(
         agent=args.agent or "",
         config=config,
@@ -526,7 +331,8 @@ def command_line(settings: RunSettings) -> str:
 # ----------------------------------------------------------------------------------------------- running
 def run_single(settings: RunSettings) -> None:
     """Train, write the run folder and print the results table (the main process, when data-parallel)."""
-    result = train_and_evaluate(settings)
+    with Trainer.from_settings(settings) as trainer:
+        result = trainer.train()
     if result is not None:
         print(results_table(result))
         print(f"run folder: {settings.output_dir}")
@@ -540,7 +346,10 @@ def run_comparison_member(settings: RunSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = parse_args(argv)
-    device = settings.device if isinstance(settings, RunSettings) else settings.run.device
+    run = settings if isinstance(settings, RunSettings) else settings.run
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    device = run.device
     distributed = Distributed.from_environment(cpu=torch.device(device).type == "cpu")  # accelerate launch
     if isinstance(settings, RunSettings):
         if distributed.enabled:  # the main's folder (a default name has a timestamp) and launch command

@@ -15,14 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import torch
+from _scripts import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import diffusion_gym  # noqa: E402, F401  (registers the env)
-from agents import AgentConfig, make_agent  # noqa: E402
-from agents.distributed import Distributed  # noqa: E402
+from agents import AgentConfig, EnvSettings, make_agent
+from agents.distributed import Distributed
 
 PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 CONFIG = {
@@ -51,7 +48,7 @@ def parameter_hash(agent) -> str:
 
 def train(env, name: str, overrides: dict, epochs: int, distributed: Distributed, out_dir: Path) -> None:
     agent = make_agent(name, env, AgentConfig(**{**CONFIG, **overrides}))
-    trainer = agent.base if name == "herd" else agent
+    trainer = agent  # HERD: the base agent with a relabeler
     records: list[dict] = []
     update = trainer.update
 
@@ -88,22 +85,13 @@ def main() -> None:
     torch.set_num_threads(1)
     distributed = Distributed.from_environment(cpu=True)
     assert distributed.num_processes == 2, "launch with accelerate launch --num_processes 2"
-    env = gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=CONFIG["batch_size"],
-        vectorization_mode="vector_entry_point",
-        model=pipeline,
-        reward="jpeg-incompressibility",
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-    )
+    settings = EnvSettings(pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=3, latent_bound=1e4)
+    env = settings.make(CONFIG["batch_size"])
     for name, overrides, epochs in RUNS:
         train(env, name, overrides, epochs, distributed, out_dir)
     env.close()
 
-    from benchmarks import run
-
+    run = load_script("benchmarks/run.py")
     flags = ["--model", pipeline, "--reward", "jpeg-incompressibility", "--prompts", PROMPTS[0]]
     flags += ["--num-inference-steps", "3", "--batch-size", "2", "--batches-per-epoch", "1", "--lora-rank", "2"]
     flags += ["--eval-samples", "2", "--eval-every", "100", "--checkpoint-every", "1", "--latent-bound", "1e4"]

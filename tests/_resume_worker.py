@@ -14,16 +14,13 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agents.checkpoint import (  # noqa: E402
+from agents.checkpoint import (
     capture_rng_state,
     check_compatible,
     load_checkpoint,

@@ -10,20 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 import threading
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
 import torch
+from _scripts import load_script
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 
 import diffusion_gym
 from agents import AgentConfig, make_agent
 from diffusion_gym.rewards import register_reward, registered_rewards, registry
 
-REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 STEPS = 3
 REWARD = "test-async-recorder"
@@ -267,12 +265,11 @@ def test_async_reward_gives_identical_training(env, recorder, name, overrides):
     for async_reward in (False, True):
         recorder.reset()
         agent = make_agent(name, env, tiny_config(async_reward=async_reward, **overrides))
-        base = getattr(agent, "base", agent)  # HERD samples through its base agent
         try:
-            batches = base.collect()
+            batches = agent.collect()
             results = [agent.train_epoch() for _ in range(2)]  # HERD: the 2nd epoch replays relabeled samples
             parameters = {k: v.detach().clone() for k, v in agent.policy.named_trainable_parameters().items()}
-            sibling = base._sibling_env
+            sibling = agent._sibling_env
         finally:
             agent.close()
         assert (sibling is not None) == async_reward and (sibling is None or sibling.closed)
@@ -328,8 +325,7 @@ def test_batch_reward_is_scored_while_the_next_batch_is_sampled(env, recorder):
 
 # ------------------------------------------------------------------------------------------ the CLI
 def test_cli_flag_parses_and_a_tiny_run_works(world, tmp_path):
-    sys.path.insert(0, str(REPO))
-    from benchmarks import run
+    run = load_script("benchmarks/run.py")
 
     folder = tmp_path / "run"
     flags = [

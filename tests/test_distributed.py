@@ -16,18 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from _distributed_worker import CONFIG, RUNS
+from _scripts import REPO
 
 from agents.checkpoint import load_checkpoint
 from agents.distributed import Distributed
 from agents.math import PerPromptStatTracker, clip_advantages
+from agents.trainer import process_agent_state
 
-REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_distributed_worker.py")
-sys.path[:0] = [str(REPO), str(WORKER.parent)]
-
-from _distributed_worker import CONFIG, RUNS  # noqa: E402
-
-from benchmarks.training import process_agent_state  # noqa: E402
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")  # the venv's launcher
 
@@ -117,7 +114,8 @@ def test_run_cli_writes_once_and_resumes(launched):
     assert results["epochs_completed"] == 3 and results["command"].startswith("accelerate launch --num_processes 2")
     checkpoint = load_checkpoint(run_dir)
     assert len(checkpoint["processes"]) == 1  # rank 1's agent state (its RNGs and HERD buffer)
-    assert checkpoint["processes"][0]["base"]["rng"]["numpy"] != checkpoint["agent"]["base"]["rng"]["numpy"]
+    assert checkpoint["processes"][0]["rng"]["numpy"] != checkpoint["agent"]["rng"]["numpy"]
+    assert checkpoint["agent"]["relabeler"]["history"] is not None  # HERD's buffer, composed with the base agent
 
 
 def test_resume_with_another_process_count_is_a_clear_error():
@@ -131,11 +129,13 @@ def test_single_process_is_a_no_op():
     distributed = Distributed()
     assert (distributed.num_processes, distributed.process_index, distributed.is_main_process) == (1, 0, True)
     assert distributed.process_seed(7) == 7
-    tensor = torch.arange(3.0)
-    assert distributed.gather(tensor) is tensor and distributed.gather_prompts(["a"]) == ["a"]
+    assert distributed.gather_object({"a": 1}) == [{"a": 1}] and distributed.broadcast_object("x") == "x"
     parameter = torch.nn.Parameter(torch.ones(2))
     parameter.grad = torch.full((2,), 3.0)
     distributed.sync_gradients([parameter])
     assert parameter.grad.tolist() == [3.0, 3.0]
     assert distributed.mean_metrics({"a": 1.0}) == {"a": 1.0}
+    loss = (parameter * 2.0).sum()
+    distributed.backward(loss)  # plain loss.backward(): the gradient accumulates
+    assert parameter.grad.tolist() == [5.0, 5.0]
     assert Distributed().device("cuda") == "cuda"

@@ -1,4 +1,4 @@
-"""benchmarks/gradient_noise.py: the noise-scale estimator by hand, and the command on the tiny pipeline."""
+"""benchmarks/probes/gradient_noise.py: the noise-scale estimator by hand, and the command on the tiny pipeline."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+from _scripts import load_script
 
-from benchmarks import gradient_noise
+gradient_noise = load_script("benchmarks/probes/gradient_noise.py")
 
 
 def test_noise_scale_matches_hand_computed_values():
@@ -93,27 +94,15 @@ def test_parse_step_range_keeps_the_stochastic_steps_in_range():
         gradient_noise.parse_step_range("2..4", stochastic)
 
 
-def test_branches_share_their_prefix_and_differ_only_from_the_branch_step(tmp_path):
-    import gymnasium as gym
+def test_branches_share_their_prefix_and_differ_only_from_the_branch_step(tiny_pipeline):
+    from agents import AgentConfig, EnvSettings, make_agent
+    from agents.envs import TINY_REWARD
 
-    from agents import AgentConfig, make_agent
-    from benchmarks.epoch_overhead import TINY_REWARD
-    from diffusion_gym.models import build_tiny_pipeline
-
-    pipeline = str(build_tiny_pipeline(tmp_path / "pipeline"))
-    env = gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=4,
-        vectorization_mode="vector_entry_point",
-        model=pipeline,
-        reward=TINY_REWARD,
-        prompts=["a red circle.", "a blue square."],
-        num_inference_steps=4,
-        latent_bound=1e4,
-    )
-    agent = make_agent("ddpo", env.unwrapped, AgentConfig(batch_size=4, batches_per_epoch=1))
+    settings = EnvSettings(tiny_pipeline, TINY_REWARD, ("a red circle.", "a blue square."), 4, latent_bound=1e4)
+    env = settings.make(num_envs=4)
+    agent = make_agent("ddpo", env, AgentConfig(batch_size=4, batches_per_epoch=1))
     try:
-        samples, chosen = gradient_noise.collect_branches(agent, env.unwrapped, 8, branches=2, steps="1-2")
+        samples, chosen = gradient_noise.collect_branches(agent, env, 8, branches=2, steps="1-2")
     finally:
         agent.close()
         env.close()

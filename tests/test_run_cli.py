@@ -7,16 +7,13 @@ import json
 import math
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import REPO, load_script
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks import run  # noqa: E402  (after the sys.path line)
+run = load_script("benchmarks/run.py")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,9 +54,12 @@ def test_help_explains_every_flag(capsys):
         run.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for field, _, _ in run.agent_config_fields():
+    from agents.cli import agent_config_fields
+    from agents.config import AGENT_CONFIG_HELP
+
+    for field, _, _ in agent_config_fields():
         assert "--" + field.name.replace("_", "-") in text
-        assert field.metadata.get("help") or field.name in run.AGENT_CONFIG_HELP, f"no help for {field.name}"
+        assert field.name in AGENT_CONFIG_HELP, f"no help for {field.name}"
     for flag in ("--agent", "--compare", "--reward", "--model", "--prompts", "--epochs", "--seeds", "herd-b2"):
         assert flag in text
 
@@ -73,7 +73,7 @@ def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
 
 
 def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
-    from benchmarks.compare import plan_runs
+    from agents.comparison import plan_runs
 
     cases = [
         (["--agent", "ddpo"], 1e-3),
@@ -221,9 +221,9 @@ def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
 
 
 def test_statistics_and_smoothing_by_hand():
-    from benchmarks.compare import mean_ci, paired_difference
-    from benchmarks.plots import running_average
-    from benchmarks.training import spread
+    from agents.evaluation import spread
+    from agents.plots import running_average
+    from agents.stats import mean_ci, paired_difference
 
     interval = mean_ci([1.0, 2.0, 3.0])  # sd 1, sem 1/sqrt(3), t_{0.975, 2} = 4.3027
     assert interval.mean == pytest.approx(2.0) and interval.half_width == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
@@ -238,13 +238,13 @@ def test_statistics_and_smoothing_by_hand():
 
 
 def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path, monkeypatch, capsys):
-    from benchmarks import training
+    from agents import trainer
 
     folder = tmp_path / "comparison"
     argv = ["--compare", "ddpo", "--seeds", "0,1", "--epochs", "2", "--checkpoint-every", "1"]
     argv += tiny_flags(tiny_pipeline, folder)
     calls = {"epochs": 0}
-    make_agent = training.make_agent
+    make_agent = trainer.make_agent
 
     def make_agent_interrupted_at_second_epoch(name, env, config):
         agent = make_agent(name, env, config)
@@ -259,12 +259,12 @@ def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path,
         agent.train_epoch = train_epoch_or_ctrl_c
         return agent
 
-    monkeypatch.setattr(training, "make_agent", make_agent_interrupted_at_second_epoch)
+    monkeypatch.setattr(trainer, "make_agent", make_agent_interrupted_at_second_epoch)
     assert run.main(argv) == 0
     assert json.loads((folder / "ddpo-seed0" / "results.json").read_text())["interrupted"]
     assert not (folder / "ddpo-seed1").exists() and "comparison interrupted" in capsys.readouterr().out
 
-    monkeypatch.setattr(training, "make_agent", make_agent)
+    monkeypatch.setattr(trainer, "make_agent", make_agent)
     assert run.main(argv) == 0
     assert "(resuming)" in capsys.readouterr().out
     records = [json.loads(line) for line in (folder / "ddpo-seed0" / "metrics.jsonl").read_text().splitlines()]
@@ -273,7 +273,7 @@ def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path,
 
 
 def test_evaluate_run_on_the_shapes_world_reports_the_object_facts(tmp_path, capsys):
-    from benchmarks import evaluate_run
+    evaluate_run = load_script("benchmarks/evaluate_run.py")
 
     folder = tmp_path / "run"
     prompt = "A large red circle on the left. A gray background."
@@ -298,7 +298,7 @@ def test_evaluate_run_on_the_shapes_world_reports_the_object_facts(tmp_path, cap
 
 
 def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline, tmp_path, capsys):
-    from benchmarks import evaluate_run
+    evaluate_run = load_script("benchmarks/evaluate_run.py")
 
     folder = tmp_path / "run"
     assert (

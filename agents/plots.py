@@ -1,4 +1,5 @@
-"""Figures of a run folder and of a comparison (matplotlib, Agg backend: no display needed).
+"""Figures of a run folder (``reward_curve.png``, ``before_after.png``) and of a comparison (``comparison.png``);
+matplotlib with the Agg backend: no display needed.
 
 Reward curves follow the HERD paper's figures: the raw per-epoch values faded, a running average over them
 drawn solid.
@@ -43,6 +44,29 @@ class Curve:
 
     steps: np.ndarray  # (E,)
     values: np.ndarray  # (E,), NaN where missing
+
+
+# metrics.jsonl keys drawn in the reward curves, and their labels
+CURVE_METRICS = {"reward_mean": "training reward", "gold_score": "gold score", "proxy_score": "proxy score"}
+
+
+def history_curves(history: list[dict[str, float]]) -> dict[str, Curve]:
+    """Per-epoch training reward, gold and proxy score against samples seen (NaN where an epoch lacks one)."""
+    steps = np.array([record["global_step"] for record in history], dtype=float)
+    curves = {
+        label: Curve(steps, np.array([record.get(key, np.nan) for record in history], dtype=float))
+        for key, label in CURVE_METRICS.items()
+    }
+    reward = curves["training reward"].values
+    if any(np.array_equal(reward, curves[score].values) for score in ("gold score", "proxy score")):
+        del curves["training reward"]  # the reward is the gold (or proxy) score: one panel
+    return curves
+
+
+def setting_summary(model: str, reward: str, prompts: str) -> str:
+    """``model, reward, prompts`` in a few words, for figure titles."""
+    model = Path(model).name if Path(model).exists() else model
+    return f"{model} · {reward} · {textwrap.shorten(prompts, 40, placeholder='…')}"
 
 
 def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None:

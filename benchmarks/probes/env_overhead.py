@@ -5,22 +5,19 @@ driven by the pretrained model as policy) against a bare loop doing the same mod
 text encoding, the guided UNet call and DDIM step of every timestep, one VAE decode and one reward call.
 Prints both medians and their ratio (target: the env adds <= 10% at batch 32 on the tiny pipeline).
 
-    python benchmarks/env_overhead.py                    # tiny random pipeline, built in a temp folder
-    python benchmarks/env_overhead.py --model shapes     # the embedded Shapes world
+    python benchmarks/probes/env_overhead.py                    # tiny random pipeline, built in a temp folder
+    python benchmarks/probes/env_overhead.py --model shapes     # the embedded Shapes world
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
-import gymnasium as gym
 import torch
 
-import diffusion_gym
-from diffusion_gym.models import build_tiny_pipeline
+from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
 from diffusion_gym.rewards import make_reward
 from diffusion_gym.sampling import PretrainedPolicy, ddim_policy_step, guided_noise_prediction
 
@@ -28,7 +25,7 @@ from diffusion_gym.sampling import PretrainedPolicy, ddim_policy_step, guided_no
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="'tiny' (a random tiny pipeline), 'shapes', or a folder")
-    parser.add_argument("--reward", default="jpeg-incompressibility", help="registered reward name")
+    parser.add_argument("--reward", default=TINY_REWARD, help="registered reward name")
     parser.add_argument("--batch", type=int, default=32, help="episodes per batch (vector env num_envs)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per episode")
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
@@ -40,20 +37,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    model = args.model
-    if model == "tiny":
-        model = str(build_tiny_pipeline(tempfile.mkdtemp(prefix="tiny-sd-") + "/pipeline"))
-    prompts = ["A red circle on the left. A blue square on the right.", "A green triangle. A gray background."]
-    env = gym.make_vec(
-        diffusion_gym.ENV_ID,
-        num_envs=args.batch,
-        vectorization_mode="vector_entry_point",
-        model=model,
-        reward=args.reward,
-        prompts=prompts,
-        num_inference_steps=args.steps,
-        latent_bound=1e4,  # a random tiny UNet drifts; the bound check itself still runs
-    ).unwrapped
+    prompts = list(TINY_PROMPTS[:2])
+    # latent bound: a random tiny UNet drifts; the bound check itself still runs
+    settings = {"reward": args.reward, "prompts": prompts, "num_inference_steps": args.steps}
+    if args.model == "tiny":
+        env_settings = EnvSettings.tiny(**settings)
+    else:
+        env_settings = EnvSettings(args.model, latent_bound=TINY_LATENT_BOUND, **settings)
+    env = env_settings.make(args.batch).unwrapped
     policy = PretrainedPolicy(env, guidance_scale=args.guidance, eta=1.0, seed=0)
     reward_fn = make_reward(args.reward)
     diffusion = env.diffusion

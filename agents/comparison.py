@@ -1,4 +1,5 @@
-"""Comparison mode: several agents (or named variants) x several seeds, on the same sample budget.
+"""Comparison mode: several agents (or named variants) x several seeds, on the same sample budget
+(``benchmarks/run.py --compare``).
 
 Every run is an ordinary run folder (``<output>/<variant>-seed<seed>/``), run one after the other. From the run
 folders, :func:`summarise` writes:
@@ -14,25 +15,16 @@ folders, :func:`summarise` writes:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from agents.checkpoint import latest_checkpoint
-from benchmarks.plots import BandCurve, plot_comparison, running_average, smoothing_window
-from benchmarks.training import (
-    CURVE_METRICS,
-    RunResult,
-    RunSettings,
-    json_safe,
-    read_run_result,
-    read_settings,
-    setting_summary,
-)
+from agents.plots import CURVE_METRICS, BandCurve, plot_comparison, running_average, setting_summary, smoothing_window
+from agents.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
+from agents.stats import MeanCI, mean_ci, paired_difference
 
 
 @dataclass(frozen=True)
@@ -98,15 +90,24 @@ def plan_runs(settings: RunSettings, variants: list[Variant], seeds: list[int], 
     ]
 
 
+def train_run(settings: RunSettings) -> None:
+    """One run of a comparison in this process: a :class:`~agents.trainer.Trainer` from its settings."""
+    from agents.trainer import Trainer
+
+    with Trainer.from_settings(settings) as trainer:
+        trainer.train()
+
+
 def run_comparison(
     settings: RunSettings,
     variants: list[Variant],
     seeds: list[int],
     output_dir: Path,
-    run_one: Callable[[RunSettings], None],
+    run_one: Callable[[RunSettings], None] = train_run,
     command: str = "",
 ) -> ComparisonSummary:
-    """Run every variant x seed one after the other with ``run_one``, then summarise the run folders.
+    """Run every variant x seed one after the other with ``run_one`` (default: :func:`train_run`), then summarise
+    the run folders.
 
     Rerunning the same comparison into the same folder continues it: finished runs are kept, interrupted ones
     resume from their latest checkpoint. Ctrl-C stops the comparison after the current run has saved its folder;
@@ -148,37 +149,9 @@ def continue_or_start(run: RunSettings) -> RunSettings | None:
         raise ValueError(f"{folder} holds a run with other settings; compare into a new --output-dir")
     if (folder / "results.json").exists():
         result = read_run_result(folder)
-        if not result.interrupted and result.epochs_completed == run.epochs:
+        if result.finished and result.epochs == run.epochs:
             return None
     return replace(run, resume=True) if latest_checkpoint(folder) is not None else run
-
-
-# ----------------------------------------------------------------------------------------------- statistics
-@dataclass
-class MeanCI:
-    """The mean over seeds and the half-width of its 95% t-interval (NaN with fewer than two seeds)."""
-
-    mean: float
-    half_width: float
-    count: int
-
-    def __str__(self) -> str:
-        if not math.isfinite(self.mean):
-            return "–"
-        if not math.isfinite(self.half_width):
-            return f"{self.mean:.4f}"
-        return f"{self.mean:.4f} ± {self.half_width:.4f}"
-
-
-def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
-    """Mean ± half-width of the two-sided t confidence interval; missing values are skipped."""
-    present = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(present) == 0:
-        return MeanCI(math.nan, math.nan, 0)
-    if len(present) == 1:
-        return MeanCI(float(present[0]), math.nan, 1)
-    sem = present.std(ddof=1) / math.sqrt(len(present))
-    return MeanCI(float(present.mean()), float(stats.t.ppf((1 + confidence) / 2, len(present) - 1) * sem), len(present))
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -254,7 +227,7 @@ def summarise(
     if command:
         table += f"\n\nRegenerate with: `{command}`"
     (output_dir / "comparison.md").write_text(table + "\n")
-    short = setting_summary(first) if first else ""
+    short = setting_summary(first.model, first.reward, first.prompts) if first else ""
     plot_comparison(panels, output_dir / "comparison.png", title=short)
     summary = ComparisonSummary(summaries, summaries[0].name if summaries else "", table, str(output_dir), command)
     (output_dir / "comparison.json").write_text(json.dumps(json_safe(asdict(summary)), indent=2) + "\n")
@@ -284,16 +257,6 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
         wall_minutes=mean_ci([result.wall_seconds / 60 for result in results]),
         runs=[str(run.output_dir) for run in runs],
         final_by_seed={key: dict(zip(seeds, scores("final", key), strict=True)) for key in SCORE_COLUMNS},
-    )
-
-
-def paired_difference(reference: dict[int, float | None], other: dict[int, float | None]) -> MeanCI:
-    """Mean ± 95% CI over the seeds both have of ``other[seed] - reference[seed]`` (missing scores skipped)."""
-    return mean_ci(
-        [
-            None if reference[seed] is None or other[seed] is None else other[seed] - reference[seed]
-            for seed in sorted(reference.keys() & other.keys())
-        ]
     )
 
 
@@ -358,3 +321,16 @@ def band_curve(histories: list[list[dict]], key: str) -> BandCurve | None:
     with np.errstate(all="ignore"):
         raw_mean = np.nanmean(raw, axis=0)
     return BandCurve(steps, raw_mean, means, means - half, means + half)
+
+
+__all__ = [
+    "VARIANTS",
+    "ComparisonSummary",
+    "Variant",
+    "VariantSummary",
+    "plan_runs",
+    "resolve_variants",
+    "run_comparison",
+    "summarise",
+    "train_run",
+]

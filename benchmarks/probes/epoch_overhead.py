@@ -22,49 +22,32 @@ Prints a table of medians over the timed epochs, in wall seconds and in process 
 against the target (<= 1.15, on wall time; a measurement, nothing is asserted), and the peak memory: the
 process's peak RSS (``ru_maxrss``, model loading included) and, on CUDA, ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/epoch_overhead.py                                  # DDPO on the embedded Shapes world
-    python benchmarks/epoch_overhead.py --agent herd --threads 1         # HERD; --threads 1 on a shared CPU
-    python benchmarks/epoch_overhead.py --model tiny --steps 4 --batch-size 4 --epochs 2 --threads 1  # smoke
-    python benchmarks/epoch_overhead.py --device cuda --batch-size 32    # on a GPU
+    python benchmarks/probes/epoch_overhead.py                                  # DDPO on the embedded Shapes world
+    python benchmarks/probes/epoch_overhead.py --agent herd --threads 1         # HERD; --threads 1 on a shared CPU
+    python benchmarks/probes/epoch_overhead.py --model tiny --steps 4 --batch-size 4 --epochs 2 --threads 1  # smoke
+    python benchmarks/probes/epoch_overhead.py --device cuda --batch-size 32    # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import resource
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import gymnasium as gym  # noqa: E402
-import torch  # noqa: E402
-
-import diffusion_gym  # noqa: E402
-from agents import AGENT_NAMES, make_agent  # noqa: E402
-from agents.common import Agent, AgentConfig, EpochResult  # noqa: E402
-from agents.herd import HERDAgent  # noqa: E402
-from agents.math import gaussian_step_kl, sample_train_timesteps  # noqa: E402
-from agents.policy import DiffusionPolicy  # noqa: E402
-from benchmarks.run import add_agent_config_flags, agent_config_fields  # noqa: E402
-from diffusion_gym.ddim import ddim_step_coefficients  # noqa: E402
-from diffusion_gym.models import build_tiny_pipeline  # noqa: E402
+from agents import AGENT_NAMES, Agent, AgentConfig, EnvSettings, EpochResult, make_agent
+from agents.cli import add_agent_config_flags, config_from_args
+from agents.envs import TINY_LATENT_BOUND, TINY_REWARD
+from agents.math import gaussian_step_kl, sample_train_timesteps
+from agents.policy import DiffusionPolicy
 
 TARGET = 1.15  # the issue's target: an epoch takes at most 1.15x its bare compute
-TINY_REWARD = "jpeg-incompressibility"  # the tiny pipeline has no world file: no default reward or prompts
-TINY_PROMPTS = [
-    "A red circle on the left. A blue square on the right.",
-    "A green triangle. A gray background.",
-    "A yellow star at the top. A purple circle at the bottom. A white background.",
-    "A blue square.",
-]
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,9 +77,10 @@ def parse_args() -> argparse.Namespace:
         "--latent-bound",
         type=float,
         default=None,
-        help="the env's latent bound (default: the env's 50; 1e4 for --model tiny, as a random UNet drifts)",
+        help=f"the env's latent bound (default: the env's 50; {TINY_LATENT_BOUND:g} for --model tiny, as a random "
+        "UNet drifts)",
     )
-    add_agent_config_flags(parser.add_argument_group("agent (agents.common.AgentConfig; its defaults)"))
+    add_agent_config_flags(parser.add_argument_group("agent (agents.config.AgentConfig; its defaults)"))
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -134,7 +118,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> Timing:
 # ============================================================================================== the epoch's shape
 @dataclass(frozen=True)
 class EpochShape:
-    """What one epoch computes, counted from the config the way ``agents/common.py`` (and HERD) do."""
+    """What one epoch computes, counted from the config the way ``agents/base.py`` (and HERD's relabeler) do."""
 
     batch_size: int  # B: episodes per sampling batch
     batches_per_epoch: int
@@ -161,23 +145,16 @@ class EpochShape:
         return self.inner_epochs * len(self.minibatch_sizes) * self.steps_per_minibatch
 
 
-def stochastic_steps(env, eta: float) -> torch.Tensor:
-    """``(T,)`` bool: the steps with a density, as ``ddim_policy_step`` flags them (the only ones trained)."""
-    diffusion = env.unwrapped.diffusion
-    return torch.tensor(
-        [bool(ddim_step_coefficients(diffusion.scheduler, t, eta).is_stochastic) for t in diffusion.timesteps]
-    )
-
-
-def epoch_shape(agent: Agent, env) -> EpochShape:
-    config: AgentConfig = agent.config  # REINFORCE's own (inner_epochs=1, train_batch_size=None); HERD's = base's
-    stochastic = stochastic_steps(env, config.eta).tolist()
+def epoch_shape(agent: Agent) -> EpochShape:
+    config: AgentConfig = agent.config  # REINFORCE's own (inner_epochs=1, train_batch_size=None)
+    stochastic = agent.policy.stochastic_steps().tolist()
     new = config.batch_size * config.batches_per_epoch
     replayed = 0
-    if isinstance(agent, HERDAgent) and agent.history:  # HERDAgent.replay: what the next epoch will replay
-        replayed = sum(len(part) for part in agent.history)  # the buffer: H batches of the last epoch, relabeled
+    relabeler = agent.relabeler  # HERD: HindsightRelabeler.replay, what the next epoch will replay
+    if relabeler is not None and relabeler.history:
+        replayed = sum(len(part) for part in relabeler.history)  # the buffer: H batches of the last epoch, relabeled
         if config.herd_keep_history:  # or H batches drawn from the extended history
-            replayed = min(replayed, config.herd_buffer_batches * config.batch_size)
+            replayed = min(replayed, relabeler.replay_size)
     return EpochShape(
         batch_size=config.batch_size,
         batches_per_epoch=config.batches_per_epoch,
@@ -191,26 +168,22 @@ def epoch_shape(agent: Agent, env) -> EpochShape:
     )
 
 
-def base_name(agent: Agent) -> str:
-    return agent.base.name if isinstance(agent, HERDAgent) else agent.name
-
-
 # ============================================================================================== bare compute
 class BareEpoch:
     """The model calls of one epoch, with no env and no agent: same shapes, same policy module."""
 
-    def __init__(self, agent: Agent, env, shape: EpochShape, prompts: list[str], seed: int):
+    def __init__(self, agent: Agent, shape: EpochShape, prompts: list[str], seed: int):
         self.agent = agent
-        diffusion = env.unwrapped.diffusion
+        diffusion = agent.diffusion
         self.diffusion = diffusion
         self.shape = shape
         self.policy: DiffusionPolicy = agent.policy
         self.device = diffusion.device
         self.generator = torch.Generator().manual_seed(seed)
         config = agent.config
-        self.reference = base_name(agent) == "dpok"  # DPOK scores every trained step under pi_pre too
+        self.reference = agent.name == "dpok"  # DPOK scores every trained step under pi_pre too
         # HERD without the off-policy correction rescores the replay under the current policy each epoch
-        self.rescore_replay = isinstance(agent, HERDAgent) and not config.herd_off_policy_correction
+        self.rescore_replay = agent.relabeler is not None and not config.herd_off_policy_correction
         batch_prompts = [prompts[i % len(prompts)] for i in range(shape.batch_size)]
         self.prompts = batch_prompts
         with torch.no_grad():
@@ -219,7 +192,7 @@ class BareEpoch:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.max_grad_norm = config.max_grad_norm
         self.timesteps = diffusion.timesteps.to(self.device)  # (T,)
-        self.stochastic = stochastic_steps(env, config.eta)  # (T,) bool
+        self.stochastic = self.policy.stochastic_steps()  # (T,) bool
         self.fraction = config.train_timestep_fraction
         self.latent_shape = diffusion.latent_shape
         self.init_noise_sigma = float(diffusion.scheduler.init_noise_sigma)
@@ -318,8 +291,7 @@ class BareEpoch:
 
 
 def time_phases(agent: Agent, device: torch.device) -> dict[str, list[Timing]]:
-    """Time each call of the agent's ``collect`` and ``update`` (HERD: its base agent's), by wrapping them."""
-    inner = agent.base if isinstance(agent, HERDAgent) else agent
+    """Time each call of the agent's ``collect`` and ``update``, by wrapping them."""
     phases: dict[str, list[Timing]] = {"collect": [], "update": []}
 
     def timing(method: Callable, times: list[Timing]) -> Callable:
@@ -331,7 +303,7 @@ def time_phases(agent: Agent, device: torch.device) -> dict[str, list[Timing]]:
         return wrapper
 
     for name, times in phases.items():  # instance attributes: shadow the methods for this agent only
-        setattr(inner, name, timing(getattr(inner, name), times))
+        setattr(agent, name, timing(getattr(agent, name), times))
     return phases
 
 
@@ -343,28 +315,19 @@ def peak_rss_mib() -> float:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    config = AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
-    model, reward, prompts, latent_bound = args.model, args.reward, args.prompts, args.latent_bound
-    if model == "tiny":
-        model = str(build_tiny_pipeline(tempfile.mkdtemp(prefix="tiny-sd-") + "/pipeline"))
-        reward = reward or TINY_REWARD
-        prompts = prompts or TINY_PROMPTS
-        latent_bound = latent_bound or 1e4
-    env = gym.make_vec(
-        diffusion_gym.ENV_ID,
-        num_envs=config.batch_size,
-        vectorization_mode="vector_entry_point",
-        model=model,
-        reward=reward,
-        prompts=prompts,
-        num_inference_steps=args.steps,
-        device=args.device,
-        dtype=args.dtype,
-        latent_bound=latent_bound or 50.0,
-    ).unwrapped
-    device = torch.device(env.diffusion.device)
+    config = config_from_args(args)
+    settings = {"num_inference_steps": args.steps, "device": args.device, "dtype": args.dtype}
+    if args.model == "tiny":  # a random tiny pipeline in a temp folder, with the tiny world's reward and prompts
+        env_settings = EnvSettings.tiny(reward=args.reward, prompts=args.prompts, **settings)
+    else:
+        env_settings = EnvSettings(args.model, args.reward, args.prompts, **settings)
+    if args.latent_bound is not None:
+        env_settings = dataclasses.replace(env_settings, latent_bound=args.latent_bound)
+    env = env_settings.make(config.batch_size)
+    diffusion = env.unwrapped.diffusion
+    device = torch.device(diffusion.device)
     agent = make_agent(args.agent, env, config)
-    bare = BareEpoch(agent, env, epoch_shape(agent, env), list(env.diffusion.prompt_pool), seed=config.seed + 1)
+    bare = BareEpoch(agent, epoch_shape(agent), list(diffusion.prompt_pool), seed=config.seed + 1)
 
     results: list[EpochResult] = []
     runs: list[dict[str, Timing]] = []
@@ -372,7 +335,7 @@ def main() -> None:
     agent.train_epoch(), bare.time()  # warm-up (HERD: fills its buffer, so the timed epochs replay)
     shapes = []
     for _ in range(args.epochs):  # alternating, so that a load change on a shared machine hits both alike
-        bare.shape = epoch_shape(agent, env)  # HERD's replay can grow over the first epochs (extended history)
+        bare.shape = epoch_shape(agent)  # HERD's replay can grow over the first epochs (extended history)
         shapes.append(bare.shape)
         epoch = timed(lambda: results.append(agent.train_epoch()), device)
         runs.append({"epoch": epoch, **{name: times[-1] for name, times in phases.items()}, **bare.time()})

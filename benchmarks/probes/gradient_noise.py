@@ -34,11 +34,11 @@ reported as infinite).
 
 ::
 
-    python benchmarks/gradient_noise.py                                # the default run's prompts (shapes-train)
-    python benchmarks/gradient_noise.py --prompts shapes-long          # one prompt, as in the comparisons
-    python benchmarks/gradient_noise.py --objective rwr                # RWR's weighted diffusion loss instead
-    python benchmarks/gradient_noise.py --objective branch --branch-steps 0-6   # one stochastic step per group
-    python benchmarks/gradient_noise.py --model tiny --samples 8 --minibatch 2 --num-inference-steps 3  # smoke
+    python benchmarks/probes/gradient_noise.py                                # the default run's prompts (shapes-train)
+    python benchmarks/probes/gradient_noise.py --prompts shapes-long          # one prompt, as in the comparisons
+    python benchmarks/probes/gradient_noise.py --objective rwr                # RWR's weighted diffusion loss instead
+    python benchmarks/probes/gradient_noise.py --objective branch --branch-steps 0-6   # one stochastic step per group
+    python benchmarks/probes/gradient_noise.py --model tiny --samples 8 --minibatch 2 --num-inference-steps 3  # smoke
 """
 
 from __future__ import annotations
@@ -47,28 +47,17 @@ import argparse
 import json
 import math
 import re
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/gradient_noise.py` from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import gymnasium as gym
 import torch
 from tqdm.auto import tqdm
 
-import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v1)
-from agents import AgentConfig, DiffusionPolicy, Trajectories, collect_trajectories, make_agent
+from agents import AgentConfig, DiffusionPolicy, EnvSettings, Trajectories, collect_trajectories, make_agent
+from agents.cli import positive_int
 from agents.math import clip_advantages, leave_one_out_baseline
-from benchmarks.epoch_overhead import TINY_REWARD, stochastic_steps
-from benchmarks.run import positive_int
-from diffusion_gym.models import build_tiny_pipeline
 from diffusion_gym.sampling import PolicyStep
-
-TINY_PROMPTS = "a red circle. a blue square."
 
 
 @dataclass
@@ -178,7 +167,7 @@ def parse_step_range(text: str | None, stochastic: torch.Tensor) -> list[int]:
 
 class BranchingPolicy:
     """``policy``, but each row samples its action only at its branch timestep and takes the DDIM mean (a
-    deterministic step, log-prob 0) at every other. :class:`agents.common.Rollout` calls only :meth:`sample`."""
+    deterministic step, log-prob 0) at every other. :class:`agents.rollout.Rollout` calls only :meth:`sample`."""
 
     def __init__(self, policy: DiffusionPolicy, branch_timesteps: torch.Tensor):
         self.policy = policy
@@ -204,7 +193,7 @@ def collect_branches(agent, env, samples: int, branches: int, steps: str | None)
     """
     size = env.num_envs
     groups_per_batch = size // branches
-    candidates = parse_step_range(steps, stochastic_steps(env, agent.policy.eta))
+    candidates = parse_step_range(steps, agent.policy.stochastic_steps())
     batches, branch_steps = [], []
     for _ in range(samples // size):
         rows = agent.rng.integers(len(agent.prompts), size=groups_per_batch)
@@ -246,7 +235,7 @@ def branch_minibatch_gradient(
 
 def measure(
     model: str,
-    prompts: str | None,
+    prompts: str | tuple[str, ...] | None,
     reward: str | None,
     samples: int,
     minibatch: int,
@@ -275,16 +264,7 @@ def measure(
             f"--branches ({branches}) must be >= 2 and divide both the env batch ({batch_size}) "
             f"and --minibatch ({minibatch})"
         )
-    env = gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=batch_size,
-        vectorization_mode="vector_entry_point",
-        model=model,
-        reward=reward,
-        prompts=prompts,
-        num_inference_steps=num_inference_steps,
-        latent_bound=latent_bound,
-    )
+    env = EnvSettings(model, reward, prompts, num_inference_steps, latent_bound=latent_bound).make(batch_size)
     config = AgentConfig(
         seed=seed,
         batch_size=batch_size,
@@ -292,11 +272,11 @@ def measure(
         lora_rank=lora_rank,
         rwr_baseline=True,  # --objective rwr: the signed weights (DDPO ignores the field)
     )
-    agent = make_agent("ddpo" if objective == "branch" else objective, env.unwrapped, config)
+    agent = make_agent("ddpo" if objective == "branch" else objective, env, config)
     try:
         started = time.perf_counter()
         if objective == "branch":
-            trajectories, chosen = collect_branches(agent, env.unwrapped, samples, branches, branch_steps)
+            trajectories, chosen = collect_branches(agent, env, samples, branches, branch_steps)
             advantages = branch_advantages(trajectories.rewards, branches, config.adv_clip_max)  # (N,)
         else:
             trajectories = Trajectories.cat(agent.collect())  # (N, ...) from the base policy
@@ -380,20 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, reward, prompts, bound = args.model, args.reward, args.prompts, 50.0
-    if model == "tiny":
-        model = str(build_tiny_pipeline(tempfile.mkdtemp(prefix="tiny-sd-") + "/pipeline"))
-        reward, prompts, bound = reward or TINY_REWARD, prompts or TINY_PROMPTS, 1e4
+    env = EnvSettings(args.model, args.reward, args.prompts)
+    if args.model == "tiny":  # a random tiny pipeline in a temp folder, with the tiny world's reward and prompts
+        env = EnvSettings.tiny(reward=args.reward, prompts=args.prompts)
     estimates, info = measure(
-        model,
-        prompts,
-        reward,
+        env.model,
+        env.prompts,
+        env.reward,
         args.samples,
         args.minibatch,
         args.num_inference_steps,
         args.seed,
         args.lora_rank,
-        bound,
+        env.latent_bound,
         args.segments,
         args.objective,
         args.branches,
@@ -408,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         **info,
         "noise_scales": {steps: asdict(estimate) for steps, estimate in estimates.items()},
     }
-    prompt_label = prompts or "the world's training prompts"
+    prompt_label = args.prompts or "the default prompts"
     print(
         f"{args.model}, {prompt_label}: {info['distinct_prompts']} distinct prompts, reward {info['reward_mean']:.3f}"
     )

@@ -1,0 +1,117 @@
+"""Held-out evaluation on fixed seeds: one sample per held-out prompt, the same noise in every run.
+
+Held-out sample ``i`` of a run draws its initial noise from env seed ``RUN_EVAL_SEED + i``, whatever the training
+seed, so that base and fine-tuned models, agents and seeds are compared on identical samples. A finished run's
+re-evaluation (:mod:`agents.reevaluation`) draws from ``REEVAL_SEED + i`` instead: samples no run evaluated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from agents.base import Agent
+
+RUN_EVAL_SEED = 1_000_000  # a run's held-out sample i uses noise seed RUN_EVAL_SEED + i, in every run
+REEVAL_SEED = 2_000_000  # a re-evaluation's sample i: REEVAL_SEED + i, new to every run
+GRID_SIZE = 8  # images in before_after.png and in each TensorBoard grid, spread over the held-out samples
+
+
+@dataclass
+class Scores:
+    """Mean scores of one set of generated images; gold and proxy only where the world defines them."""
+
+    reward: float
+    gold: float | None
+    proxy: float | None
+    distance_from_base: float | None = None  # RMS pixel difference to the base model's images (same seeds)
+
+    def fields(self) -> dict[str, float]:
+        """The scores the world defines (no None), by name: ``reward``, ``gold``, ``proxy``, ``distance_from_base``."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{key} {value:.4f}" for key, value in self.fields().items())
+
+
+@dataclass
+class Evaluation:
+    """Held-out samples on fixed seeds: their mean scores, images ``(N, 3, H, W)`` and prompts."""
+
+    scores: Scores
+    images: torch.Tensor
+    prompts: list[str]
+
+
+def spread(prompts: list, count: int) -> list:
+    """``count`` items spread evenly over the list (cycling through it when ``count`` exceeds its length)."""
+    if count >= len(prompts):
+        return [prompts[i % len(prompts)] for i in range(count)]
+    return [prompts[(i * len(prompts)) // count] for i in range(count)]
+
+
+def grid_rows(count: int) -> list[int]:
+    """The held-out samples shown in image grids: up to ``GRID_SIZE``, spread over the set (1, 2, 3 objects...)."""
+    return spread(list(range(count)), min(GRID_SIZE, count))
+
+
+def eval_prompt_set(eval_prompts: str | None, prompts: str | list[str] | None, world) -> str | list[str]:
+    """The prompts a run evaluates on: ``eval_prompts``, else the world's eval set, else the training prompts."""
+    return eval_prompts or world.eval_prompts or prompts or world.default_prompts
+
+
+def mean_of(scores: torch.Tensor | None) -> float | None:
+    """The mean of per-sample scores, or None when the world has no such score."""
+    return None if scores is None else float(torch.as_tensor(scores, dtype=torch.float32).mean())
+
+
+@torch.no_grad()
+def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None) -> Evaluation:
+    """One sample per prompt; sample ``i`` draws its initial noise from env seed ``RUN_EVAL_SEED + i`` in every run.
+
+    With ``base`` (the base model's evaluation), also how far the images moved from the base model's.
+    """
+    generation = agent.generate(prompts, seed=RUN_EVAL_SEED)
+    images = generation.images.detach().float().cpu()  # (N, 3, H, W)
+    scores = Scores(
+        reward=mean_of(generation.rewards),
+        gold=mean_of(generation.gold_scores),
+        proxy=mean_of(generation.proxy_scores),
+        distance_from_base=None if base is None else float((images - base.images).pow(2).mean().sqrt()),
+    )
+    return Evaluation(scores, images, list(prompts))
+
+
+_BASE_EVALUATIONS: dict[Hashable, Evaluation] = {}
+
+
+def evaluate_base_model(agent: Agent, prompts: list[str], key: Hashable) -> Evaluation:
+    """:func:`evaluate` of an untrained agent, cached per process under ``key``: the runs of a comparison share one
+    base model.
+
+    Every agent starts exactly at the pretrained model (a zero-initialised adapter), so its samples on the fixed
+    evaluation seeds depend only on the model, the reward, the prompts and the sampler settings, which ``key``
+    must name. An agent that trained already (``agent.epoch > 0``) is evaluated as it is, and not cached.
+    """
+    if agent.epoch > 0:
+        return evaluate(agent, prompts)
+    if key not in _BASE_EVALUATIONS:
+        _BASE_EVALUATIONS[key] = evaluate(agent, prompts)
+    return _BASE_EVALUATIONS[key]
+
+
+__all__ = [
+    "GRID_SIZE",
+    "REEVAL_SEED",
+    "RUN_EVAL_SEED",
+    "Evaluation",
+    "Scores",
+    "eval_prompt_set",
+    "evaluate",
+    "evaluate_base_model",
+    "grid_rows",
+    "mean_of",
+    "spread",
+]

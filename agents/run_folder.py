@@ -1,0 +1,225 @@
+"""A run folder's files and what they hold: ``run.json`` (:class:`RunSettings`), ``results.json``
+(:class:`RunResult`), ``metrics.jsonl`` (the history), and the results table printed at the end of a run.
+
+The whole folder (:class:`agents.trainer.Trainer` writes it):
+
+* TensorBoard events: every training metric of the agent under ``train/``, held-out scores under ``eval/``,
+  and an image grid of the held-out samples (fixed seeds) at every evaluation (:mod:`agents.run_log`);
+* ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``global_step`` = fresh samples so far,
+  ``train_samples``, ``elapsed_seconds``, the agent's metrics, and the held-out scores ``eval_*`` of the epochs
+  that evaluated);
+* ``reward_curve.png``: the training reward (and gold/proxy score) per epoch, HERD-paper style;
+* ``before_after.png``: the base model and the fine-tuned model on the same seeds and held-out prompts;
+* ``results.json``: held-out gold/proxy/reward before and after, the config, wall time, samples seen;
+* ``run.json``: the run's settings (what a resume reads);
+* ``checkpoints/<seq>-epoch-<n>/``: the last few checkpoints (agent state with optimiser, RNGs and HERD buffer,
+  pickle-free, :mod:`agents.checkpoint`), each with the LoRA adapter in the diffusers format under ``lora/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agents.config import AgentConfig
+from agents.envs import EnvSettings
+from agents.evaluation import Scores
+
+RUN_SETTINGS_FILE = "run.json"
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.jsonl"
+REWARD_CURVE_FILE = "reward_curve.png"
+BEFORE_AFTER_FILE = "before_after.png"
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs (``run.json``): the agent, the env's arguments, evaluation and checkpointing.
+
+    The CLI builds it from its flags, comparison mode varies ``agent``, ``label`` and ``config``; a
+    :class:`~agents.trainer.Trainer` made from an env records the env's arguments here (:meth:`env_settings`).
+    """
+
+    agent: str
+    config: AgentConfig
+    output_dir: Path
+    label: str = ""  # shown in progress bars and tables (e.g. a comparison variant, "herd-b2"); default: agent
+    model: str = "shapes"
+    reward: str | None = None  # None: the world's default reward
+    prompts: str | list[str] | None = None  # a prompt set name or one prompt; None: the world's default prompts
+    eval_prompts: str | None = None  # None: the world's eval prompts, else the training prompts
+    epochs: int = 24
+    num_inference_steps: int | None = None  # None: the world's
+    eval_every: int | None = None  # None: about four evaluations per run
+    eval_samples: int = 64
+    device: str = "cpu"
+    dtype: str = "float32"  # of the frozen model; float16/bfloat16: mixed precision (trainable weights stay float32)
+    latent_bound: float = 50.0
+    max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
+    threads: int | None = None  # torch CPU threads the CLI set; None: torch's default
+    checkpoint_every: int | None = None  # None: at every evaluation; always at the end
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the latest checkpoint in output_dir
+    command: str = ""  # the command line that reproduces the run (recorded in results.json)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.agent
+
+    def env_settings(self) -> EnvSettings:
+        """The env's arguments among these settings."""
+        return EnvSettings.from_mapping(self)
+
+    def with_env_settings(self, env: EnvSettings) -> RunSettings:
+        """These settings with the env's arguments of ``env``."""
+        values = dataclasses.asdict(env)
+        if isinstance(values["prompts"], tuple):
+            values["prompts"] = list(values["prompts"])
+        return dataclasses.replace(self, **values)
+
+    def eval_every_epochs(self) -> int:
+        """Epochs between held-out evaluations: ``eval_every``, else about four per run."""
+        return self.eval_every or max(1, self.epochs // 4)
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether a checkpoint is saved after ``epoch``: every ``checkpoint_every`` (default: eval) epochs, and
+        after the last."""
+        every = self.checkpoint_every or self.eval_every_epochs()
+        return epoch % every == 0 or epoch == self.epochs
+
+
+def default_output_dir(name: str) -> Path:
+    """A new run folder's default: ``runs/<name>-<timestamp>``."""
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_settings(settings: RunSettings, output_dir: Path) -> None:
+    data = asdict(settings)
+    data["output_dir"] = str(settings.output_dir)
+    (Path(output_dir) / RUN_SETTINGS_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_settings(output_dir: str | Path) -> RunSettings:
+    """A run folder's ``run.json`` back as :class:`RunSettings` (the folder may have moved: it is ``output_dir``)."""
+    path = Path(output_dir) / RUN_SETTINGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{output_dir} is not a run folder (no {RUN_SETTINGS_FILE})")
+    data = json.loads(path.read_text())
+    data["config"] = AgentConfig(**data["config"])
+    data["output_dir"] = Path(output_dir)
+    return RunSettings(**data)
+
+
+@dataclass
+class RunResult:
+    """What ``results.json`` holds."""
+
+    label: str
+    agent: str
+    model: str
+    reward: str
+    prompts: str
+    eval_prompts: str
+    num_eval_samples: int
+    seed: int
+    epochs: int
+    epochs_completed: int
+    interrupted: bool
+    samples_seen: int  # fresh trajectories sampled for training (the sample budget)
+    train_samples_seen: int  # trajectories trained on (more than samples_seen when an agent replays, e.g. HERD)
+    wall_seconds: float
+    base: Scores
+    final: Scores
+    config: dict[str, object]
+    command: str
+    num_inference_steps: int
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)  # metrics.jsonl, not in results.json
+    stop_reason: str | None = None  # why a callback stopped the run early (None: it ran its epochs, or Ctrl-C)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run is done: it ran every epoch, or a callback stopped it (not interrupted)."""
+        return not self.interrupted and (self.epochs_completed == self.epochs or self.stop_reason is not None)
+
+
+def write_results(result: RunResult, output_dir: Path) -> None:
+    """``results.json``: the result without its history (that is ``metrics.jsonl``)."""
+    summary = asdict(result)
+    del summary["history"]
+    if summary["stop_reason"] is None:  # the key appears only when a callback stopped the run
+        del summary["stop_reason"]
+    (Path(output_dir) / RESULTS_FILE).write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+
+
+def read_run_result(output_dir: str | Path) -> RunResult:
+    """A run folder's ``results.json`` (and ``metrics.jsonl``) back as a :class:`RunResult`."""
+    data = json.loads((Path(output_dir) / RESULTS_FILE).read_text())
+    data["base"], data["final"] = Scores(**data["base"]), Scores(**data["final"])
+    data["history"] = read_history(output_dir)
+    return RunResult(**data)
+
+
+def read_history(output_dir: str | Path) -> list[dict[str, float]]:
+    """A run folder's ``metrics.jsonl``, one dict per epoch."""
+    with (Path(output_dir) / METRICS_FILE).open() as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and inf become null (JSON has neither); nested containers are converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def results_table(result: RunResult) -> str:
+    """A short markdown table of held-out scores, base vs fine-tuned."""
+    lines = [
+        f"| held-out ({result.num_eval_samples} samples, {result.eval_prompts}) | base | fine-tuned | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in ("gold", "proxy", "reward"):
+        before, after = getattr(result.base, key), getattr(result.final, key)
+        if before is None or after is None:
+            continue
+        name = f"reward ({result.reward})" if key == "reward" else f"{key} score"
+        lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+    if result.final.distance_from_base is not None:
+        lines.append(f"| RMS pixel distance from base images | 0 | {result.final.distance_from_base:.4f} | |")
+    stopped = f" (stopped: {result.stop_reason})" if result.stop_reason is not None else ""
+    lines.append(
+        f"\n{result.label}: {result.epochs_completed}/{result.epochs} epochs, {result.samples_seen} samples "
+        f"({result.train_samples_seen} trained on), {result.wall_seconds / 60:.1f} min"
+        + (" (interrupted)" if result.interrupted else "")
+        + stopped
+    )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BEFORE_AFTER_FILE",
+    "METRICS_FILE",
+    "RESULTS_FILE",
+    "REWARD_CURVE_FILE",
+    "RUN_SETTINGS_FILE",
+    "RunResult",
+    "RunSettings",
+    "default_output_dir",
+    "json_safe",
+    "read_history",
+    "read_run_result",
+    "read_settings",
+    "results_table",
+    "write_results",
+    "write_settings",
+]

@@ -1,0 +1,567 @@
+"""Training as a library call, in the spirit of SB3's ``model.learn()`` and TRL's ``trainer.train()``::
+
+    import gymnasium as gym
+    import diffusion_gym  # noqa: F401  (registers DiffusionT2I-v1)
+    from agents import AgentConfig, Trainer
+
+    env = gym.make_vec("DiffusionT2I-v1", num_envs=16, vectorization_mode="vector_entry_point")
+    trainer = Trainer(env, agent="herd", config=AgentConfig(batch_size=16), output_dir="runs/herd")
+    result = trainer.train(epochs=24)  # held-out evaluation, TensorBoard, metrics.jsonl, checkpoints, plots
+    ...
+    trainer = Trainer.resume("runs/herd")  # later, in another process: the latest checkpoint
+    trainer.train(epochs=48)
+
+:meth:`Trainer.train` evaluates the base model on fixed seeds, trains epoch by epoch (logging every epoch and
+evaluating every ``eval_every`` epochs), checkpoints, evaluates the result and writes the run folder
+(:mod:`agents.run_folder` lists its files). Ctrl-C stops after the current epoch's work is saved: the run folder
+is written for what was trained. A :class:`TrainerCallback` sees every evaluation and every epoch, can add
+metrics to the logs and can stop training early.
+
+Data-parallel (``accelerate launch --num_processes N``, :mod:`agents.distributed`): every process builds its
+own env and agent and calls :meth:`Trainer.train`; every process trains its own share (``batch_size`` is per
+process), the main process alone evaluates, logs, calls the callbacks and saves, and each checkpoint holds
+every process's agent state (RNGs, HERD buffer). A callback's stop is broadcast to every process.
+
+Resume (:meth:`Trainer.resume`, and :meth:`Trainer._restore`, which loads a checkpoint): the epoch and sample
+counters, the RNGs, the TensorBoard curves and ``metrics.jsonl`` continue where the latest checkpoint left them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents.base import Agent
+from agents.checkpoint import (
+    capture_rng_state,
+    check_compatible,
+    export_lora_diffusers,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    to_cpu,
+    trim_jsonl,
+)
+from agents.config import AgentConfig
+from agents.distributed import Distributed, current
+from agents.envs import EnvSettings
+from agents.evaluation import Evaluation, Scores, eval_prompt_set, evaluate, evaluate_base_model, grid_rows, spread
+from agents.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
+from agents.registry import agent_spec, make_agent
+from agents.run_folder import (
+    BEFORE_AFTER_FILE,
+    METRICS_FILE,
+    REWARD_CURVE_FILE,
+    RunResult,
+    RunSettings,
+    default_output_dir,
+    read_history,
+    read_settings,
+    write_results,
+    write_settings,
+)
+from agents.run_log import RunLog
+from diffusion_gym.prompts import resolve_prompts
+
+
+# ============================================================================================== callbacks
+@dataclass
+class TrainerEvent:
+    """What a callback sees; :meth:`stop` ends training after this epoch (its checkpoint and the final evaluation
+    still run, and ``results.json`` records the reason)."""
+
+    epoch: int  # epochs completed
+    samples_seen: int  # fresh trajectories sampled so far (the x axis of every curve)
+    metrics: dict[str, float]  # add entries here to log them with the event's own (see the subclasses)
+    stop_reason: str | None = None
+
+    def stop(self, reason: str = "stopped by a callback") -> None:
+        """Stop training after this epoch."""
+        self.stop_reason = reason
+
+
+@dataclass
+class EvaluationEvent(TrainerEvent):
+    """A held-out evaluation: ``metrics`` holds its scores by name (``reward``, ``gold``, ``proxy``,
+    ``distance_from_base``); entries a callback adds are logged as ``eval/<key>`` (TensorBoard) and
+    ``eval_<key>`` (``metrics.jsonl``)."""
+
+    evaluation: Evaluation | None = None  # the samples: images (N, 3, H, W), prompts, scores
+
+
+@dataclass
+class EpochEvent(TrainerEvent):
+    """The end of a training epoch: ``metrics`` holds the agent's training metrics; entries a callback adds are
+    logged as ``train/<key>`` (TensorBoard) and ``<key>`` (``metrics.jsonl``)."""
+
+    evaluation: Evaluation | None = None  # this epoch's held-out evaluation, if it had one
+
+
+class TrainerCallback:
+    """Hooks :class:`Trainer` calls on the main process; override the ones you need (each does nothing here).
+
+    To add a metric, put it into ``event.metrics``; to stop early, call ``event.stop(reason)``::
+
+        class StopAtGold(TrainerCallback):
+            def on_evaluation(self, trainer, event):
+                if event.metrics.get("gold", 0.0) >= 0.9:
+                    event.stop("held-out gold reached 0.9")
+    """
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch of :meth:`Trainer.train` (after the base model's evaluation)."""
+
+    def on_evaluation(self, trainer: Trainer, event: EvaluationEvent) -> None:
+        """After each held-out evaluation (and the final one), before it is logged."""
+
+    def on_epoch_end(self, trainer: Trainer, event: EpochEvent) -> None:
+        """After each epoch's training (and evaluation), before its metrics are logged and it is checkpointed."""
+
+    def on_train_end(self, trainer: Trainer, result: RunResult) -> None:
+        """After the run folder is written."""
+
+
+# ============================================================================================== run state
+@dataclass
+class RunState:
+    """Where a run stands after some epochs; saved in every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    samples_seen: int = 0
+    train_samples_seen: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the run's earlier sessions
+
+
+@dataclass
+class _Progress:
+    """A :meth:`Trainer.train` in memory: the counters, the base model's evaluation, the history, the latest
+    evaluation (the evaluations and history: main process only); kept between two calls of ``train``."""
+
+    state: RunState
+    base: Evaluation | None
+    history: list[dict[str, float]]
+    latest: Evaluation | None
+    latest_epoch: int = 0
+
+
+# ============================================================================================== the trainer
+class Trainer:
+    """Trains an agent on an env for some epochs and writes a run folder.
+
+    ``env``: the vector env (``gym.make_vec("DiffusionT2I-v1", ..., vectorization_mode="vector_entry_point")``,
+    possibly wrapped); its arguments are recorded in ``run.json`` (read from ``env.unwrapped.spec``) so that the
+    run can be resumed. ``agent``: an agent name (:data:`agents.AGENT_NAMES`), built with ``config`` (default:
+    ``AgentConfig(batch_size=env.num_envs)``; the agent's defaults, e.g. its learning rate, are filled in), or an
+    :class:`~agents.base.Agent` (then ``config`` must be None: it has its own; the trainer evaluates it as given as
+    the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
+    ``eval_prompts`` (a prompt set or one prompt; default: the world's eval prompts, else the training prompts),
+    ``eval_samples`` held-out samples per evaluation, ``eval_every`` epochs between evaluations (default: about
+    four per run), ``checkpoint_every`` (default: at every evaluation; always after the last epoch),
+    ``keep_checkpoints``, ``label`` (the name in progress bars and tables), ``command`` (recorded in
+    ``results.json``); ``callbacks``: :class:`TrainerCallback` hooks.
+
+    The trainer closes what it built (the agent it made from a name; the env :meth:`from_settings` made) in
+    :meth:`close`; it never closes an env or an agent it was given.
+    """
+
+    def __init__(
+        self,
+        env,
+        agent: str | Agent = "ddpo",
+        config: AgentConfig | None = None,
+        output_dir: str | Path | None = None,
+        *,
+        eval_prompts: str | None = None,
+        eval_samples: int = 64,
+        eval_every: int | None = None,
+        checkpoint_every: int | None = None,
+        keep_checkpoints: int = 3,
+        label: str = "",
+        command: str = "",
+        callbacks: Sequence[TrainerCallback] = (),
+    ):
+        env_settings = EnvSettings.of(env)  # what run.json records to rebuild the env (ValueError if unknown)
+        if isinstance(agent, Agent):
+            if config is not None:
+                raise ValueError("pass config only with an agent name: an Agent instance has its own config")
+            name, config = agent_spec(agent)
+            owns_agent = False
+        else:
+            name = agent
+            config = (config or AgentConfig(batch_size=env.num_envs)).with_agent_defaults(name)
+            agent, owns_agent = make_agent(name, env, config), True
+        settings = RunSettings(
+            agent=name,
+            config=config,
+            # the main process's default (a timestamp) on every process
+            output_dir=Path(output_dir) if output_dir is not None else default_folder(label or name, agent),
+            label=label,
+            eval_prompts=eval_prompts,
+            eval_samples=eval_samples,
+            eval_every=eval_every,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            command=command,
+        )
+        self._setup(env, agent, owns_agent, settings.with_env_settings(env_settings), callbacks)
+
+    def _setup(
+        self, env, agent: Agent, owns_agent: bool, settings: RunSettings, callbacks: Sequence[TrainerCallback]
+    ) -> None:
+        self.env = env
+        self.agent: Agent = agent
+        self.settings: RunSettings = settings
+        self.callbacks: list[TrainerCallback] = list(callbacks)
+        self.distributed: Distributed = agent.distributed
+        self._owns_agent = owns_agent
+        self._owned_env = None  # the env from_settings built (closed by close())
+        self._progress: _Progress | None = None
+        self._started: float | None = None  # from_settings: when loading the model began
+
+    # ------------------------------------------------------------------------------ building from settings
+    @classmethod
+    def from_settings(cls, settings: RunSettings, env=None, callbacks: Sequence[TrainerCallback] = ()) -> Trainer:
+        """A trainer for ``settings`` (the CLI's, or a ``run.json``'s), recorded as given; with ``settings.resume``,
+        :meth:`train` continues from the latest checkpoint of ``settings.output_dir``. ``env``: default, one built
+        from the settings (on this process's GPU when data-parallel), closed by :meth:`close`; an env given must
+        have been made with the same arguments (``ValueError`` listing those that differ; the device may)."""
+        started = time.perf_counter()
+        owned = None
+        if env is not None and env.unwrapped.spec is not None:
+            keys = [key for key in EnvSettings.fields() if key != "device"]
+            check_compatible(settings.env_settings(), EnvSettings.of(env), keys=keys)
+        if env is None:
+            device = current().device(settings.device)  # cuda -> this process's GPU
+            env = owned = settings.env_settings().make(settings.config.batch_size, device=device)
+        try:
+            agent = make_agent(settings.agent, env, settings.config)
+        except BaseException:
+            if owned is not None:
+                owned.close()
+            raise
+        trainer = cls.__new__(cls)
+        trainer._setup(env, agent, True, settings, callbacks)
+        trainer._owned_env = owned
+        trainer._started = started  # the run's wall time includes loading the model
+        return trainer
+
+    # ------------------------------------------------------------------------------ resume
+    @classmethod
+    def resume(cls, run_dir: str | Path, env=None, callbacks: Sequence[TrainerCallback] = ()) -> Trainer:
+        """A trainer that continues the run in ``run_dir`` from its latest checkpoint, with the run's settings
+        (``run.json``); ``train(epochs=...)`` extends it. ``env``: default, one rebuilt from the settings."""
+        settings = dataclasses.replace(read_settings(run_dir), resume=True)
+        return cls.from_settings(settings, env=env, callbacks=callbacks)
+
+    def _restore(self, eval_prompts: list[str]) -> _Progress:
+        """Load the latest checkpoint of the run folder: the agent (this process's state), the global RNGs, the
+        counters and the base model's evaluation; trim ``metrics.jsonl`` to the checkpoint (main process)."""
+        output_dir = Path(self.settings.output_dir)
+        checkpoint = load_checkpoint(output_dir)
+        self.agent.load_state_dict(process_agent_state(checkpoint, self.distributed))
+        restore_rng_state(checkpoint["rng"])
+        state = RunState(**checkpoint["run"])
+        if not self.distributed.is_main_process:
+            return _Progress(state, base=None, history=[], latest=None)
+        saved = checkpoint["base"]
+        if saved["images"].shape[0] != len(eval_prompts):
+            raise ValueError(
+                f"the checkpoint's base evaluation has {saved['images'].shape[0]} samples, not {len(eval_prompts)}"
+            )
+        base = Evaluation(Scores(**saved["scores"]), saved["images"], eval_prompts)
+        trim_jsonl(output_dir / METRICS_FILE, state.samples_seen)
+        tqdm.write(f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
+        return _Progress(state, base, read_history(output_dir), latest=base)
+
+    # ------------------------------------------------------------------------------ training
+    @property
+    def world(self):
+        """The env's world (``env.unwrapped.diffusion.world``): default reward, prompt sets, eval prompts."""
+        return self.env.unwrapped.diffusion.world
+
+    def held_out_prompts(self) -> tuple[str | list[str], list[str]]:
+        """The held-out prompt set (as named) and its ``eval_samples`` prompts, spread over it."""
+        settings = self.settings
+        eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, self.world)
+        return eval_set, spread(resolve_prompts(eval_set), settings.eval_samples)
+
+    def _begin(self, eval_prompts: list[str]) -> tuple[_Progress, bool]:
+        """This call's starting point: in memory (a second ``train``), a checkpoint (resume), or a new run (the base
+        model evaluated). Returns it and whether metrics.jsonl and TensorBoard continue an earlier session."""
+        if self._progress is not None:
+            return self._progress, True
+        if self.settings.resume:
+            return self._restore(eval_prompts), True
+        if not self.distributed.is_main_process:
+            return _Progress(RunState(), base=None, history=[], latest=None), False
+        base = self._evaluate_base(eval_prompts)
+        tqdm.write(f"{self.settings.name}: base model on {len(eval_prompts)} held-out samples: {base.scores}")
+        return _Progress(RunState(), base, [], latest=base), False
+
+    def _evaluate_base(self, eval_prompts: list[str]) -> Evaluation:
+        """The base model's evaluation, shared by the runs of this process on the same env and sampler."""
+        settings, config = self.settings, self.agent.config
+        model = settings.model
+        key = (
+            str(Path(model).resolve()) if Path(model).exists() else model,
+            settings.reward,
+            tuple(eval_prompts),
+            settings.num_inference_steps,
+            settings.device,
+            settings.dtype,
+            settings.latent_bound,
+            config.guidance_scale,
+            config.eta,
+        )
+        return evaluate_base_model(self.agent, eval_prompts, key)
+
+    def train(self, epochs: int | None = None) -> RunResult | None:
+        """Train up to ``epochs`` epochs in all (default: ``settings.epochs``; a resumed or second call continues
+        the count) and write the run folder. Returns the result (None on the other processes when data-parallel).
+        """
+        started = self._started if self._started is not None else time.perf_counter()
+        self._started = None
+        if epochs is not None:
+            self.settings = dataclasses.replace(self.settings, epochs=epochs)
+        settings, agent, distributed = self.settings, self.agent, self.distributed
+        main = distributed.is_main_process
+        config = agent.config  # settings.config with the agent's defaults filled in (e.g. its learning rate)
+        output_dir = Path(settings.output_dir)
+        eval_set, eval_prompts = self.held_out_prompts()
+        samples_per_epoch = config.batch_size * config.batches_per_epoch * distributed.num_processes  # global
+
+        if main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # resumed or extended, run.json records the new target (a later resume, or a comparison rerun,
+            # continues to it) and no pending resume
+            write_settings(dataclasses.replace(settings, resume=False), output_dir)
+        progress, continuing = self._begin(eval_prompts)
+        state = progress.state
+        log = RunLog(output_dir, continue_after=state.samples_seen if continuing else None) if main else None
+        if main and not continuing:
+            self._log_evaluation(log, progress.base, state, final=True)
+        if main:
+            for callback in self.callbacks:
+                callback.on_train_begin(self)
+
+        interrupted, stop_reason = False, None
+        bar = tqdm(
+            range(state.epoch + 1, settings.epochs + 1),
+            desc=settings.name,
+            unit="epoch",
+            initial=state.epoch,
+            total=settings.epochs,
+            dynamic_ncols=True,
+            disable=not main,
+        )
+        try:
+            for epoch in bar:
+                metrics = distributed.mean_metrics(scalar_metrics(agent.train_epoch().metrics))
+                state.epoch = epoch
+                state.samples_seen += samples_per_epoch
+                state.train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
+                if main:
+                    stop_reason = self._end_epoch(log, progress, metrics, started)
+                    bar.set_postfix(progress_fields(metrics), refresh=False)
+                stop_reason = distributed.broadcast_object(stop_reason)  # every process stops together
+                if settings.checkpoint_due(epoch) or stop_reason is not None:
+                    elapsed = progress.history[-1]["elapsed_seconds"] if main else 0.0
+                    self._save_checkpoint(dataclasses.replace(state, elapsed_seconds=elapsed), progress.base)
+                if stop_reason is not None:
+                    tqdm.write(f"{settings.name}: stopped after epoch {epoch}: {stop_reason}")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            tqdm.write(f"{settings.name}: interrupted after epoch {state.epoch}; evaluating what was trained")
+        finally:
+            bar.close()
+        self._progress = progress
+        if not main:
+            state.elapsed_seconds += time.perf_counter() - started  # a second train() counts on from here
+            return None
+
+        if progress.latest_epoch != state.epoch:
+            progress.latest, progress.latest_epoch = evaluate(agent, eval_prompts, progress.base), state.epoch
+            self._log_evaluation(log, progress.latest, state, final=True)
+        log.close()
+        wall_seconds = state.elapsed_seconds + time.perf_counter() - started
+        state.elapsed_seconds = wall_seconds  # a second train() counts on from here
+        result = RunResult(
+            label=settings.name,
+            agent=settings.agent,
+            model=settings.model,
+            reward=settings.reward or str(self.world.default_reward),
+            prompts=prompt_label(settings.prompts or str(self.world.default_prompts)),
+            eval_prompts=prompt_label(eval_set),
+            num_eval_samples=len(eval_prompts),
+            seed=config.seed,
+            epochs=settings.epochs,
+            epochs_completed=state.epoch,
+            interrupted=interrupted,
+            samples_seen=state.samples_seen,
+            train_samples_seen=state.train_samples_seen,
+            wall_seconds=wall_seconds,
+            base=progress.base.scores,
+            final=progress.latest.scores,
+            config=asdict(config),
+            command=settings.command,
+            num_inference_steps=self.env.unwrapped.diffusion.num_inference_steps,
+            device=settings.device,
+            history=progress.history,
+            stop_reason=stop_reason,
+        )
+        write_run_folder(output_dir, result, progress.base, progress.latest)
+        for callback in self.callbacks:
+            callback.on_train_end(self, result)
+        return result
+
+    def _end_epoch(self, log: RunLog, progress: _Progress, metrics: dict[str, float], started: float) -> str | None:
+        """The main process's end of an epoch: evaluate if due, call the callbacks, log; returns a stop reason."""
+        settings, state = self.settings, progress.state
+        epoch = state.epoch
+        record = {
+            "epoch": epoch,
+            "global_step": state.samples_seen,
+            "train_samples": state.train_samples_seen,
+            "elapsed_seconds": state.elapsed_seconds + time.perf_counter() - started,
+        }
+        evaluation, stop_reason = None, None
+        if epoch % settings.eval_every_epochs() == 0 or epoch == settings.epochs:
+            evaluation = evaluate(self.agent, progress.base.prompts, progress.base)
+            progress.latest, progress.latest_epoch = evaluation, epoch
+            scores, stop_reason = self._log_evaluation(log, evaluation, state, final=False)
+            record_evaluation = {f"eval_{key}": value for key, value in scores.items()}
+            tqdm.write(f"{settings.name}: epoch {epoch} held-out: {evaluation.scores}")
+        else:
+            record_evaluation = {}
+        event = EpochEvent(epoch, state.samples_seen, metrics, evaluation=evaluation)
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, event)
+        record.update(metrics)
+        record.update(record_evaluation)
+        progress.history.append(record)
+        log.log_epoch(record, metrics, state.samples_seen)
+        return event.stop_reason or stop_reason
+
+    def _log_evaluation(
+        self, log: RunLog, evaluation: Evaluation, state: RunState, final: bool
+    ) -> tuple[dict[str, float], str | None]:
+        """Call the callbacks on an evaluation, then log it; returns its scores (with the callbacks' additions) and
+        the stop a callback asked for (``final``: the base model's or the last evaluation, nothing left to stop)."""
+        event = EvaluationEvent(state.epoch, state.samples_seen, evaluation.scores.fields(), evaluation=evaluation)
+        for callback in self.callbacks:
+            callback.on_evaluation(self, event)
+        log.log_evaluation(evaluation, event.metrics, state.samples_seen)
+        return event.metrics, None if final else event.stop_reason
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, state: RunState, base: Evaluation | None) -> Path | None:
+        """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluation; plus the LoRA.
+
+        Data-parallel, every process's agent state is gathered (``processes``: ranks 1..N-1; their RNGs and HERD
+        buffers differ), so a resume continues each process where it stopped; the main process saves.
+        """
+        agent_state = self.agent.state_dict()
+        processes = self.distributed.gather_object(to_cpu(agent_state))[1:] if self.distributed.enabled else []
+        if not self.distributed.is_main_process:
+            return None
+        checkpoint = {
+            "agent": agent_state,
+            "processes": processes,
+            "run": asdict(state),
+            "base": {"scores": asdict(base.scores), "images": base.images},
+            "rng": capture_rng_state(),
+        }
+        path = save_checkpoint(
+            self.settings.output_dir, f"epoch-{state.epoch:04d}", checkpoint, keep_last=self.settings.keep_checkpoints
+        )
+        policy = self.agent.policy
+        if policy.adapter_name is not None:  # LoRA: loadable with pipeline.load_lora_weights(path / "lora")
+            export_lora_diffusers(policy.unet, path / "lora", adapter_name=policy.adapter_name)
+        return path
+
+    # ------------------------------------------------------------------------------ cleanup
+    def close(self) -> None:
+        """Close what the trainer built: the agent it made from a name (freeing the shared UNet of its adapter, so
+        that the next run in this process starts from the base model) and the env it made from settings."""
+        if self._owns_agent:
+            self.agent.close()
+        if self._owned_env is not None:
+            self._owned_env.close()
+            self._owned_env = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def default_folder(name: str, agent: Agent) -> Path:
+    """The main process's :func:`~agents.run_folder.default_output_dir`, on every process."""
+    return agent.distributed.broadcast_object(default_output_dir(name))
+
+
+def process_agent_state(checkpoint: dict, distributed: Distributed) -> dict:
+    """This process's agent state in ``checkpoint``; ``ValueError`` if it was saved by another number of processes."""
+    saved = 1 + len(checkpoint.get("processes") or [])
+    if saved != distributed.num_processes:
+        raise ValueError(
+            f"the checkpoint was saved by {saved} process(es) and this run has {distributed.num_processes}; "
+            f"resume with the same number of processes (accelerate launch --num_processes {saved})"
+        )
+    return (
+        checkpoint["agent"] if distributed.is_main_process else checkpoint["processes"][distributed.process_index - 1]
+    )
+
+
+def prompt_label(prompts: str | list[str]) -> str:
+    """A prompt set's name or prompt as given, or several prompts joined with `` | `` (results and titles)."""
+    return prompts if isinstance(prompts, str) else " | ".join(prompts)
+
+
+def write_run_folder(output_dir: Path, result: RunResult, base: Evaluation, final: Evaluation) -> None:
+    """``results.json``, ``reward_curve.png`` and ``before_after.png`` (metrics.jsonl is written as training goes)."""
+    write_results(result, output_dir)
+    title = f"{result.label}, seed {result.seed}: {setting_summary(result.model, result.reward, result.prompts)}"
+    plot_reward_curves(history_curves(result.history), output_dir / REWARD_CURVE_FILE, title=title)
+    rows = grid_rows(len(base.prompts))
+    prompts = [base.prompts[row] for row in rows]
+    plot_before_after(base.images[rows], final.images[rows], prompts, output_dir / BEFORE_AFTER_FILE)
+
+
+# ============================================================================================== formatting
+def scalar_metrics(metrics: dict[str, object]) -> dict[str, float]:
+    """The agent's metrics that are numbers, as floats."""
+    scalars: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            scalars[key] = float(value)
+    return scalars
+
+
+def progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+    names = {"reward_mean": "reward", "gold_score": "gold", "proxy_score": "proxy"}
+    return {short: f"{metrics[key]:.3f}" for key, short in names.items() if key in metrics}
+
+
+__all__ = [
+    "EpochEvent",
+    "EvaluationEvent",
+    "RunState",
+    "Trainer",
+    "TrainerCallback",
+    "TrainerEvent",
+    "process_agent_state",
+    "scalar_metrics",
+    "write_run_folder",
+]

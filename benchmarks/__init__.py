@@ -1,1 +1,0 @@
-"""Benchmarks of diffusion-gym's agents: `python benchmarks/run.py --help`."""
