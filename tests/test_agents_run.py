@@ -138,22 +138,30 @@ def _plain(value) -> bool:
 @pytest.mark.parametrize("name, overrides", [("herd", {"herd_base": "dpok"}), ("loop", {})])
 def test_state_dict_resumes_exactly(env, name, overrides):
     config = tiny_config(**overrides)
+    state, expected = state_and_next_epoch(env, name, config, epochs=2)  # HERD: the buffer is now full
+    assert _plain(state)
+    assert untimed(next_epoch_from(env, name, config, state)) == untimed(expected)
+
+
+def state_and_next_epoch(env, name: str, config: AgentConfig, epochs: int) -> tuple[dict, dict[str, float]]:
+    """An agent's state after ``epochs`` epochs, and the metrics of the epoch it then trains."""
     agent = make_agent(name, env, config)
     try:
-        agent.train_epoch()
-        agent.train_epoch()  # HERD: the buffer is now full
-        state = agent.state_dict()
-        assert _plain(state)
-        expected = agent.train_epoch().metrics
+        for _ in range(epochs):
+            agent.train_epoch()
+        return agent.state_dict(), agent.train_epoch().metrics
     finally:
         agent.close()
-    resumed = make_agent(name, env, config)
+
+
+def next_epoch_from(env, name: str, config: AgentConfig, state: dict) -> dict[str, float]:
+    """The metrics of the epoch a new agent trains after loading ``state``."""
+    agent = make_agent(name, env, config)
     try:
-        resumed.load_state_dict(state)
-        got = resumed.train_epoch().metrics
+        agent.load_state_dict(state)
+        return agent.train_epoch().metrics
     finally:
-        resumed.close()
-    assert untimed(got) == untimed(expected)
+        agent.close()
 
 
 def test_generate_pads_chunks_and_is_seeded(env):
@@ -252,23 +260,11 @@ def test_a_herd_checkpoint_of_the_wrapper_layout_still_loads(env):
     into today's composed agent and continues exactly as the new layout does."""
     from agents.base import upgrade_herd_state
 
-    agent = make_agent("herd", env, tiny_config())
-    try:
-        agent.train_epoch()  # the buffer holds relabeled trajectories now
-        state = agent.state_dict()
-        expected = agent.train_epoch().metrics
-    finally:
-        agent.close()
+    state, expected = state_and_next_epoch(env, "herd", tiny_config(), epochs=1)  # the buffer is full
     base_state = {key: value for key, value in state.items() if key != "relabeler"}
     old = {"agent": "herd", "epoch": 1, "base": base_state, "herd_history": state["relabeler"]["history"]}
     assert upgrade_herd_state(old).keys() == state.keys()
-    resumed = make_agent("herd", env, tiny_config())
-    try:
-        resumed.load_state_dict(old)
-        got = resumed.train_epoch().metrics
-    finally:
-        resumed.close()
-    assert untimed(got) == untimed(expected)
+    assert untimed(next_epoch_from(env, "herd", tiny_config(), old)) == untimed(expected)
 
 
 def test_a_state_with_or_without_relabeling_loads_only_into_the_same_kind(env):
@@ -284,18 +280,19 @@ def test_a_state_with_or_without_relabeling_loads_only_into_the_same_kind(env):
 
 
 # ------------------------------------------------------------------------------------------ wrapped envs
-def numpy_observations(env):
-    """A stock wrapper that hands the policy numpy observations (as a numpy-mode vector env would)."""
-    from gymnasium.wrappers.vector import TransformObservation
+def numpy_env(env):
+    """Stock wrappers that return numpy observations and rewards (as a numpy-mode vector env would)."""
+    from gymnasium.wrappers.vector import TransformObservation, TransformReward
 
-    return TransformObservation(env, lambda obs: {k: v.cpu().numpy() for k, v in obs.items()}, env.observation_space)
+    observations = TransformObservation(env, lambda obs: {k: v.cpu().numpy() for k, v in obs.items()})
+    return TransformReward(observations, lambda rewards: rewards.cpu().numpy())
 
 
 def test_an_agent_trains_on_wrapped_envs_with_torch_or_numpy_observations(env):
     """Stock vector wrappers around ``gym.make_vec``: the agent drives their reset/step; numpy observations come
     back as numpy actions; the episodes, rewards and training are the same as on the bare env."""
     from gymnasium.vector import VectorWrapper
-    from gymnasium.wrappers.vector import ClipReward, TransformAction
+    from gymnasium.wrappers.vector import TransformAction, TransformReward
 
     actions: list[type] = []
 
@@ -305,8 +302,8 @@ def test_an_agent_trains_on_wrapped_envs_with_torch_or_numpy_observations(env):
 
     wrapped = {
         "bare": env,
-        "torch": ClipReward(VectorWrapper(env), min_reward=-1e9, max_reward=1e9),
-        "numpy": TransformAction(numpy_observations(env), record, env.action_space),
+        "torch": TransformReward(VectorWrapper(env), lambda rewards: rewards),
+        "numpy": TransformAction(numpy_env(env), record, env.action_space),
     }
     results = {}
     for name, vector_env in wrapped.items():
