@@ -52,7 +52,7 @@ from diffusion_gym.prompts import registered_prompt_sets
 from diffusion_gym.rewards import registered_rewards
 
 DEFAULT_MODEL = "shapes"
-DEFAULT_EPOCHS = 24  # ~20 s per epoch on this 2-core CPU: the default run fits in 10 minutes
+DEFAULT_EPOCHS = 24  # ~20 s per epoch on 2 CPU cores: the default run fits in about 10 minutes
 DEFAULT_SEEDS = "0,1,2"
 
 
