@@ -155,7 +155,7 @@ def resolve_model(name: str) -> str:
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model {name!r} is missing from {folder}; rebuild it with "
-                "`python -m diffusion_gym.shapes.train`"
+                "`python -m diffusion_gym.shapes.offline.train`"
             )
         return str(folder)
     path = Path(name).expanduser()
