@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from diffusion_gym.core import DiffusionHandle, DiffusionMDP, EnvConfig
+from diffusion_gym.core import (
+    SINGLE_ENV_OPTIONS_HINT,
+    DiffusionHandle,
+    DiffusionMDP,
+    EnvConfig,
+    check_prompt_option,
+    check_reset_options,
+)
 from diffusion_gym.images import to_uint8_hwc
 
 
@@ -125,7 +133,7 @@ class DiffusionT2IEnv(gym.Env):
 
     def __init__(
         self,
-        model: str = "shapes",
+        model: str | os.PathLike[str] = "shapes",
         reward: str | None = None,
         prompts: str | list[str] | None = None,
         num_inference_steps: int | None = None,
@@ -158,25 +166,31 @@ class DiffusionT2IEnv(gym.Env):
         self.action_space = self.mdp.single_action_space()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        options = check_reset_options(options, {"prompt": "one goal prompt"}, hint=SINGLE_ENV_OPTIONS_HINT)
+        prompt = options.get("prompt")
+        if prompt is not None:  # checked before anything is drawn: a refused reset changes nothing
+            check_prompt_option("options['prompt']", prompt)
+            self.mdp.check_prompt(prompt)
         super().reset(seed=seed)
-        prompt = (options or {}).get("prompt")
         noise, prompt = self.mdp.sample_start(self.np_random, prompt)
         self.mdp.reset(noise[None], [prompt])  # (1, C, H, W)
         return self._observation(), {"prompt": prompt}
 
     def step(self, action):
-        action = torch.as_tensor(np.asarray(action)) if not isinstance(action, torch.Tensor) else action
+        if not isinstance(action, torch.Tensor):
+            action = np.asarray(action)
         if action.ndim != 3:
             raise ValueError(
                 f"action has shape {tuple(action.shape)}, expected {self.action_space.shape} (the next latent)"
             )
-        rewards, extras = self.mdp.step(action[None])  # (1, C, H, W)
+        rewards, outcome = self.mdp.step(action[None])  # (1, C, H, W)
         terminated = self.mdp.terminated
         info: dict[str, Any] = {"prompt": self.mdp.prompts[0]}
-        if terminated:
-            final_image = extras.pop("final_images")[0]  # (3, H, W)
-            info["final_image"] = to_uint8_hwc(final_image[None])[0]  # (H, W, 3)
-            info.update({key: float(value[0]) for key, value in extras.items()})
+        if outcome is not None:
+            info["final_image"] = to_uint8_hwc(outcome.final_images[:1])[0]  # (H, W, 3)
+            for key, scores in outcome.scores.items():
+                if bool(outcome.applies[key][0]):  # absent where the world's scorer cannot score the prompt
+                    info[key] = float(scores[0])
         return self._observation(), float(rewards[0]), terminated, False, info
 
     def compute_reward(self, achieved_goal, desired_goal, info=None):
