@@ -234,7 +234,7 @@ def _load_uncached(name: str, source: str, device: torch.device, dtype: torch.dt
 
     for part in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):  # diffusers would make do without some
         if Path(source).is_dir() and not (Path(source) / part).is_dir():
-            raise FileNotFoundError(f"model folder {source} has no {part}/ folder (a Stable Diffusion pipeline has one)")
+            raise FileNotFoundError(f"model folder {source} has no {part}/ folder (a Stable Diffusion pipeline has)")
     try:
         # The folder's own scheduler config, checked before any weights load: the pipeline's constructor rewrites
         # some of its flags (clip_sample=True and steps_offset != 1, with a FutureWarning) before we could see them.
