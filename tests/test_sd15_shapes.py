@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import resource
 import subprocess
@@ -81,8 +82,10 @@ SD15_VAE = dict(
     sample_size=512,
     up_block_types=("UpDecoderBlock2D",) * 4,
 )
-# scheduler/scheduler_config.json (SD v1.5 ships a PNDM config; the env builds its DDIM scheduler from it)
+# scheduler/scheduler_config.json (SD v1.5 ships a PNDM config, with a clip_sample that PNDM does not take; the env
+# builds its DDIM scheduler from the file)
 SD15_SCHEDULER = dict(
+    _class_name="PNDMScheduler",
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
@@ -114,16 +117,22 @@ def build_sd15_shaped_pipeline(folder: Path, seed: int = 0) -> None:
         vae=AutoencoderKL(**SD15_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)),
         tokenizer=CLIPTokenizer.from_pretrained(tokenizer_folder),
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        scheduler=PNDMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k not in ("_class_name", "clip_sample")}),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder, safe_serialization=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER, indent=2))  # SD's own
 
 
 class Phases:
-    """Peak resident memory (``VmHWM``, reset between phases where Linux allows) and wall time of each phase."""
+    """Peak resident memory (``VmHWM``, reset between phases where Linux allows) and wall time of each phase.
+
+    Resident memory, not allocated memory: safetensors maps the weights lazily (they become resident when first
+    used, so the load phase looks small), and the allocator keeps freed memory (the RSS after a phase stays near
+    its peak).
+    """
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, float, float, float]] = []  # (phase, peak GiB, RSS after GiB, seconds)
@@ -152,7 +161,7 @@ class Phases:
     def report(self) -> str:
         lines = [f"{'phase':<44} {'peak GiB':>9} {'RSS after':>9} {'seconds':>8}"]
         lines += [f"{name:<44} {peak:9.2f} {after:9.2f} {seconds:8.1f}" for name, peak, after, seconds in self.rows]
-        lines.append(f"process peak (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        lines.append(f"process peak: {max(peak for _, peak, _, _ in self.rows):.2f} GiB")  # VmHWM is reset per phase
         return "\n".join(lines)
 
 
