@@ -193,6 +193,12 @@ def test_3_5_a_bad_argument_is_an_error_naming_it(tiny_pipeline: str, argument: 
         make_env(tiny_pipeline, **{argument: value})
 
 
+def test_3_an_empty_reward_is_an_error_not_the_worlds_default() -> None:
+    """Repro: ``reward=""`` used the Shapes world's default reward (shapes-gold)."""
+    with pytest.raises(ValueError, match="reward must be a registered reward name"):
+        gym.make(diffusion_gym.ENV_ID, reward="", num_inference_steps=2)
+
+
 @pytest.mark.parametrize("num_envs", [2.5, 0, -1, True, "2"])
 def test_5_a_bad_num_envs_is_an_error_naming_it(tiny_pipeline: str, num_envs) -> None:
     with pytest.raises((ValueError, TypeError), match="num_envs"):
