@@ -133,6 +133,7 @@ def env_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The ``gym.make_vec("DiffusionT2I-v1", ...)`` keyword arguments of a settings dict (``num_envs`` = batch)."""
     kwargs = {key: settings[key] for key in ENV_KEYS if key in settings}
     kwargs["num_envs"] = settings["batch_size"]
+    kwargs["array_backend"] = "torch"  # the agents take torch tensors on the env's device
     if isinstance(kwargs.get("prompts"), str):
         kwargs["prompts"] = [kwargs["prompts"]]  # one prompt, never a prompt-set name
     return kwargs

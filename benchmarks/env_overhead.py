@@ -53,6 +53,7 @@ def main() -> None:
         prompts=prompts,
         num_inference_steps=args.steps,
         latent_bound=1e4,  # a random tiny UNet drifts; the bound check itself still runs
+        array_backend="torch",  # tensors on the env's device, as the agents use it
     ).unwrapped
     policy = PretrainedPolicy(env, guidance_scale=args.guidance, eta=1.0, seed=0)
     reward_fn = make_reward(args.reward)

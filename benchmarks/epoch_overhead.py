@@ -361,6 +361,7 @@ def main() -> None:
         device=args.device,
         dtype=args.dtype,
         latent_bound=latent_bound or 50.0,
+        array_backend="torch",  # the agents take torch tensors on the env's device
     ).unwrapped
     device = torch.device(env.diffusion.device)
     agent = make_agent(args.agent, env, config)

@@ -284,6 +284,7 @@ def measure(
         prompts=prompts,
         num_inference_steps=num_inference_steps,
         latent_bound=latent_bound,
+        array_backend="torch",  # the agents take torch tensors on the env's device
     )
     config = AgentConfig(
         seed=seed,

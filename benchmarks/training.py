@@ -170,6 +170,7 @@ def make_env(settings: RunSettings, device: str | torch.device | None = None):
         dtype=settings.dtype,
         latent_bound=settings.latent_bound,
         max_prompt_chunks=settings.max_prompt_chunks,
+        array_backend="torch",  # the agents take torch tensors on the env's device
     )
 
 

@@ -97,6 +97,7 @@ def main() -> None:
         prompts=PROMPTS,
         num_inference_steps=3,
         latent_bound=1e4,
+        array_backend="torch",
     )
     for name, overrides, epochs in RUNS:
         train(env, name, overrides, epochs, distributed, out_dir)

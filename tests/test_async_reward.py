@@ -113,6 +113,7 @@ def make_vec(world: str):
         prompts=PROMPTS,
         num_inference_steps=STEPS,
         latent_bound=1e4,
+        array_backend="torch",
     ).unwrapped
 
 

@@ -110,6 +110,7 @@ def test_branches_share_their_prefix_and_differ_only_from_the_branch_step(tmp_pa
         prompts=["a red circle.", "a blue square."],
         num_inference_steps=4,
         latent_bound=1e4,
+        array_backend="torch",
     )
     agent = make_agent("ddpo", env.unwrapped, AgentConfig(batch_size=4, batches_per_epoch=1))
     try:

@@ -116,7 +116,7 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
     env = gym.make_vec("DiffusionT2I-v1", vectorization_mode="vector_entry_point", **kwargs)
     try:
         observation, info = env.reset(seed=0)
-        assert info["prompt"] == [FOREST_PROMPT, FOREST_PROMPT]
+        assert list(info["prompt"]) == [FOREST_PROMPT, FOREST_PROMPT]
         assert observation["prompt_embedding"].shape == (2, 2 * 77, 32)
         for _ in range(2):
             observation, reward, terminated, _, _ = env.step(torch.zeros_like(observation["latent"]))
