@@ -75,7 +75,7 @@ class EnvSettings:
                 "spec): build it with gym.make_vec or agents.EnvSettings(...).make(num_envs), so that a run folder "
                 "can record and rebuild it"
             )
-        unrecorded = sorted(set(spec.kwargs) - set(cls.fields()) - {"num_envs", "vectorization_mode"})
+        unrecorded = sorted(set(spec.kwargs) - set(cls.fields()) - {"num_envs", "vectorization_mode", "array_backend"})
         if unrecorded:
             raise ValueError(
                 f"the env was made with {unrecorded}, which a run folder does not record (it records {cls.fields()}): "
@@ -91,7 +91,14 @@ class EnvSettings:
             kwargs["prompts"] = list(self.prompts)
         if device is not None:
             kwargs["device"] = device
-        return gym.make_vec(diffusion_gym.ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+        # array_backend="torch": the agents take torch tensors on the env's device (the env's default is numpy)
+        return gym.make_vec(
+            diffusion_gym.ENV_ID,
+            num_envs=num_envs,
+            vectorization_mode="vector_entry_point",
+            array_backend="torch",
+            **kwargs,
+        )
 
     @classmethod
     def tiny(cls, folder: str | Path | None = None, **overrides: Any) -> EnvSettings:

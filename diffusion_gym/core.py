@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ from diffusion_gym.goals import GoalCodec
 from diffusion_gym.images import to_uint8
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.prompts import resolve_prompts
-from diffusion_gym.rewards import RewardFn, make_reward, validate_reward
+from diffusion_gym.rewards import RewardFn, check_reward_prompt, make_reward, reward_can_score, validate_reward
 
 
 @dataclass(frozen=True)
@@ -41,31 +44,105 @@ class EnvConfig:
     image_cache_size: int = 256
     max_prompt_chunks: int = 1
 
+    def checked(self) -> EnvConfig:
+        """This config with ``model`` as a ``str`` (a path object is accepted), after the checks that need no model.
+
+        Raises ``TypeError``/``ValueError`` naming the first bad argument; nothing is replaced by a default. ``model``,
+        ``device`` and ``dtype`` are checked by :func:`~diffusion_gym.models.load_model`, ``prompts`` by
+        :func:`~diffusion_gym.prompts.resolve_prompts`.
+        """
+        if self.reward is not None and (not isinstance(self.reward, str) or not self.reward.strip()):
+            raise ValueError(
+                "reward must be a registered reward name or a weighted sum such as 'a:1.0,b:0.1' (None: the world's "
+                f"default reward), got {self.reward!r}"
+            )
+        if self.num_inference_steps is not None:
+            check_int("num_inference_steps", self.num_inference_steps, minimum=1)
+        if not _is_real(self.latent_bound) or not (math.isfinite(self.latent_bound) and self.latent_bound > 0):
+            raise ValueError(f"latent_bound must be a finite positive number, got {self.latent_bound!r}")
+        check_int("max_prompt_bytes", self.max_prompt_bytes, minimum=1)
+        check_int("image_cache_size", self.image_cache_size, minimum=0)
+        check_int("max_prompt_chunks", self.max_prompt_chunks, minimum=1)
+        return dataclasses.replace(
+            self, model=os.fspath(self.model) if isinstance(self.model, os.PathLike) else self.model
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``int(value)`` if ``value`` is an integer (not a bool) ``>= minimum``; else an error naming ``name``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+SINGLE_ENV_OPTIONS_HINT = "The vector env's reset takes 'prompts' (one per sub-env); this single env takes 'prompt'"
+
+
+def check_reset_options(options: object, known: dict[str, str], hint: str = "") -> dict[str, object]:
+    """The ``reset`` options as a dict (``None``: empty); ``TypeError``/``ValueError`` for a non-dict or an unknown key.
+
+    ``known`` maps each option this env takes to what it is (for the message); ``hint`` is added to the message
+    of an unknown key.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"reset options must be a dict or None, got {type(options).__name__}: {options!r}")
+    unknown = sorted(str(key) for key in options if key not in known)
+    if unknown:
+        takes = ", ".join(f"{key!r} ({what})" for key, what in known.items())
+        raise ValueError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; this env takes {takes}. {hint}")
+    return dict(options)
+
+
+def check_prompt_option(where: str, prompt: object) -> str:
+    """A prompt given in the ``reset`` options (``where``: e.g. ``"options['prompt']"``) must be a ``str``."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where} must be a str, got {type(prompt).__name__}: {prompt!r}")
+    return prompt
+
+
+class TerminalOutcome(NamedTuple):
+    """What the terminal step of ``N`` episodes produced, besides the observation."""
+
+    rewards: torch.Tensor  # (N,) float32 CPU: the env's reward
+    final_images: torch.Tensor  # (N, 3, H, W) in [0, 1]: the decoded x_0
+    scores: dict[str, torch.Tensor]  # the world's extra scores by key, (N,) float32 CPU, NaN where they do not apply
+    applies: dict[str, torch.Tensor]  # the same keys, (N,) bool: where the score applies (its scorer can parse)
+
 
 class DiffusionMDP:
     """``N`` denoising episodes advanced together. Tensors live on ``config.device``."""
 
     def __init__(self, config: EnvConfig, num_envs: int):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if not (math.isfinite(config.latent_bound) and config.latent_bound > 0):
-            raise ValueError(f"latent_bound must be a finite positive number, got {config.latent_bound}")
+        num_envs = check_int("num_envs", num_envs, minimum=1)
+        config = config.checked()
         self.config = config
         self.num_envs = num_envs
         self.model: DiffusionModel = load_model(config.model, config.device, config.dtype)
         world = self.model.world
 
-        self.reward_name = validate_reward(config.reward or _required(world.default_reward, "reward", config.model))
+        reward = config.reward if config.reward is not None else _required(world.default_reward, "reward", config.model)
+        self.reward_name = validate_reward(reward)
         self.reward_fn = make_reward(self.reward_name, self.model.device)
-        # Extra scores reported in info at termination, e.g. the gold score while optimising a proxy.
+        # Extra scores reported in info at termination, e.g. the gold score while optimising a proxy; each is
+        # reported only for the prompts its scorer can score (reward_can_score).
         self.extra_score_names = {
-            key: name
+            key: validate_reward(name)
             for key, name in (("gold_score", world.gold_reward), ("proxy_score", world.proxy_reward))
             if name is not None
         }
 
-        if not isinstance(config.max_prompt_chunks, int) or config.max_prompt_chunks < 1:
-            raise ValueError(f"max_prompt_chunks must be a positive int, got {config.max_prompt_chunks!r}")
         self.codec = GoalCodec(config.max_prompt_bytes, self.model.latent_shape)
         self.prompt_pool = resolve_prompts(
             config.prompts if config.prompts is not None else _required(world.default_prompts, "prompts", config.model)
@@ -77,9 +154,14 @@ class DiffusionMDP:
         from diffusers import DDIMScheduler
 
         self.scheduler = DDIMScheduler.from_config(self.model.scheduler.config)
-        steps = config.num_inference_steps or world.num_inference_steps
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive int, got {steps!r}")
+        steps = config.num_inference_steps if config.num_inference_steps is not None else world.num_inference_steps
+        check_int("num_inference_steps", steps, minimum=1)
+        train_steps = self.scheduler.config.num_train_timesteps
+        if steps > train_steps:
+            raise ValueError(
+                f"num_inference_steps={steps} is more than the {train_steps} timesteps the model was trained on "
+                f"(the scheduler's num_train_timesteps)"
+            )
         self.scheduler.set_timesteps(steps)
         self.timesteps = self.scheduler.timesteps.clone()  # (T,) descending
         self.num_steps = len(self.timesteps)
@@ -112,7 +194,8 @@ class DiffusionMDP:
 
     # ----------------------------------------------------------------------------------------- prompts
     def check_prompt(self, prompt: str) -> None:
-        """Raise for a prompt that cannot be a lossless goal (empty, too many bytes or tokens)."""
+        """Raise for a prompt that cannot be a goal: not a lossless goal (empty, too many bytes or tokens), or one
+        the env's reward cannot score (e.g. a sentence outside the Shapes gold scorer's grammar)."""
         self.codec.prompt_bytes(prompt)
         num_chunks = self.model.count_prompt_chunks(prompt)
         if num_chunks > self.config.max_prompt_chunks:
@@ -122,6 +205,7 @@ class DiffusionMDP:
                 f"max_prompt_chunks={self.config.max_prompt_chunks}; truncating it would break the lossless goal "
                 f"(raise max_prompt_chunks to encode it in windows): {prompt!r}"
             )
+        check_reward_prompt(self.reward_name, prompt)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Prompt embeddings ``(B, S, D)`` as the env encodes goals (``S`` = tokens x ``max_prompt_chunks``).
@@ -134,7 +218,8 @@ class DiffusionMDP:
         """One episode's start from one RNG: ``x_T`` ``(C, H, W)`` on the CPU and its prompt.
 
         The single env and each sub-env of the vector env draw from their own RNG through this one
-        function, so that the same seed gives the same episode in both.
+        function, so that the same seed gives the same episode in both. A given ``prompt`` must have passed
+        :meth:`check_prompt` already (the envs check every option before they draw anything).
         """
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
         noise = torch.randn(self.model.latent_shape, generator=generator) * self.init_noise_sigma  # (C, H, W)
@@ -160,21 +245,25 @@ class DiffusionMDP:
     def terminated(self) -> bool:
         return self.step_index == self.num_steps
 
-    def check_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Validate a batch of actions ``(N, C, H, W)``; returns it as float32 on the env's device.
+    def check_action(self, action: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Validate a batch of actions ``(N, C, H, W)``; returns a copy as float32 on the env's device.
 
         Out-of-bound and non-finite actions are errors, never clipped: either is almost surely a bug in the
         policy (pixels instead of latents, unscaled latents, a diverged model), and hiding it would poison
-        the training data.
+        the training data. The copy is detached: an action that requires grad is taken by value (the env is not
+        differentiable, and its observations never carry a ``grad_fn``).
         """
         if not isinstance(action, torch.Tensor):
-            raise TypeError(f"action must be a torch.Tensor or numpy array, got {type(action).__name__}")
+            array = np.asarray(action)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"action must be a torch.Tensor or numpy array of floats, got dtype {array.dtype}")
+            action = torch.from_numpy(array)
         if not action.is_floating_point():
             raise TypeError(f"action must have a floating-point dtype, got {action.dtype}")
         expected = (self.num_envs, *self.model.latent_shape)
         if tuple(action.shape) != expected:
             raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} (the next latent)")
-        action = action.to(self.model.device, torch.float32, copy=True)  # the env owns its state
+        action = action.detach().to(self.model.device, torch.float32, copy=True)  # the env owns its state
         finite = torch.isfinite(action).flatten(1).all(dim=1)  # (N,)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
@@ -189,8 +278,8 @@ class DiffusionMDP:
             )
         return action
 
-    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, object]]:
-        """Advance all episodes by one step; returns rewards ``(N,)`` and terminal extras (empty before).
+    def step(self, action: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, TerminalOutcome | None]:
+        """Advance all episodes by one step; returns rewards ``(N,)`` and, at the terminal step, its outcome.
 
         The terminal step is three parts: :meth:`advance` (the transition and the decode), every function of
         :meth:`terminal_scorers` on the images, then :meth:`terminal_outcome`. Here they run in a row; the vector
@@ -198,17 +287,19 @@ class DiffusionMDP:
         """
         images = self.advance(action)
         if images is None:
-            return torch.zeros(self.num_envs, dtype=torch.float32), {}
+            return torch.zeros(self.num_envs, dtype=torch.float32), None
         scores = {
             key: reward_fn(images, self.prompts).float().cpu() for key, reward_fn in self.terminal_scorers().items()
         }
-        return self.terminal_outcome(images, scores)
+        outcome = self.terminal_outcome(images, scores, self.prompts)
+        return outcome.rewards, outcome
 
-    def advance(self, action: torch.Tensor) -> torch.Tensor | None:
+    def advance(self, action: torch.Tensor | np.ndarray) -> torch.Tensor | None:
         """The transition of all episodes (the next latent is the action); nothing is scored.
 
-        Returns ``None`` before the last step; at the last step, the final images ``(N, 3, H, W)`` in [0, 1]
-        (decoded, and the achieved goals updated), for :meth:`terminal_scorers` to score.
+        Every check runs before the state changes: a refused action leaves the episodes as they were. Returns
+        ``None`` before the last step; at the last step, the final images ``(N, 3, H, W)`` in [0, 1] (decoded, and
+        the achieved goals updated), for :meth:`terminal_scorers` to score.
         """
         if self.step_index is None:
             raise ResetNeeded("step() called before reset()")
@@ -224,23 +315,28 @@ class DiffusionMDP:
 
     def terminal_scorers(self) -> dict[str, RewardFn]:
         """The scores of the terminal step, by key: ``"reward"`` (the env's reward) and each extra score of the
-        world (``gold_score``, ``proxy_score``) whose reward differs from it (one that is the reward reuses it)."""
+        world (``gold_score``, ``proxy_score``) whose reward differs from it (one that is the reward reuses it).
+        An extra scorer scores only the prompts it can score and gives NaN for the others."""
         scorers: dict[str, RewardFn] = {"reward": self.reward_fn}
         for key, name in self.extra_score_names.items():
             if name != self.reward_name:
-                scorers[key] = make_reward(name, self.model.device)
+                scorers[key] = ScoreWhereApplicable(name, make_reward(name, self.model.device))
         return scorers
 
     def terminal_outcome(
-        self, images: torch.Tensor, scores: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, object]]:
-        """The terminal rewards ``(N,)`` and extras (``final_images`` and the world's extra scores), from the
-        final images ``(N, 3, H, W)`` and the ``(N,)`` float32 CPU scores of every :meth:`terminal_scorers` key."""
+        self, images: torch.Tensor, scores: dict[str, torch.Tensor], prompts: Sequence[str]
+    ) -> TerminalOutcome:
+        """The :class:`TerminalOutcome` of final images ``(N, 3, H, W)`` for ``prompts``, from the ``(N,)`` float32
+        CPU scores of every :meth:`terminal_scorers` key."""
         rewards = scores["reward"]
-        extras: dict[str, object] = {"final_images": images}
+        extra_scores, applies = {}, {}
         for key, name in self.extra_score_names.items():
-            extras[key] = rewards if name == self.reward_name else scores[key]
-        return rewards, extras
+            if name == self.reward_name:  # the env's reward: checked at reset, it applies to every prompt
+                extra_scores[key], applies[key] = rewards, torch.ones(len(prompts), dtype=torch.bool)
+            else:
+                extra_scores[key] = scores[key]
+                applies[key] = torch.tensor([reward_can_score(name, prompt) for prompt in prompts], dtype=torch.bool)
+        return TerminalOutcome(rewards, images, extra_scores, applies)
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The batched observation: every value a tensor on the env's device."""
@@ -261,7 +357,8 @@ class DiffusionMDP:
         """Decode latents ``(B, C, H, W)`` to 8-bit images ``(B, 3, H, W)`` in [0, 1], through a small cache.
 
         The cache (keyed by the latent's bytes) makes ``compute_reward`` on a terminal achieved goal see
-        exactly the image ``step`` scored, whatever batch it comes in, and makes relabeling cheap.
+        exactly the image ``step`` scored, whatever batch it comes in, and makes relabeling cheap. It keeps the
+        ``image_cache_size`` most recently used images (0: no cache).
         """
         keys = [row.numpy().tobytes() for row in latents.detach().float().cpu()]
         missing = [i for i, key in enumerate(keys) if key not in self._image_cache]
@@ -283,7 +380,11 @@ class DiffusionMDP:
         self._image_cache = other._image_cache
 
     def compute_reward(self, achieved_goal, desired_goal) -> torch.Tensor:
-        """Vectorised goal-conditioned reward ``(B,)`` float32 on the CPU (see :mod:`diffusion_gym.goals`)."""
+        """Vectorised goal-conditioned reward ``(B,)`` float32 on the CPU (see :mod:`diffusion_gym.goals`).
+
+        Both goals are checked (:meth:`GoalCodec.check_goals`): a NaN, a generated flag other than 0 or 1, or
+        prompt bytes that are not UTF-8 are errors, and so is a desired prompt the env's reward cannot score.
+        """
         achieved = torch.as_tensor(achieved_goal, dtype=torch.float32)
         desired = torch.as_tensor(desired_goal, dtype=torch.float32)
         if achieved.shape != desired.shape or achieved.ndim != 2 or achieved.shape[1] != self.codec.size:
@@ -291,12 +392,16 @@ class DiffusionMDP:
                 f"compute_reward expects goals of shape (B, {self.codec.size}), got {tuple(achieved.shape)} "
                 f"and {tuple(desired.shape)}"
             )
+        self.codec.check_goals(achieved, "achieved_goal")
+        desired_prompts = self.codec.check_goals(desired, "desired_goal")
         rewards = torch.zeros(achieved.shape[0], dtype=torch.float32)
         generated = self.codec.generated(achieved).cpu()
         if bool(generated.any()):
             rows = torch.nonzero(generated).flatten()
+            prompts = [desired_prompts[i] for i in rows.tolist()]
+            for prompt in prompts:
+                check_reward_prompt(self.reward_name, prompt)
             images = self.decode(self.codec.final_latents(achieved[rows.to(achieved.device)]))
-            prompts = self.codec.decode_prompts(desired[rows.to(desired.device)])
             rewards[rows] = self.reward_fn(images, prompts).float().cpu()
         return rewards
 
@@ -315,6 +420,22 @@ class DiffusionMDP:
         return self._unconditional_embedding
 
 
+class ScoreWhereApplicable:
+    """A world's extra score (e.g. the Shapes gold score) on the prompts its reward can score, NaN on the others:
+    ``fn(images, prompts) -> (B,)`` float32 CPU."""
+
+    def __init__(self, name: str, reward_fn: RewardFn):
+        self.name = name
+        self.reward_fn = reward_fn
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        scores = torch.full((len(prompts),), float("nan"), dtype=torch.float32)
+        rows = [i for i, prompt in enumerate(prompts) if reward_can_score(self.name, prompt)]
+        if rows:
+            scores[rows] = self.reward_fn(images[rows], [prompts[i] for i in rows]).float().cpu()
+        return scores
+
+
 class DiffusionHandle:
     """What a policy or an agent may use of a ``DiffusionT2I`` env: the public interface between the two.
 
@@ -331,12 +452,15 @@ class DiffusionHandle:
       as ``reset`` checks them) and ``unconditional_embedding`` (classifier-free guidance's null prompt);
     * goals and rewards: ``codec`` (:class:`diffusion_gym.goals.GoalCodec`, to relabel a goal) and
       ``compute_reward`` (the goal-conditioned reward as a float32 CPU tensor, whatever the env returns);
-    * ``new_vector_env(num_envs)``: another vector env with this env's arguments, sharing its loaded model and
-      decoded-image cache (e.g. to sample one batch while another batch's reward is scored).
+    * ``new_vector_env(num_envs)``: another vector env with this env's arguments (and array backend), sharing its
+      loaded model and decoded-image cache (e.g. to sample one batch while another batch's reward is scored).
+
+    Tensors in, tensors out: this interface takes and returns torch tensors whatever the env's array backend.
     """
 
-    def __init__(self, mdp: DiffusionMDP):
+    def __init__(self, mdp: DiffusionMDP, array_backend: str = "numpy"):
         self._mdp = mdp
+        self._array_backend = array_backend  # the backend of new_vector_env's envs
 
     # ----------------------------------------------------------------------------------------- the model
     @property
@@ -425,18 +549,25 @@ class DiffusionHandle:
 
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The terminal scores of images ``(B, 3, H, W)`` in [0, 1]: ``"reward"`` and the world's extra scores
-        (``gold_score``, ``proxy_score``), each ``(B,)`` float32 on the CPU."""
-        scores = {key: fn(images, list(prompts)).float().cpu() for key, fn in self._mdp.terminal_scorers().items()}
-        return self._mdp.terminal_outcome(images, scores)[1] | {"reward": scores["reward"]}
+        (``gold_score``, ``proxy_score``), each ``(B,)`` float32 on the CPU; an extra score is NaN for a prompt its
+        scorer cannot score (the reward refuses such a prompt)."""
+        prompts = list(prompts)
+        scores = {key: fn(images, prompts).float().cpu() for key, fn in self._mdp.terminal_scorers().items()}
+        outcome = self._mdp.terminal_outcome(images, scores, prompts)
+        return {"reward": outcome.rewards, **outcome.scores}
 
     # ----------------------------------------------------------------------------------------- more envs
-    def new_vector_env(self, num_envs: int):
+    def new_vector_env(self, num_envs: int, array_backend: str | None = None):
         """A new :class:`~diffusion_gym.vector_env.DiffusionT2IVectorEnv` with this env's arguments, sharing its
-        (once-per-process) model and its decoded-image cache; it has its own episodes, RNGs and reward scorer."""
+        (once-per-process) model and its decoded-image cache; it has its own episodes, RNGs and reward scorer.
+
+        ``array_backend``: ``"numpy"`` or ``"torch"``; ``None``: this env's (``"numpy"`` for the single env).
+        """
         from diffusion_gym.vector_env import DiffusionT2IVectorEnv
 
         config = {field.name: getattr(self._mdp.config, field.name) for field in dataclasses.fields(self._mdp.config)}
-        env = DiffusionT2IVectorEnv(num_envs, **config)
+        backend = self._array_backend if array_backend is None else array_backend
+        env = DiffusionT2IVectorEnv(num_envs, **config, array_backend=backend)
         env.mdp.share_image_cache(self._mdp)
         return env
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from diffusion_gym.core import DiffusionHandle, DiffusionMDP, EnvConfig
+from diffusion_gym.core import (
+    SINGLE_ENV_OPTIONS_HINT,
+    DiffusionHandle,
+    DiffusionMDP,
+    EnvConfig,
+    check_prompt_option,
+    check_reset_options,
+)
 from diffusion_gym.images import to_uint8_hwc
 
 
@@ -32,7 +40,10 @@ class DiffusionT2IEnv(gym.Env):
     world, ``(4, 64, 64)`` for Stable Diffusion v1.5 at 512 px. Actions are validated, never corrected:
     a wrong shape or a non-floating dtype raises ``ValueError``/``TypeError``; a NaN or inf entry raises
     ``ValueError``; an entry outside ``[-latent_bound, latent_bound]`` (default 50: latents have about unit
-    variance) raises ``ValueError``. Floating dtypes other than float32 are cast to float32.
+    variance) raises ``ValueError``. Floating dtypes other than float32 are cast to float32. An action is
+    numpy or torch (any device); the env copies its values: a tensor that requires grad is taken without its
+    graph (the env is not differentiable, and no observation carries a ``grad_fn``). Every check runs before
+    the state changes, so a refused ``step`` (or ``reset``) leaves the env as it was.
 
     ## Observation Space
 
@@ -57,12 +68,21 @@ class DiffusionT2IEnv(gym.Env):
     :math:`x_0` against the goal prompt. At every step ``reward == compute_reward(obs["achieved_goal"],
     obs["desired_goal"], info)``: ``compute_reward`` is vectorised over a batch, decodes the achieved goal's
     latent (through a cache) and scores it against the desired goal's prompt, and gives 0 where nothing has
-    been generated yet.
+    been generated yet. It checks both goals: a NaN or inf, a generated flag other than exactly 0 or 1, prompt
+    bytes that are not integers in [0, 255] or not UTF-8, or a desired prompt the reward cannot score raise
+    ``ValueError``.
+
+    The reward works on every prompt the env accepts: a prompt the reward cannot score (a reward may declare
+    which prompts it can score, e.g. ``shapes-gold`` parses the Shapes grammar and cannot score
+    "a photo of a cat") is refused when the env is made (for the prompt set) or at ``reset``, never at the
+    last step.
 
     ## Starting State
 
     :math:`x_T \sim \mathcal N(0, \sigma_{init}^2 I)` drawn from the env's seeded RNG; the goal prompt drawn
-    uniformly from the prompt set, or given by ``reset(options={"prompt": ...})``.
+    uniformly from the prompt set, or given by ``reset(options={"prompt": ...})``. ``options`` is a dict (or
+    ``None``) whose only key is ``"prompt"`` (a ``str``); any other key (e.g. the vector env's ``"prompts"``) or
+    type is an error, and the prompt is checked before anything is drawn.
 
     ## Episode End
 
@@ -70,7 +90,11 @@ class DiffusionT2IEnv(gym.Env):
     truncation. Stepping a terminated episode, or stepping before ``reset``, raises ``ResetNeeded``.
     At termination, ``info`` holds ``final_image`` (``(H, W, 3)`` uint8) and, when the model's world defines
     them, ``gold_score`` and ``proxy_score`` (e.g. the Shapes world's exact gold scorer and its learned CLIP
-    proxy), so training curves can show over-optimisation.
+    proxy), so training curves can show over-optimisation. Each is there only where it applies: a prompt its
+    scorer cannot score (the gold scorer on "a photo of a cat", with ``reward="shapes-clip"``) has no
+    ``gold_score`` in ``info`` (the vector env: NaN with the ``_gold_score`` mask False). A reward model that
+    raises at the last step leaves the episode terminated (the single env needs ``reset()``; the vector env
+    resets on its next step).
 
     ## Arguments
 
@@ -81,33 +105,58 @@ class DiffusionT2IEnv(gym.Env):
     env = gym.make("DiffusionT2I-v1", model="shapes", reward="shapes-gold", prompts="shapes-train")
     ```
 
-    * ``model``: ``"shapes"`` (default, shipped), a ``save_pretrained`` pipeline folder, or a diffusers hub id.
-    * ``reward``: a registered reward name or weighted sum (``"imagereward:1.0,aesthetic:0.1"``); default: the
-      world's default reward.
-    * ``prompts``: a registered prompt set name, one prompt, or a list of prompts; default: the world's.
-    * ``num_inference_steps``: the number of DDIM steps ``T``; default: the world's (50 for SD).
-    * ``device``, ``dtype``: where the frozen model runs (``"cpu"``/``"cuda"``, ``"float32"``/``"float16"``).
+    * ``model``: ``"shapes"`` (default, shipped), a ``save_pretrained`` pipeline folder (a ``str`` or a path
+      object), or a diffusers hub id. The folder's own ``scheduler/scheduler_config.json`` is read: a
+      ``clip_sample=True`` scheduler is refused (diffusers' pipeline would rewrite the flag with a warning); so
+      is a tokenizer whose ``model_max_length`` is unset or longer than the text encoder's positions, and a
+      folder without one of ``tokenizer/``, ``text_encoder/``, ``unet/``, ``vae/``, ``scheduler/``.
+    * ``reward``: a registered reward name or weighted sum (``"imagereward:1.0,aesthetic:0.1"``); ``None``
+      (default): the world's default reward.
+    * ``prompts``: a registered prompt set name, one prompt, or a list or tuple of prompts; ``None`` (default):
+      the world's. A string that looks like a set name (one word of lowercase letters and digits joined by
+      ``-`` or ``_``, e.g. the typo ``"shapes-trian"``) but is not registered is an error naming the registered
+      sets; a one-word prompt of that form goes in a list (``["self-portrait"]``).
+    * ``num_inference_steps``: the number of DDIM steps ``T``, from 1 to the scheduler's training steps (1000
+      for SD); ``None`` (default): the world's (50 for SD).
+    * ``device``: where the frozen model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
+      ``torch.device``); a device this machine lacks (``"cuda"`` without CUDA) is an error when the env is made.
+    * ``dtype``: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or that torch dtype).
     * ``latent_bound``: the action and latent bound (default 50.0, a sanity limit: latents have about unit
       variance, but guided DDIM steps of a real model reach |x| > 10).
     * ``max_prompt_bytes``: the prompt capacity of a goal vector (default 1024 UTF-8 bytes).
-    * ``image_cache_size``: decoded images kept for ``compute_reward`` (default 256).
+    * ``image_cache_size``: decoded images kept for ``compute_reward`` (default 256; 0: none, then
+      ``compute_reward`` decodes again).
     * ``max_prompt_chunks``: prompts longer than the text encoder's window (77 tokens for SD) are refused by
       default (1); with ``k > 1`` they are encoded in up to ``k`` windows of 77 tokens, concatenated, so
       ``prompt_embedding`` has ``S = 77 k`` rows (e.g. the HERD paper's 94-token forest prompt needs 2).
     * ``render_mode``: ``"rgb_array"`` renders the decoded current latent as ``(H, W, 3)`` uint8.
 
-    Empty prompts, prompts with more tokens than the text encoder takes (silent truncation would break the
-    lossless goal) and prompts over ``max_prompt_bytes`` raise ``ValueError``. Unknown reward or model names
-    raise ``UnknownRewardError``/``UnknownModelError``; a model folder that does not exist,
-    ``FileNotFoundError``. Models load once per process (``diffusion_gym.models.load_model``).
+    Every argument is checked when the env is made, and a bad value is an error naming the argument, never
+    replaced by a default: e.g. ``num_inference_steps=0`` or ``True``, ``reward=""``, ``image_cache_size=-1``,
+    ``dtype="float8"``, ``num_envs=2.5``, ``prompts`` given as a set. Empty prompts, prompts with more tokens than
+    the text encoder takes (silent truncation would break the lossless goal), prompts over ``max_prompt_bytes``
+    and prompts the reward cannot score raise ``ValueError``. Unknown reward or model names raise
+    ``UnknownRewardError``/``UnknownModelError``; a model folder that does not exist, ``FileNotFoundError``.
+    Models load once per process (``diffusion_gym.models.load_model``).
+
+    Checkers: ``gymnasium.utils.env_checker.check_env(env.unwrapped)`` and Stable-Baselines3's
+    ``stable_baselines3.common.env_checker.check_env(env.unwrapped)`` pass (with warnings about the latent's
+    scale and the unbounded prompt embedding). Pass ``env.unwrapped``: SB3's goal-env checks call
+    ``env.compute_reward``, which Gymnasium's ``OrderEnforcing`` wrapper (added by ``gym.make``) does not forward.
 
     ## Vectorized Environment
 
     ``gym.make_vec("DiffusionT2I-v1", num_envs=N, vectorization_mode="vector_entry_point")`` runs all ``N``
-    episodes as one batch on the env's device and returns torch tensors there
-    (:class:`diffusion_gym.vector_env.DiffusionT2IVectorEnv`). It also has Gymnasium's split step,
-    ``step_async(actions)`` / ``step_wait()``: at the terminal step the reward is scored on a worker thread
-    in between, so that the caller can sample another batch meanwhile.
+    episodes as one batch on the env's device (:class:`diffusion_gym.vector_env.DiffusionT2IVectorEnv`). It
+    follows Gymnasium's vector conventions: numpy observations, rewards, terminations and truncations, and
+    ``info`` entries with their ``_key`` masks, so Gymnasium's vector wrappers (``RecordEpisodeStatistics``,
+    ``NormalizeReward``, ``DictInfoToList``, ``ClipReward``, ``NumpyToTorch``, ...) work on it. With
+    ``array_backend="torch"`` it returns the same values as torch tensors on the env's device (what the agents
+    use on a GPU). It also has Gymnasium's split step, ``step_async(actions)`` / ``step_wait()``: at the
+    terminal step the reward is scored on a worker thread in between, so that the caller can sample another
+    batch meanwhile. ``reset(seed=...)`` takes an int, ``N`` ints or ``None``; ``reset(options=...)`` takes
+    ``"prompts"`` (``N`` prompts) or ``"prompt"`` (one for all). After ``close()``, ``step`` and ``reset`` raise
+    ``ClosedEnvironmentError``.
 
     ## Version History
 
@@ -116,7 +165,15 @@ class DiffusionT2IEnv(gym.Env):
       public interface for policies, ``env.unwrapped.diffusion`` (:class:`diffusion_gym.core.DiffusionHandle`),
       replaces the vector env's convenience attributes (``model``, ``scheduler``, ``timesteps``, ``codec``,
       ``encode_prompts``, ``unconditional_embedding``, ``make_sibling``). ``gym.make("DiffusionT2I-v0")`` raises
-      Gymnasium's ``DeprecatedEnv``.
+      Gymnasium's ``DeprecatedEnv``. Hardening (issue 19): the vector env returns numpy by default (Gymnasium's
+      vector conventions, ``info["prompt"]`` with its ``_prompt`` mask) and torch tensors on the device with
+      ``array_backend="torch"``; a prompt the reward cannot score is refused at construction or ``reset``, and
+      ``gold_score``/``proxy_score`` are reported only where they apply; an unregistered set-like ``prompts``
+      name is an error; actions that require grad are copied without their graph, and a refused ``step`` or
+      ``reset`` changes nothing; every argument, reset option and seed is checked (no default replaces a bad
+      value; ``model`` may be a path object); a closed vector env refuses ``step`` and ``reset``;
+      ``compute_reward`` checks its goals; the model folder's own scheduler config is read (``clip_sample=True``
+      refused) and its tokenizer checked.
     * v0: Initial version (the Shapes world's first to third weights, epsilon-prediction on Stable Diffusion's
       schedule).
     """
@@ -125,7 +182,7 @@ class DiffusionT2IEnv(gym.Env):
 
     def __init__(
         self,
-        model: str = "shapes",
+        model: str | os.PathLike[str] = "shapes",
         reward: str | None = None,
         prompts: str | list[str] | None = None,
         num_inference_steps: int | None = None,
@@ -158,25 +215,31 @@ class DiffusionT2IEnv(gym.Env):
         self.action_space = self.mdp.single_action_space()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        options = check_reset_options(options, {"prompt": "one goal prompt"}, hint=SINGLE_ENV_OPTIONS_HINT)
+        prompt = options.get("prompt")
+        if prompt is not None:  # checked before anything is drawn: a refused reset changes nothing
+            check_prompt_option("options['prompt']", prompt)
+            self.mdp.check_prompt(prompt)
         super().reset(seed=seed)
-        prompt = (options or {}).get("prompt")
         noise, prompt = self.mdp.sample_start(self.np_random, prompt)
         self.mdp.reset(noise[None], [prompt])  # (1, C, H, W)
         return self._observation(), {"prompt": prompt}
 
     def step(self, action):
-        action = torch.as_tensor(np.asarray(action)) if not isinstance(action, torch.Tensor) else action
+        if not isinstance(action, torch.Tensor):
+            action = np.asarray(action)
         if action.ndim != 3:
             raise ValueError(
                 f"action has shape {tuple(action.shape)}, expected {self.action_space.shape} (the next latent)"
             )
-        rewards, extras = self.mdp.step(action[None])  # (1, C, H, W)
+        rewards, outcome = self.mdp.step(action[None])  # (1, C, H, W)
         terminated = self.mdp.terminated
         info: dict[str, Any] = {"prompt": self.mdp.prompts[0]}
-        if terminated:
-            final_image = extras.pop("final_images")[0]  # (3, H, W)
-            info["final_image"] = to_uint8_hwc(final_image[None])[0]  # (H, W, 3)
-            info.update({key: float(value[0]) for key, value in extras.items()})
+        if outcome is not None:
+            info["final_image"] = to_uint8_hwc(outcome.final_images[:1])[0]  # (H, W, 3)
+            for key, scores in outcome.scores.items():
+                if bool(outcome.applies[key][0]):  # absent where the world's scorer cannot score the prompt
+                    info[key] = float(scores[0])
         return self._observation(), float(rewards[0]), terminated, False, info
 
     def compute_reward(self, achieved_goal, desired_goal, info=None):

@@ -81,6 +81,40 @@ class GoalCodec:
         codes = prompt_part.round().to(torch.uint8).numpy()
         return [row.tobytes().rstrip(b"\x00").decode("utf-8") for row in codes]
 
+    def check_goals(self, goals: torch.Tensor, name: str) -> list[str]:
+        """Raise ``ValueError`` unless every row of ``goals`` ``(B, size)`` is a goal this codec could have written;
+        return their prompts.
+
+        A goal is finite; its prompt part holds integers in [0, 255] that are the UTF-8 bytes of a non-empty prompt
+        without NUL, zero padded; its generated flag is exactly 0 or 1. ``name`` (``"achieved_goal"``, ...) is in
+        the message, with the offending rows.
+        """
+        goals = torch.as_tensor(goals).detach().cpu()
+        finite = torch.isfinite(goals).all(dim=1)  # (B,)
+        if not bool(finite.all()):
+            raise ValueError(f"{name} contains NaN or inf (rows {_rows(~finite)})")
+        prompt_part = goals[:, : self.max_prompt_bytes]  # (B, L)
+        not_bytes = ((prompt_part != prompt_part.round()) | (prompt_part < 0) | (prompt_part > 255)).any(dim=1)
+        if bool(not_bytes.any()):
+            raise ValueError(f"{name}: the prompt bytes must be integers in [0, 255] (rows {_rows(not_bytes)})")
+        flags = goals[:, self.flag_index]  # (B,)
+        not_flag = (flags != 0) & (flags != 1)
+        if bool(not_flag.any()):
+            raise ValueError(
+                f"{name}: the generated flag must be 0 or 1, got {flags[not_flag].tolist()} (rows {_rows(not_flag)})"
+            )
+        prompts = []
+        for row, codes in enumerate(prompt_part.to(torch.uint8).numpy()):
+            data = codes.tobytes().rstrip(b"\x00")
+            try:
+                prompt = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{name}: the prompt bytes of row {row} are not UTF-8 ({error})") from None
+            if not data or b"\x00" in data:
+                raise ValueError(f"{name}: row {row} holds no prompt, or a prompt with a NUL byte: {prompt!r}")
+            prompts.append(prompt)
+        return prompts
+
     def generated(self, goals: torch.Tensor) -> torch.Tensor:
         """Boolean ``(B,)``: True where the goal carries a generated image."""
         return goals[:, self.flag_index] > 0.5
@@ -101,3 +135,7 @@ class GoalCodec:
         low = np.concatenate([np.zeros(self.max_prompt_bytes + 1), np.full(latent_size, -latent_bound)])
         high = np.concatenate([np.full(self.max_prompt_bytes, 255.0), [1.0], np.full(latent_size, latent_bound)])
         return low.astype(np.float32), high.astype(np.float32)
+
+
+def _rows(mask: torch.Tensor) -> list[int]:
+    return torch.nonzero(mask).flatten().tolist()

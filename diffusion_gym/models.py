@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 import warnings
@@ -142,20 +143,59 @@ _CACHE: dict[tuple[str, str, str], DiffusionModel] = {}
 _LOCK = threading.Lock()
 
 
-def resolve_model(name: str) -> str:
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``, ``"float16"``, ``"bfloat16"`` or the torch dtype -> the torch dtype; else ``ValueError``."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))} (or that torch dtype), got {dtype!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device this process can use (``cpu``, ``cuda[:i]``, ``mps``); else a ``ValueError`` naming it."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}: {device!r}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device={device!r} is not a torch device ({', '.join(DEVICE_TYPES)}): {error}") from None
+    if resolved.type not in DEVICE_TYPES:
+        raise ValueError(f"device={device!r}: the env runs on {', '.join(DEVICE_TYPES)}, not {resolved.type!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}, but CUDA is not available to this torch ({torch.__version__}; "
+                "torch.cuda.is_available() is False); use device='cpu'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but MPS is not available (torch.backends.mps.is_available() is False)")
+    return resolved
+
+
+def resolve_model(name: str | os.PathLike[str]) -> str:
     """Map a model name to what ``from_pretrained`` takes: a folder path or a hub id.
 
-    Raises ``FileNotFoundError`` for a path that does not exist, and :class:`UnknownModelError` for a name
-    that is neither a named world, an existing folder nor a hub id.
+    ``name`` is a named world, a folder (a ``str`` or a path object) or a hub id. Raises ``FileNotFoundError``
+    for a path that does not exist, and :class:`UnknownModelError` for a name that is neither a named world,
+    an existing folder nor a hub id.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name:
-        raise UnknownModelError(f"model must be a non-empty string, got {name!r}")
+        raise UnknownModelError(f"model must be a non-empty string or a path, got {name!r}")
     if name in NAMED_MODELS:
         folder = NAMED_MODELS[name]
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model {name!r} is missing from {folder}; rebuild it with "
-                "`python -m diffusion_gym.shapes.train`"
+                "`python -m diffusion_gym.shapes.offline.train`"
             )
         return str(folder)
     path = Path(name).expanduser()
@@ -173,11 +213,15 @@ def resolve_model(name: str) -> str:
     )
 
 
-def load_model(name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> DiffusionModel:
-    """Load (once per process, device and dtype) the model named ``name``; see :func:`resolve_model`."""
+def load_model(
+    name: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> DiffusionModel:
+    """Load (once per process, device and dtype) the model named ``name``; see :func:`resolve_model`,
+    :func:`resolve_device` and :func:`resolve_dtype` for the errors."""
     source = resolve_model(name)
-    device = torch.device(device)
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    name = os.fspath(name)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
     key = (source, str(device), str(torch_dtype))
     with _LOCK:
         if key not in _CACHE:
@@ -188,7 +232,14 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: str | torch
 def _load_uncached(name: str, source: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    for part in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):  # diffusers would make do without some
+        if Path(source).is_dir() and not (Path(source) / part).is_dir():
+            raise FileNotFoundError(f"model folder {source} has no {part}/ folder (a Stable Diffusion pipeline has)")
     try:
+        # The folder's own scheduler config, checked before any weights load: the pipeline's constructor rewrites
+        # some of its flags (clip_sample=True and steps_offset != 1, with a FutureWarning) before we could see them.
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(source, subfolder="scheduler"))
+        check_scheduler_config(scheduler)
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipeline = StableDiffusionPipeline.from_pretrained(
@@ -197,8 +248,7 @@ def _load_uncached(name: str, source: str, device: torch.device, dtype: torch.dt
     except OSError as error:
         where = "folder" if Path(source).exists() else "hub id (is it in the local Hugging Face cache?)"
         raise OSError(f"could not load model {name!r} from {where} {source!r}: {error}") from error
-    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-    check_scheduler_config(scheduler)
+    check_tokenizer(name, pipeline.tokenizer, pipeline.text_encoder)
     world_file = Path(source) / WORLD_FILE
     world = WorldInfo.from_file(world_file) if world_file.exists() else WorldInfo()
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
@@ -214,6 +264,24 @@ def _load_uncached(name: str, source: str, device: torch.device, dtype: torch.dt
         device=device,
         dtype=dtype,
     )
+
+
+def check_tokenizer(name: str, tokenizer, text_encoder) -> None:
+    """Refuse a pipeline whose tokenizer cannot make the text encoder's input (missing, or a window that is unset
+    or longer than the encoder's position embeddings)."""
+    if tokenizer is None:
+        raise ValueError(
+            f"model {name!r} has no tokenizer (its tokenizer/ folder); the env encodes goal prompts with it"
+        )
+    length = getattr(tokenizer, "model_max_length", None)
+    positions = int(text_encoder.config.max_position_embeddings)
+    if not isinstance(length, int) or not 2 < length <= positions:
+        unset = " (not set in tokenizer/tokenizer_config.json: transformers' default)" if (length or 0) > 1e12 else ""
+        raise ValueError(
+            f"the tokenizer of model {name!r} has model_max_length={length}{unset}, but its text encoder takes "
+            f"max_position_embeddings={positions} tokens; set model_max_length in tokenizer/tokenizer_config.json "
+            "(Stable Diffusion's is 77)"
+        )
 
 
 def build_tiny_pipeline(folder: str | Path, seed: int = 0, sample_size: int = 8, max_prompt_tokens: int = 77) -> Path:

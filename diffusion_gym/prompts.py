@@ -1,11 +1,15 @@
 """Named prompt sets, so that a prompt set can be passed to ``gym.make`` by name.
 
-``resolve_prompts("shapes-train")`` returns a registered set; any other string is taken as a single prompt,
-and a list or tuple of strings as a prompt set of its own.
+``resolve_prompts("shapes-train")`` returns a registered set; a list or tuple of strings is a prompt set of its own;
+any other string is a single prompt, unless it looks like a set name (:func:`looks_like_set_name`: one word of
+lowercase letters and digits joined by ``-`` or ``_``, such as ``"shapes-trian"``), which is an error naming the
+registered sets: a typo must not become a literal prompt. A one-word prompt of that form goes in a list:
+``["self-portrait"]``.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Sequence
 
@@ -24,15 +28,42 @@ def registered_prompt_sets() -> list[str]:
     return sorted(_PROMPT_SETS)
 
 
+_SET_NAME = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)+")
+
+
+def looks_like_set_name(text: str) -> bool:
+    """True for one word of lowercase letters and digits joined by ``-`` or ``_`` (``"shapes-train"``)."""
+    return _SET_NAME.fullmatch(text) is not None
+
+
 def resolve_prompts(prompts: str | Sequence[str]) -> list[str]:
-    """A registered set's name, one prompt, or a sequence of prompts -> a non-empty list of prompts."""
+    """A registered set's name, one prompt, or a list or tuple of prompts -> a non-empty list of prompts.
+
+    Raises ``ValueError`` for an unregistered name that looks like a set name (see the module docstring) and for
+    an empty set, ``TypeError`` for anything but a string or a list or tuple of strings.
+    """
     _ensure_builtin_sets()
     if isinstance(prompts, str):
-        resolved = _PROMPT_SETS[prompts]() if prompts in _PROMPT_SETS else [prompts]
-    else:
+        if prompts in _PROMPT_SETS:
+            resolved = _PROMPT_SETS[prompts]()
+        elif looks_like_set_name(prompts):
+            close = difflib.get_close_matches(prompts, _PROMPT_SETS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"prompts: unknown prompt set {prompts!r}{hint}; registered prompt sets: "
+                f"{', '.join(sorted(_PROMPT_SETS))}. A one-word prompt of this form goes in a list: [{prompts!r}]"
+            )
+        else:
+            resolved = [prompts]
+    elif isinstance(prompts, (list, tuple)):
         resolved = list(prompts)
+    else:
+        raise TypeError(
+            f"prompts must be a prompt set name, a prompt, or a list or tuple of prompts, got "
+            f"{type(prompts).__name__}: {prompts!r}"
+        )
     if not resolved:
-        raise ValueError("the prompt set is empty")
+        raise ValueError("prompts: the prompt set is empty")
     for prompt in resolved:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings, got {type(prompt).__name__}: {prompt!r}")

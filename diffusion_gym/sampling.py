@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from diffusion_gym.ddim import ddim_step_coefficients, ddim_step_log_prob, ddim_step_mean
@@ -82,7 +83,8 @@ def ddim_policy_step(
 class PretrainedPolicy:
     """The frozen pretrained model as a policy for a ``DiffusionT2IVectorEnv``: guided DDIM with ``eta``.
 
-    ``policy(observation) -> PolicyStep``; its ``action`` is what to pass to ``env.step``.
+    ``policy(observation) -> PolicyStep``; its ``action`` (a tensor on the env's device) is what to pass to
+    ``env.step``. The observation may be the numpy or the torch backend's.
     """
 
     def __init__(self, vector_env, guidance_scale: float | None = None, eta: float | None = None, seed: int = 0):
@@ -94,7 +96,8 @@ class PretrainedPolicy:
         self.negative_embeddings = self.diffusion.unconditional_embedding  # (1, S, D)
 
     @torch.no_grad()
-    def __call__(self, observation: dict[str, torch.Tensor]) -> PolicyStep:
+    def __call__(self, observation: dict[str, torch.Tensor | np.ndarray]) -> PolicyStep:
+        observation = {key: torch.as_tensor(value, device=self.diffusion.device) for key, value in observation.items()}
         timesteps = observation["timestep"][:, 0]  # (B,)
         noise = guided_noise_prediction(
             self.diffusion.unet,

@@ -30,6 +30,7 @@ def env(tiny_pipeline):
         prompts=PROMPTS,
         num_inference_steps=3,
         latent_bound=1e4,
+        array_backend="torch",
     )
     return vector_env.unwrapped
 
@@ -164,6 +165,7 @@ def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_
         prompts=PROMPTS,
         num_inference_steps=3,
         latent_bound=1e4,
+        array_backend="torch",
     )
     env = vector_env.unwrapped
     policy = DiffusionPolicy(env, lora_rank=2)

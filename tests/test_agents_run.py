@@ -27,6 +27,7 @@ def env(tiny_pipeline):
         prompts=PROMPTS,
         num_inference_steps=3,
         latent_bound=1e4,
+        array_backend="torch",
     )
 
 

@@ -111,6 +111,7 @@ def make_vec(world: str):
         prompts=PROMPTS,
         num_inference_steps=STEPS,
         latent_bound=1e4,
+        array_backend="torch",
     ).unwrapped
 
 

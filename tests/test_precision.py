@@ -40,6 +40,7 @@ def make_env(model: str, dtype: str, device: str = "cpu"):
         latent_bound=1e4,
         dtype=dtype,
         device=device,
+        array_backend="torch",
     )
 
 

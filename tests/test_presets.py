@@ -113,7 +113,7 @@ def test_forest_prompt_needs_two_windows_and_encodes_through_the_env(tiny_pipeli
     env = dataclasses.replace(env_settings(settings), num_inference_steps=2, latent_bound=1e4).make(num_envs=2)
     try:
         observation, info = env.reset(seed=0)
-        assert info["prompt"] == [FOREST_PROMPT, FOREST_PROMPT]
+        assert list(info["prompt"]) == [FOREST_PROMPT, FOREST_PROMPT]
         assert observation["prompt_embedding"].shape == (2, 2 * 77, 32)
         for _ in range(2):
             observation, reward, terminated, _, _ = env.step(torch.zeros_like(observation["latent"]))

@@ -9,8 +9,8 @@ import torch
 from diffusion_gym.ddim import check_scheduler_config
 from diffusion_gym.rewards import make_reward
 from diffusion_gym.shapes import ASSETS_DIR, PIPELINE_DIR, PROXY_DIR
-from diffusion_gym.shapes.evaluate import load_pipeline, position_word_effect, sample
 from diffusion_gym.shapes.gold import gold_score
+from diffusion_gym.shapes.offline.evaluate import load_pipeline, position_word_effect, sample
 from diffusion_gym.shapes.prompt_sets import heldout_scenes_and_prompts
 from diffusion_gym.shapes.scenes import render
 
@@ -40,7 +40,7 @@ def test_scheduler_config_guard():
     config = json.loads((PIPELINE_DIR / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == "DDIMScheduler"
     assert config["clip_sample"] is False and config["set_alpha_to_one"] is False
-    # v-prediction on a zero-terminal-SNR schedule, sampled from t = 999 (diffusion_gym.shapes.train.build_scheduler)
+    # v-prediction on a zero-terminal-SNR schedule, sampled from t = 999 (shapes.offline.train.build_scheduler)
     assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
     assert config["timestep_spacing"] == "trailing"
     from diffusers import DDIMScheduler

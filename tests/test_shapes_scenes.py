@@ -96,7 +96,7 @@ def test_prompt_sets_are_fixed_disjoint_and_parseable():
 def test_vae_loss_weights_cover_each_object_and_its_edge_ring():
     """A 2x2 object on a plain background: weight FOREGROUND_WEIGHT on it and on its 4-neighbour ring, 1 elsewhere,
     so that both sides of every edge count the same (no bias toward bloated objects)."""
-    from diffusion_gym.shapes.train import FOREGROUND_WEIGHT, _pixel_weights
+    from diffusion_gym.shapes.offline.train import FOREGROUND_WEIGHT, _pixel_weights
 
     image = np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8)
     image[0, 10:12, 20:22] = (220, 40, 40)

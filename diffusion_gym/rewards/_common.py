@@ -1,13 +1,15 @@
-"""Helpers shared by the full-scale rewards: input checks, on-device preprocessing, safe weight loading."""
+"""Helpers shared by the full-scale rewards: input checks, on-device torchvision preprocessing, safe weight loading."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
 
 # CLIP's (and BLIP's, and ImageReward's) normalisation constants.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,29 +25,69 @@ def check_batch(images: torch.Tensor, prompts: Sequence[str] | None) -> None:
         raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
 
 
-def resize_center_crop(
-    images: torch.Tensor, size: int | tuple[int, int], interpolation: str = "bicubic"
-) -> torch.Tensor:
-    """Resize the shorter side to ``size`` then center-crop, on the images' device (no PIL round trip).
+def clamp_unit(images: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1]: what PIL's 8-bit output does to the overshoot of bicubic resampling."""
+    return images.clamp(0, 1)
 
-    ``(B, 3, H, W)`` float in [0, 1] -> ``(B, 3, h, w)`` float in [0, 1]. Antialiased like PIL's resize, and
-    clamped like PIL's 8-bit output. A ``(h, w)`` size resizes so that both fit, then crops.
+
+def eval_transform(
+    size: int | tuple[int, int],
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_mode: str = "shortest",
+    fill: float = 0.0,
+) -> v2.Compose:
+    """The eval transform of a CLIP-style image encoder as torchvision transforms on ``(B, 3, H, W)`` float tensors
+    in [0, 1], on their device (no PIL round trip): resize, crop (or pad), clamp to [0, 1], normalise.
+
+    It is the transform ImageReward (``Resize(224, BICUBIC), CenterCrop(224), ..., Normalize``) and open_clip
+    (``image_transform(..., is_train=False)``) apply to PIL images, with a clamp for PIL's 8-bit output:
+
+    * ``shortest`` (a square ``size``): ``Resize(size)`` (the shorter side to ``size``, the longer to
+      ``int(size * long / short)``), then ``CenterCrop(size)``;
+    * ``shortest`` (a non-square size) and ``longest``: open_clip's ``ResizeKeepRatio`` (the shorter, resp.
+      longer, side fits, the other scaled and rounded), then its ``CenterCropOrPad`` (pads with ``fill``);
+    * ``squash``: ``Resize((h, w))``.
+
+    Resizing is antialiased, like PIL's: bicubic with ``a = -0.5``, as PIL's filter. ``interpolation`` is
+    ``"bicubic"`` or ``"bilinear"``; ``fill`` is in [0, 1].
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
+    mode = InterpolationMode(interpolation)
+    if resize_mode == "squash":
+        geometry = [v2.Resize((out_h, out_w), interpolation=mode, antialias=True)]
+    elif resize_mode == "shortest" and out_h == out_w:
+        geometry = [v2.Resize(out_h, interpolation=mode, antialias=True), v2.CenterCrop(out_h)]
+    elif resize_mode in ("shortest", "longest"):
+        geometry = [
+            v2.Lambda(partial(_resize_keep_ratio, size=(out_h, out_w), longest=resize_mode == "longest", mode=mode)),
+            v2.Lambda(partial(_center_crop_or_pad, size=(out_h, out_w), fill=fill)),
+        ]
+    else:
+        raise ValueError(f"resize_mode must be 'shortest', 'longest' or 'squash', got {resize_mode!r}")
+    return v2.Compose([*geometry, v2.Lambda(clamp_unit), v2.Normalize(list(mean), list(std))])
+
+
+def _resize_keep_ratio(
+    images: torch.Tensor, size: tuple[int, int], longest: bool, mode: InterpolationMode
+) -> torch.Tensor:
+    """open_clip's ``ResizeKeepRatio``: scale by the larger (``longest``) or smaller ratio of the image's sides
+    to ``size``'s, rounding each side."""
     height, width = images.shape[-2:]
-    scale = max(out_h / height, out_w / width)
-    new_h, new_w = max(out_h, round(height * scale)), max(out_w, round(width * scale))
-    if (new_h, new_w) != (height, width):
-        images = F.interpolate(images, size=(new_h, new_w), mode=interpolation, antialias=True).clamp(0, 1)
-    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-    return images[..., top : top + out_h, left : left + out_w]
+    ratios = (height / size[0], width / size[1])
+    ratio = max(ratios) if longest else min(ratios)
+    return TF.resize(images, [round(height / ratio), round(width / ratio)], interpolation=mode, antialias=True)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(images - mean) / std`` per channel, ``(B, 3, H, W)``."""
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t
+def _center_crop_or_pad(images: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
+    """open_clip's ``CenterCropOrPad``: pad a side shorter than ``size`` with ``fill`` (the extra pixel of an odd
+    margin at the right / bottom), then ``CenterCrop``."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = max(size[0] - height, 0), max(size[1] - width, 0)
+    if pad_h or pad_w:
+        images = TF.pad(images, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=fill)
+    return TF.center_crop(images, list(size))
 
 
 def env_path(var: str) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffusion_gym.rewards._common import check_batch, env_path, normalize, resize_center_crop
+from diffusion_gym.rewards._common import check_batch, env_path, eval_transform
 
 ENV_MODEL = "DIFFUSION_GYM_CLIPSCORE_MODEL"
 ENV_PRETRAINED = "DIFFUSION_GYM_CLIPSCORE_PRETRAINED"
@@ -41,7 +41,7 @@ def _looks_like_path(value: str) -> bool:
 
 
 class OpenClipEncoder:
-    """An open_clip model with its tokenizer and its own preprocessing, done with torch on-device.
+    """An open_clip model with its tokenizer and its own preprocessing, done with torchvision on-device.
 
     Args:
         model_name: open_clip model name, or ``local-dir:/path``.
@@ -94,28 +94,18 @@ class OpenClipEncoder:
         self.interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         self.resize_mode = cfg.get("resize_mode", "shortest")
         self.fill_color = float(cfg.get("fill_color", 0)) / 255.0
+        self.transform = eval_transform(
+            self.image_size, self.interpolation, self.mean, self.std, self.resize_mode, self.fill_color
+        )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, h, w)`` normalised for the model, on its device.
 
-        Mirrors open_clip's eval transform: resize the shortest side and center-crop (``shortest``),
-        resize the longest side and pad (``longest``), or resize both (``squash``).
+        open_clip's eval transform as torchvision transforms on tensors (see :func:`eval_transform`): resize the
+        shortest side and center-crop (``shortest``), resize the longest side and pad (``longest``), or resize
+        both (``squash``).
         """
-        images = images.to(self.device, torch.float32)
-        out_h, out_w = self.image_size
-        if self.resize_mode == "squash":
-            images = F.interpolate(images, size=(out_h, out_w), mode=self.interpolation, antialias=True)
-        elif self.resize_mode == "longest":
-            height, width = images.shape[-2:]
-            scale = min(out_h / height, out_w / width)
-            new_h, new_w = min(out_h, round(height * scale)), min(out_w, round(width * scale))
-            images = F.interpolate(images, size=(new_h, new_w), mode=self.interpolation, antialias=True)
-            top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-            pad = (left, out_w - new_w - left, top, out_h - new_h - top)
-            images = F.pad(images, pad, value=self.fill_color)
-        else:
-            images = resize_center_crop(images, (out_h, out_w), self.interpolation)
-        return normalize(images.clamp(0, 1), self.mean, self.std)
+        return self.transform(images.to(self.device, torch.float32))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` unit-norm image embeddings (float32)."""

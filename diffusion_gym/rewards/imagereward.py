@@ -32,10 +32,9 @@ from diffusion_gym.rewards._common import (
     OPENAI_CLIP_STD,
     check_batch,
     env_path,
+    eval_transform,
     load_state_dict_file,
-    normalize,
     require_file,
-    resize_center_crop,
 )
 from diffusion_gym.rewards._transformers_compat import import_image_reward
 
@@ -138,6 +137,8 @@ class ImageRewardScorer:
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval().requires_grad_(False)
         self.tokenizer = model.blip.tokenizer
+        # ImageReward's own: Resize(224, BICUBIC), CenterCrop(224), Normalize(CLIP's mean and std), on tensors.
+        self.transform = eval_transform(IMAGE_SIZE, "bicubic", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
     @classmethod
     def from_folder(
@@ -184,9 +185,7 @@ class ImageRewardScorer:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, 224, 224)`` normalised, on the model's device."""
-        images = images.to(self.device, torch.float32)
-        images = resize_center_crop(images, IMAGE_SIZE, "bicubic")
-        return normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).to(self.dtype)
+        return self.transform(images.to(self.device, torch.float32)).to(self.dtype)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

@@ -10,6 +10,11 @@ reward is first asked for, and once per process and device (``make_reward`` cach
 
 A weighted sum of registered rewards is written ``"name:weight,name:weight"``, e.g.
 ``"imagereward:1.0,aesthetic:0.1"``.
+
+A reward that can score only some prompts (the Shapes gold scorer parses a small grammar) registers a
+``check_prompt(prompt)`` that raises ``ValueError`` saying why; :func:`check_reward_prompt` and
+:func:`reward_can_score` ask it without building the reward, so that the env refuses such a prompt at
+construction or ``reset``, not at the episode's last step.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class RewardSpec:
     description: str
     uses_prompt: bool
     value_range: tuple[float, float] | None = None
+    check_prompt: Callable[[str], object] | None = None  # raises ValueError for a prompt it cannot score
 
 
 class UnknownRewardError(KeyError):
@@ -67,13 +73,18 @@ def register_reward(
     description: str,
     uses_prompt: bool,
     value_range: tuple[float, float] | None = None,
+    check_prompt: Callable[[str], object] | None = None,
 ) -> None:
-    """Register ``factory(device) -> RewardFn`` under ``name``. Re-registering a name is an error."""
+    """Register ``factory(device) -> RewardFn`` under ``name``. Re-registering a name is an error.
+
+    ``check_prompt(prompt)``, for a reward that can score only some prompts, raises ``ValueError`` saying why it
+    cannot score ``prompt`` (its return value is ignored); ``None``: the reward scores any prompt.
+    """
     if name in _REGISTRY:
         raise ValueError(f"reward {name!r} is already registered")
     if "," in name or ":" in name:
         raise ValueError(f"reward names may not contain ',' or ':' (got {name!r})")
-    _REGISTRY[name] = RewardSpec(name, factory, description, uses_prompt, value_range)
+    _REGISTRY[name] = RewardSpec(name, factory, description, uses_prompt, value_range, check_prompt)
 
 
 def registered_rewards() -> dict[str, RewardSpec]:
@@ -113,6 +124,30 @@ def validate_reward(spec: str) -> str:
     """Check a reward string (names and weights) without building any model; return it unchanged."""
     parse_reward_weights(spec)
     return spec
+
+
+def check_reward_prompt(spec: str, prompt: str) -> None:
+    """Raise ``ValueError`` if a reward of ``spec`` (every term of a weighted sum) cannot score ``prompt``.
+
+    Builds no model: it asks each registered reward's ``check_prompt``.
+    """
+    for name, _ in parse_reward_weights(spec):
+        check = reward_spec(name).check_prompt
+        if check is None:
+            continue
+        try:
+            check(prompt)
+        except ValueError as error:
+            raise ValueError(f"reward {name!r} cannot score the prompt {prompt!r}: {error}") from error
+
+
+def reward_can_score(spec: str, prompt: str) -> bool:
+    """Whether every term of the reward ``spec`` can score ``prompt`` (see :func:`check_reward_prompt`)."""
+    try:
+        check_reward_prompt(spec, prompt)
+    except ValueError:
+        return False
+    return True
 
 
 class WeightedSumReward:

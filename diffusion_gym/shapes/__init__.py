@@ -43,6 +43,7 @@ register_reward(
     description="Shapes world: exact pixel check of every sentence of the prompt, mean over sentences",
     uses_prompt=True,
     value_range=(0.0, 1.0),
+    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
 )
 register_reward(
     "shapes-gold-per-sentence",
@@ -50,6 +51,7 @@ register_reward(
     description="Shapes world: minimum over sentences of the gold score (1 only if every sentence holds)",
     uses_prompt=True,
     value_range=(0.0, 1.0),
+    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
 )
 register_reward(
     "shapes-gold-dense",
@@ -57,6 +59,7 @@ register_reward(
     description="Shapes world: shapes-gold with partial credit for shape (the template IoU margin), for training",
     uses_prompt=True,
     value_range=(0.0, 1.0),
+    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
 )
 register_reward(
     "shapes-clip",

@@ -2,7 +2,8 @@
 
 It is built from open_clip's own classes (``open_clip.CLIP`` with a tiny custom ViT / text-transformer
 config) and trained with ``open_clip.ClipLoss`` on VAE reconstructions of generated scenes and their
-captions. It is the ImageReward of this world: it correlates with the gold scorer, imperfectly.
+captions (by :func:`diffusion_gym.shapes.offline.train.train_proxy`). It is the ImageReward of this world:
+it correlates with the gold scorer, imperfectly.
 
 Reward: ``100 * cos(image_embedding, text_embedding)`` (CLIPScore without the clamp and the 2.5 factor),
 in ``[-100, 100]``. The weights are stored as fp16 safetensors with a JSON config, and loaded as fp32.
@@ -11,12 +12,10 @@ in ``[-100, 100]``. The weights are stored as fp16 safetensors with a JSON confi
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 WEIGHTS_NAME = "model.safetensors"
@@ -118,51 +117,3 @@ def save_proxy(model: torch.nn.Module, config: ProxyConfig, folder: str | Path) 
     save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "storage": "fp16"})
     (folder / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
     return folder
-
-
-def train_proxy(
-    images: np.ndarray,
-    captions: Sequence[Sequence[str]],
-    *,
-    steps: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    seed: int = 0,
-    config: ProxyConfig | None = None,
-    progress: bool = True,
-) -> tuple[torch.nn.Module, ProxyConfig]:
-    """Train the tiny CLIP contrastively (``open_clip.ClipLoss``) on ``(N, 32, 32, 3)`` uint8 images.
-
-    ``captions[i]`` holds one or more true captions of image ``i``; one is drawn per step.
-    """
-    import open_clip
-    from tqdm.auto import tqdm
-
-    config = config or ProxyConfig()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model(config).train()
-    loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
-    )
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 32, 32) uint8
-    variants = len(captions[0])
-    flat = [c for group in captions for c in group]
-    tokens = tokenize(flat, config.context_length).view(len(captions), variants, -1)  # (N, V, L)
-    for _ in tqdm(range(steps), desc="proxy CLIP", disable=not progress):
-        index = torch.from_numpy(rng.choice(len(pixels), size=batch_size, replace=False))
-        choice = torch.from_numpy(rng.integers(variants, size=batch_size))
-        batch = pixels[index].float() / 127.5 - 1
-        batch = batch + 0.03 * torch.randn_like(batch)  # mild noise, as in imperfect samples
-        image_features = torch.nn.functional.normalize(model.encode_image(batch), dim=-1)
-        text_features = torch.nn.functional.normalize(model.encode_text(tokens[index, choice]), dim=-1)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-    return model.eval(), config

@@ -112,7 +112,7 @@ def with_random_cells(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its objects moved to random distinct cells, everything else kept.
 
     What a model that draws every object right but ignores position words would draw (a cell can stay put,
-    as by chance): its gold score is the ceiling of such a model (``shapes.evaluate``).
+    as by chance): its gold score is the ceiling of such a model (``shapes.offline.evaluate``).
     """
     cells = rng.choice(9, size=len(scene.objects), replace=False)
     objects = []

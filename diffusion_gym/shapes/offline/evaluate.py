@@ -1,6 +1,6 @@
 """Measure the Shapes world: VAE fidelity, the base model's held-out gold score, rollout speed, the proxy.
 
-    python -m diffusion_gym.shapes.evaluate --output-dir runs/shapes_eval
+    python -m diffusion_gym.shapes.offline.evaluate --output-dir runs/shapes_eval
 
 Prints and writes ``<output-dir>/shapes_eval.json`` (the figures) and ``<output-dir>/shapes_grid.png``
 (prompts, the ground-truth scene and samples of the base model, each with its gold score).

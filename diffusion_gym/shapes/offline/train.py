@@ -1,6 +1,6 @@
 """Train the Shapes world's miniature Stable Diffusion and its CLIP proxy, from scratch, on the CPU.
 
-    python -m diffusion_gym.shapes.train --output diffusion_gym/assets/shapes
+    python -m diffusion_gym.shapes.offline.train --output diffusion_gym/assets/shapes
 
 Stages (seeded; each with a progress bar):
 
@@ -9,8 +9,12 @@ Stages (seeded; each with a progress bar):
    scaled latents have unit variance;
 3. a tiny ``CLIPTextModel`` (real CLIP BPE tokenizer, hidden 64) jointly with a ``UNet2DConditionModel``
    (v-prediction on a zero-terminal-SNR schedule with half of every batch at the noisiest steps, see
-   :func:`sample_training_timesteps`; classifier-free guidance dropout of the caption; EMA weights);
+   :func:`sample_training_timesteps`; classifier-free guidance dropout of the caption; the saved weights are
+   diffusers' ``EMAModel`` average, see :func:`make_ema`);
 4. the ``shapes-clip`` proxy (see :mod:`diffusion_gym.shapes.proxy`) on VAE reconstructions.
+
+Every stage optimises with AdamW on diffusers' cosine learning-rate schedule with a linear warmup
+(:func:`adamw_with_cosine_schedule`).
 
 Writes ``<output>/pipeline`` (a ``StableDiffusionPipeline.save_pretrained`` folder with the matching DDIM
 scheduler, trailing timestep spacing, and ``diffusion_gym.json``) and ``<output>/proxy_clip``. Weights are
@@ -20,26 +24,31 @@ stored in fp16 to keep the repository small; ``from_pretrained`` loads them as f
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from diffusion_gym.ddim import check_scheduler_config
 from diffusion_gym.shapes.gold import gold_score
 from diffusion_gym.shapes.prompt_sets import is_excluded
+from diffusion_gym.shapes.proxy import ProxyConfig, build_model, save_proxy, tokenize
 from diffusion_gym.shapes.scenes import caption, render, sample_scene
 
 MODEL_MAX_LENGTH = 48  # tokens; the longest generated caption has 48 with <start> and <end>
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012  # Stable Diffusion's scaled_linear schedule
+WARMUP_STEPS = 100  # learning-rate warmup of the VAE, decoder and UNet stages
+PROXY_WARMUP_STEPS = 50  # learning-rate warmup of the proxy stage
 FOREGROUND_WEIGHT = 10.0  # VAE loss weight of object pixels (and their 1-px ring) relative to the background
 _FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)  # (3, 3) cross: the dilation of the edge ring
 
@@ -126,12 +135,28 @@ def _to_model_space(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 100, floor: float = 0.1):
-    def factor(step: int) -> float:
-        progress = min(step / max(steps, 1), 1.0)
-        return min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+def adamw_with_cosine_schedule(
+    params: list[torch.nn.Parameter], lr: float, steps: int, warmup: int = WARMUP_STEPS, weight_decay: float = 0.0
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and diffusers' ``get_cosine_schedule_with_warmup``, the optimiser of every stage.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    The learning rate of optimiser step ``s = 0, 1, ..., steps - 1`` is ``lr * s / warmup`` while ``s < warmup``,
+    then ``lr * 0.5 * (1 + cos(pi * (s - warmup) / (steps - warmup)))``: a linear warmup from 0, then a half
+    cosine down to 0. The committed world was trained before the switch to diffusers, on a schedule of the
+    project's own, ``lr * min(1, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + cos(pi * s / steps)))`` (for the
+    proxy ``lr * min(1, (s + 1) / 50) * 0.5 * (1 + cos(pi * s / steps))``); ``tests/test_shapes_train.py``
+    measures how far apart the two are.
+    """
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def make_ema(params: list[torch.nn.Parameter], decay: float) -> EMAModel:
+    """diffusers' ``EMAModel`` of ``params``: after the ``k``-th optimiser step (``k = 1, 2, ...``) it sets
+    ``ema <- d_k * ema + (1 - d_k) * param`` with ``d_k = min(decay, k / (9 + k))`` for ``k >= 2``; ``d_1 = 0``
+    (the first step copies the weights). The warmup of :func:`adamw_with_cosine_schedule` makes the first
+    optimiser step a no-op (learning rate 0), so ``ema`` starts from the initial weights."""
+    return EMAModel(params, decay=decay, min_decay=0.0, update_after_step=0, use_ema_warmup=False, foreach=True)
 
 
 def build_vae():
@@ -264,8 +289,7 @@ def refine_decoder(vae, data: Dataset, means: torch.Tensor, config: TrainConfig)
     for param in params:
         param.requires_grad_(True)
     vae.train()
-    optimizer = torch.optim.AdamW(params, lr=config.decoder_lr, weight_decay=0.0)
-    schedule = _cosine_schedule(optimizer, config.decoder_steps)
+    optimizer, schedule = adamw_with_cosine_schedule(params, config.decoder_lr, config.decoder_steps)
     bar = tqdm(range(config.decoder_steps), desc="VAE decoder refinement")
     running = None
     for _ in bar:
@@ -288,8 +312,7 @@ def train_vae(data: Dataset, config: TrainConfig, rng: np.random.Generator):
     vae = build_vae().train()
     pixels = _to_model_space(data.images)  # (N, 3, 32, 32)
     weights = _pixel_weights(data.images)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    schedule = _cosine_schedule(optimizer, config.vae_steps)
+    optimizer, schedule = adamw_with_cosine_schedule(list(vae.parameters()), config.vae_lr, config.vae_steps)
     bar = tqdm(range(config.vae_steps), desc="VAE")
     running = None
     for _ in bar:
@@ -339,15 +362,13 @@ def train_unet(data: Dataset, means: torch.Tensor, scaling: float, config: Train
     empty = tokenizer([""], padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt").input_ids[0]
 
     text_encoder, unet = build_text_encoder().train(), build_unet().train()
-    ema_text, ema_unet = copy.deepcopy(text_encoder).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
     params = list(text_encoder.parameters()) + list(unet.parameters())
-    ema_params = list(ema_text.parameters()) + list(ema_unet.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.0)
-    schedule = _cosine_schedule(optimizer, config.unet_steps)
+    ema = make_ema(params, config.ema_decay)
+    optimizer, schedule = adamw_with_cosine_schedule(params, config.unet_lr, config.unet_steps)
     noise_scheduler = DDPMScheduler(**_schedule_kwargs(config))
     bar = tqdm(range(config.unet_steps), desc="UNet + text encoder")
     running = None
-    for step in bar:
+    for _ in bar:
         index = torch.from_numpy(rng.choice(len(ids), config.unet_batch, replace=False))
         variant = torch.from_numpy(rng.integers(2, size=config.unet_batch))
         batch_ids = ids[index, variant]  # (B, L)
@@ -369,12 +390,56 @@ def train_unet(data: Dataset, means: torch.Tensor, scaling: float, config: Train
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        ema.step(params)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}")
-    return tokenizer, ema_text.eval(), ema_unet.eval()
+    ema.copy_to(params)  # the saved weights are the moving average
+    return tokenizer, text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+
+
+def train_proxy(
+    images: np.ndarray,
+    captions: Sequence[Sequence[str]],
+    *,
+    steps: int,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    config: ProxyConfig | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, ProxyConfig]:
+    """Train the tiny CLIP contrastively (``open_clip.ClipLoss``) on ``(N, 32, 32, 3)`` uint8 images.
+
+    ``captions[i]`` holds one or more true captions of image ``i``; one is drawn per step.
+    """
+    import open_clip
+
+    config = config or ProxyConfig()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model(config).train()
+    loss_fn = open_clip.ClipLoss()
+    params = list(model.parameters())
+    optimizer, schedule = adamw_with_cosine_schedule(params, lr, steps, PROXY_WARMUP_STEPS, weight_decay=0.05)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 32, 32) uint8
+    variants = len(captions[0])
+    flat = [c for group in captions for c in group]
+    tokens = tokenize(flat, config.context_length).view(len(captions), variants, -1)  # (N, V, L)
+    for _ in tqdm(range(steps), desc="proxy CLIP", disable=not progress):
+        index = torch.from_numpy(rng.choice(len(pixels), size=batch_size, replace=False))
+        choice = torch.from_numpy(rng.integers(variants, size=batch_size))
+        batch = pixels[index].float() / 127.5 - 1
+        batch = batch + 0.03 * torch.randn_like(batch)  # mild noise, as in imperfect samples
+        image_features = torch.nn.functional.normalize(model.encode_image(batch), dim=-1)
+        text_features = torch.nn.functional.normalize(model.encode_text(tokens[index, choice]), dim=-1)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    return model.eval(), config
 
 
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, scheduler, config: TrainConfig) -> None:
@@ -496,8 +561,6 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer, text_encoder, unet = train_unet(data, means, scaling, config, rng)
         timings["unet"] = time.perf_counter() - started - sum(timings.values())
         save_pipeline(pipeline_dir, vae, text_encoder, tokenizer, unet, scheduler, config)
-
-    from diffusion_gym.shapes.proxy import save_proxy, train_proxy
 
     reconstructions = reconstruct(vae, data.images)
     proxy, proxy_config = train_proxy(
