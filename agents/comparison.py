@@ -46,7 +46,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("dpok-nokl", "dpok", {"kl_beta": 0.0}, "DPOK without its KL term (beta = 0)"),
         Variant("loop", "loop", {"loop_k": 4}, "LOOP with K = 4 trajectories per prompt"),
         Variant("rwr", "rwr", {}, "RWR: the diffusion loss on the agent's own samples, weighted by exp(A / tau)"),
-        Variant("herd", "herd", {}, "HERD: 1 batch of relabeled trajectories replayed (paper's HERD)"),
+        Variant("herd", "herd", {}, "HERD over LOOP (the default base): 1 batch of relabeled trajectories replayed"),
+        Variant("herd-ddpo", "herd", {"herd_base": "ddpo"}, "HERD over DDPO, 1 batch replayed (the paper's HERD)"),
         Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),
         Variant(
             "herd-uncorrected",

@@ -57,6 +57,9 @@ class RunSettings:
     num_inference_steps: int | None = None  # None: the world's
     eval_every: int | None = None  # None: about four evaluations per run
     eval_samples: int = 64
+    # a second held-out set, evaluated before and after training only (e.g. prompts never trained on, when the
+    # run evaluates on its training prompts): the generalisation figure; None: none
+    generalisation_prompts: str | None = None
     device: str = "cpu"
     dtype: str = "float32"  # of the frozen model; float16/bfloat16: mixed precision (trainable weights stay float32)
     latent_bound: float = 50.0
@@ -116,6 +119,16 @@ def read_settings(output_dir: str | Path) -> RunSettings:
 
 
 @dataclass
+class Generalisation:
+    """The run's second held-out set (``RunSettings.generalisation_prompts``), before and after training."""
+
+    prompts: str
+    num_samples: int
+    base: Scores
+    final: Scores
+
+
+@dataclass
 class RunResult:
     """What ``results.json`` holds."""
 
@@ -141,6 +154,7 @@ class RunResult:
     device: str
     history: list[dict[str, float]] = field(default_factory=list, repr=False)  # metrics.jsonl, not in results.json
     stop_reason: str | None = None  # why a callback stopped the run early (None: it ran its epochs, or Ctrl-C)
+    generalisation: Generalisation | None = None  # the second held-out set, before and after (None: not evaluated)
 
     @property
     def finished(self) -> bool:
@@ -154,6 +168,8 @@ def write_results(result: RunResult, output_dir: Path) -> None:
     del summary["history"]
     if summary["stop_reason"] is None:  # the key appears only when a callback stopped the run
         del summary["stop_reason"]
+    if summary["generalisation"] is None:  # and only when the run evaluated a second held-out set
+        del summary["generalisation"]
     (Path(output_dir) / RESULTS_FILE).write_text(json.dumps(json_safe(summary), indent=2) + "\n")
 
 
@@ -161,6 +177,10 @@ def read_run_result(output_dir: str | Path) -> RunResult:
     """A run folder's ``results.json`` (and ``metrics.jsonl``) back as a :class:`RunResult`."""
     data = json.loads((Path(output_dir) / RESULTS_FILE).read_text())
     data["base"], data["final"] = Scores(**data["base"]), Scores(**data["final"])
+    if data.get("generalisation") is not None:
+        generalisation = data["generalisation"]
+        base, final = Scores(**generalisation.pop("base")), Scores(**generalisation.pop("final"))
+        data["generalisation"] = Generalisation(**generalisation, base=base, final=final)
     data["history"] = read_history(output_dir)
     return RunResult(**data)
 
@@ -182,20 +202,36 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def score_rows(base: Scores, final: Scores, reward: str) -> list[str]:
+    """Markdown rows of gold, proxy and reward (those the world defines), base vs fine-tuned, and the distance."""
+    lines = []
+    for key in ("gold", "proxy", "reward"):
+        before, after = getattr(base, key), getattr(final, key)
+        if before is None or after is None:
+            continue
+        name = f"reward ({reward})" if key == "reward" else f"{key} score"
+        lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+    if final.distance_from_base is not None:
+        lines.append(f"| RMS pixel distance from base images | 0 | {final.distance_from_base:.4f} | |")
+    return lines
+
+
 def results_table(result: RunResult) -> str:
-    """A short markdown table of held-out scores, base vs fine-tuned."""
+    """A short markdown table of held-out scores, base vs fine-tuned; a second one for the generalisation set."""
     lines = [
         f"| held-out ({result.num_eval_samples} samples, {result.eval_prompts}) | base | fine-tuned | change |",
         "|---|---:|---:|---:|",
+        *score_rows(result.base, result.final, result.reward),
     ]
-    for key in ("gold", "proxy", "reward"):
-        before, after = getattr(result.base, key), getattr(result.final, key)
-        if before is None or after is None:
-            continue
-        name = f"reward ({result.reward})" if key == "reward" else f"{key} score"
-        lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
-    if result.final.distance_from_base is not None:
-        lines.append(f"| RMS pixel distance from base images | 0 | {result.final.distance_from_base:.4f} | |")
+    generalisation = result.generalisation
+    if generalisation is not None:
+        lines += [
+            "",
+            f"| generalisation ({generalisation.num_samples} samples, {generalisation.prompts}) | base | fine-tuned "
+            "| change |",
+            "|---|---:|---:|---:|",
+            *score_rows(generalisation.base, generalisation.final, result.reward),
+        ]
     stopped = f" (stopped: {result.stop_reason})" if result.stop_reason is not None else ""
     lines.append(
         f"\n{result.label}: {result.epochs_completed}/{result.epochs} epochs, {result.samples_seen} samples "
@@ -208,6 +244,7 @@ def results_table(result: RunResult) -> str:
 
 __all__ = [
     "BEFORE_AFTER_FILE",
+    "Generalisation",
     "METRICS_FILE",
     "RESULTS_FILE",
     "REWARD_CURVE_FILE",

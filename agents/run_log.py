@@ -2,6 +2,7 @@
 
 * ``train/<metric>`` scalars for every epoch's training metrics, ``eval/<score>`` scalars and an ``eval/samples``
   image grid for every held-out evaluation, all against ``global_step`` (fresh samples seen);
+* ``generalisation/<score>`` scalars for the second held-out set, evaluated at the end of the run;
 * ``metrics.jsonl``: one JSON line per epoch, written and flushed as the epoch ends (NaN/inf as null).
 """
 
@@ -47,6 +48,12 @@ class RunLog:
             self.writer.add_scalar(f"eval/{key}", value, step)
         rows = grid_rows(len(evaluation.prompts))
         self.writer.add_image("eval/samples", make_grid(evaluation.images[rows], nrow=len(rows), padding=1), step)
+        self.writer.flush()
+
+    def log_scalars(self, prefix: str, scores: dict[str, float], step: int) -> None:
+        """``scores`` as ``<prefix>/<name>`` scalars at ``step`` (e.g. the generalisation set's, at the end)."""
+        for key, value in scores.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -59,6 +59,7 @@ from agents.run_folder import (
     BEFORE_AFTER_FILE,
     METRICS_FILE,
     REWARD_CURVE_FILE,
+    Generalisation,
     RunResult,
     RunSettings,
     default_output_dir,
@@ -149,6 +150,7 @@ class _Progress:
     history: list[dict[str, float]]
     latest: Evaluation | None
     latest_epoch: int = 0
+    generalisation_base: Evaluation | None = None  # the base model on the generalisation prompts (None: none)
 
 
 # ============================================================================================== the trainer
@@ -278,7 +280,12 @@ class Trainer:
         base = Evaluation(Scores(**saved["scores"]), saved["images"], eval_prompts)
         trim_jsonl(output_dir / METRICS_FILE, state.samples_seen)
         tqdm.write(f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
-        return _Progress(state, base, read_history(output_dir), latest=base)
+        progress = _Progress(state, base, read_history(output_dir), latest=base)
+        saved = checkpoint.get("generalisation_base")  # absent in checkpoints of runs without the second set
+        if saved is not None:
+            prompts = self.generalisation_prompts()
+            progress.generalisation_base = Evaluation(Scores(**saved["scores"]), saved["images"], prompts)
+        return progress
 
     # ------------------------------------------------------------------------------ training
     @property
@@ -292,6 +299,13 @@ class Trainer:
         eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, self.world)
         return eval_set, spread(resolve_prompts(eval_set), settings.eval_samples)
 
+    def generalisation_prompts(self) -> list[str]:
+        """The ``eval_samples`` prompts spread over ``settings.generalisation_prompts`` (empty without one)."""
+        settings = self.settings
+        if settings.generalisation_prompts is None:
+            return []
+        return spread(resolve_prompts(settings.generalisation_prompts), settings.eval_samples)
+
     def _begin(self, eval_prompts: list[str]) -> tuple[_Progress, bool]:
         """This call's starting point: in memory (a second ``train``), a checkpoint (resume), or a new run (the base
         model evaluated). Returns it and whether metrics.jsonl and TensorBoard continue an earlier session."""
@@ -303,7 +317,15 @@ class Trainer:
             return _Progress(RunState(), base=None, history=[], latest=None), False
         base = self._evaluate_base(eval_prompts)
         tqdm.write(f"{self.settings.name}: base model on {len(eval_prompts)} held-out samples: {base.scores}")
-        return _Progress(RunState(), base, [], latest=base), False
+        progress = _Progress(RunState(), base, [], latest=base)
+        generalisation_prompts = self.generalisation_prompts()
+        if generalisation_prompts:
+            progress.generalisation_base = self._evaluate_base(generalisation_prompts)
+            tqdm.write(
+                f"{self.settings.name}: base model on {len(generalisation_prompts)} generalisation samples "
+                f"({self.settings.generalisation_prompts}): {progress.generalisation_base.scores}"
+            )
+        return progress, False
 
     def _evaluate_base(self, eval_prompts: list[str]) -> Evaluation:
         """The base model's evaluation, shared by the runs of this process on the same env and sampler."""
@@ -373,7 +395,9 @@ class Trainer:
                 stop_reason = distributed.broadcast_object(stop_reason)  # every process stops together
                 if settings.checkpoint_due(epoch) or stop_reason is not None:
                     elapsed = progress.history[-1]["elapsed_seconds"] if main else 0.0
-                    self._save_checkpoint(dataclasses.replace(state, elapsed_seconds=elapsed), progress.base)
+                    self._save_checkpoint(
+                        dataclasses.replace(state, elapsed_seconds=elapsed), progress.base, progress.generalisation_base
+                    )
                 if stop_reason is not None:
                     tqdm.write(f"{settings.name}: stopped after epoch {epoch}: {stop_reason}")
                     break
@@ -390,6 +414,7 @@ class Trainer:
         if progress.latest_epoch != state.epoch:
             progress.latest, progress.latest_epoch = evaluate(agent, eval_prompts, progress.base), state.epoch
             self._log_evaluation(log, progress.latest, state, final=True)
+        generalisation = self._evaluate_generalisation(log, progress)
         log.close()
         wall_seconds = state.elapsed_seconds + time.perf_counter() - started
         state.elapsed_seconds = wall_seconds  # a second train() counts on from here
@@ -416,6 +441,7 @@ class Trainer:
             device=settings.device,
             history=progress.history,
             stop_reason=stop_reason,
+            generalisation=generalisation,
         )
         write_run_folder(output_dir, result, progress.base, progress.latest)
         for callback in self.callbacks:
@@ -450,6 +476,17 @@ class Trainer:
         log.log_epoch(record, metrics, state.samples_seen)
         return event.stop_reason or stop_reason
 
+    def _evaluate_generalisation(self, log: RunLog, progress: _Progress) -> Generalisation | None:
+        """The trained model on the generalisation prompts (same fixed seeds as the base model's), logged as
+        ``generalisation/`` scalars; None without a generalisation set."""
+        base = progress.generalisation_base
+        if base is None:
+            return None
+        final = evaluate(self.agent, base.prompts, base)
+        tqdm.write(f"{self.settings.name}: generalisation ({self.settings.generalisation_prompts}): {final.scores}")
+        log.log_scalars("generalisation", final.scores.fields(), progress.state.samples_seen)
+        return Generalisation(self.settings.generalisation_prompts, len(base.prompts), base.scores, final.scores)
+
     def _log_evaluation(
         self, log: RunLog, evaluation: Evaluation, state: RunState, final: bool
     ) -> tuple[dict[str, float], str | None]:
@@ -462,8 +499,10 @@ class Trainer:
         return event.metrics, None if final else event.stop_reason
 
     # ------------------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, state: RunState, base: Evaluation | None) -> Path | None:
-        """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluation; plus the LoRA.
+    def _save_checkpoint(
+        self, state: RunState, base: Evaluation | None, generalisation_base: Evaluation | None = None
+    ) -> Path | None:
+        """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluations; plus the LoRA.
 
         Data-parallel, every process's agent state is gathered (``processes``: ranks 1..N-1; their RNGs and HERD
         buffers differ), so a resume continues each process where it stopped; the main process saves.
@@ -477,6 +516,9 @@ class Trainer:
             "processes": processes,
             "run": asdict(state),
             "base": {"scores": asdict(base.scores), "images": base.images},
+            "generalisation_base": None
+            if generalisation_base is None
+            else {"scores": asdict(generalisation_base.scores), "images": generalisation_base.images},
             "rng": capture_rng_state(),
         }
         path = save_checkpoint(

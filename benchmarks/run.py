@@ -1,6 +1,6 @@
 """Fine-tune the env's diffusion model with an RL agent and write a run folder; or compare agents over seeds.
 
-    python benchmarks/run.py --agent herd                       # HERD on the Shapes world, default settings
+    python benchmarks/run.py --agent herd                       # the default task (below), HERD over LOOP
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
     python benchmarks/run.py --resume runs/ddpo-long --epochs 60  # continue a run from its latest checkpoint
@@ -14,6 +14,11 @@ A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics
 comparison folder holds one run folder per agent and seed plus ``comparison.md``, ``comparison.png`` and
 ``comparison.json`` (see ``agents/comparison.py``). This command is a thin layer over the library:
 ``agents.Trainer`` trains and writes the folder, the same as ``Trainer(env, agent, config, output_dir).train()``.
+
+The default task, on the embedded Shapes world when neither ``--prompts`` nor ``--preset`` is given, follows the
+HERD paper's protocol: train on the long multi-sentence prompt (``shapes-long``, 5 sentences), evaluate gold on
+fresh noise of that prompt (``--eval-prompts shapes-long``), with 10 DDIM steps; prompts never trained on
+(``shapes-heldout``) are evaluated before and after training as a second, generalisation figure.
 
 The agent flags are generated from the fields of ``agents.config.AgentConfig``, so the CLI never drifts from it.
 """
@@ -53,6 +58,13 @@ from diffusion_gym.rewards import registered_rewards
 
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24  # ~20 s per epoch on 2 CPU cores: the default run fits in about 10 minutes
+# The default task on the default world (see the module docstring); each entry applies where its flag is not given.
+DEFAULT_TASK = {
+    "prompts": "shapes-long",
+    "eval_prompts": "shapes-long",
+    "num_inference_steps": 10,
+    "generalisation_prompts": "shapes-heldout",
+}
 DEFAULT_SEEDS = "0,1,2"
 
 
@@ -170,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "training prompts); to score a single training prompt itself, pass it here too (e.g. shapes-standard)",
     )
     evaluation.add_argument(
+        "--generalisation-prompts",
+        type=optional(prompt_text),
+        default=None,
+        help="a second held-out prompt set, evaluated before and after training only: the generalisation figure "
+        "(default: shapes-heldout in the default task, else none; 'none' turns it off)",
+    )
+    evaluation.add_argument(
         "--eval-samples",
         type=positive_int,
         default=64,
@@ -241,6 +260,10 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         model_name(model)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --model: {error}")
+    if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.prompts is None and args.preset is None:
+        for key, value in DEFAULT_TASK.items():
+            if getattr(args, key) is None and not given(argv, key):
+                setattr(args, key, value)
     default_dir = default_output_dir("compare" if args.compare else args.agent)
     settings = RunSettings(
         agent=args.agent or "",
@@ -254,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         num_inference_steps=args.num_inference_steps,
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
+        generalisation_prompts=args.generalisation_prompts,
         device=args.device,
         dtype=args.dtype,
         latent_bound=args.latent_bound,
@@ -286,6 +310,12 @@ def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, a
     return dataclasses.replace(settings, command=command_line(settings))
 
 
+def given(argv: list[str] | None, key: str) -> bool:
+    """Whether the flag of setting ``key`` (``eval_prompts`` -> ``--eval-prompts``) is on the command line."""
+    flag = "--" + key.replace("_", "-")
+    return any(token == flag or token.startswith(flag + "=") for token in (argv or []))
+
+
 def preset_defaults(argv: list[str] | None) -> dict[str, object]:
     """The settings of the ``--preset`` on the command line, as parser defaults (empty without one)."""
     early = argparse.ArgumentParser(add_help=False)
@@ -300,7 +330,16 @@ def command_line(settings: RunSettings) -> str:
     """The command that reproduces one run: every setting that differs from its default, spelled as flags."""
     parts = ["python", "benchmarks/run.py", "--agent", settings.agent]
     defaults = RunSettings(agent="", config=AgentConfig(), output_dir=Path())
-    for name in ("model", "reward", "prompts", "eval_prompts", "num_inference_steps", "eval_every", "eval_samples"):
+    for name in (
+        "model",
+        "reward",
+        "prompts",
+        "eval_prompts",
+        "generalisation_prompts",
+        "num_inference_steps",
+        "eval_every",
+        "eval_samples",
+    ):
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     parts += ["--epochs", str(settings.epochs)]

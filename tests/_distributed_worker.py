@@ -32,7 +32,8 @@ CONFIG = {
     "stat_min_count": 2,  # per-prompt statistics kick in after the first epochs
     "learning_rate": 1e-2,
 }
-RUNS = [("ddpo", {}, 3), ("herd", {}, 2), ("dpok", {}, 2)]  # (agent, overrides, epochs)
+# (agent, overrides, epochs); HERD over DDPO: the test checks advantages against the per-prompt stat tracker
+RUNS = [("ddpo", {}, 3), ("herd", {"herd_base": "ddpo"}, 2), ("dpok", {}, 2)]
 
 
 def parameter_hash(agent) -> str:
@@ -95,7 +96,8 @@ def main() -> None:
     flags = ["--model", pipeline, "--reward", "jpeg-incompressibility", "--prompts", PROMPTS[0]]
     flags += ["--num-inference-steps", "3", "--batch-size", "2", "--batches-per-epoch", "1", "--lora-rank", "2"]
     flags += ["--eval-samples", "2", "--eval-every", "100", "--checkpoint-every", "1", "--latent-bound", "1e4"]
-    flags += ["--threads", "1", "--agent", "herd", "--epochs", "2", "--output-dir", str(out_dir / "run")]
+    flags += ["--threads", "1", "--agent", "herd", "--herd-base", "ddpo", "--epochs", "2"]
+    flags += ["--output-dir", str(out_dir / "run")]
     run.main(flags)
     run.main(["--resume", str(out_dir / "run"), "--epochs", "3"])
 

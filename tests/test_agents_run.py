@@ -269,7 +269,7 @@ def test_a_herd_checkpoint_of_the_wrapper_layout_still_loads(env):
 
 
 def test_a_state_with_or_without_relabeling_loads_only_into_the_same_kind(env):
-    herd, ddpo = make_agent("herd", env, tiny_config()), make_agent("ddpo", env, tiny_config())
+    herd, ddpo = make_agent("herd", env, tiny_config(herd_base="ddpo")), make_agent("ddpo", env, tiny_config())
     try:
         with pytest.raises(ValueError, match="saved with HERD relabeling, and this agent runs without it"):
             ddpo.load_state_dict(herd.state_dict())

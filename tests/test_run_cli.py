@@ -98,6 +98,21 @@ def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
     return str(folder)
 
 
+def test_the_default_task_is_the_herd_papers_protocol_on_the_embedded_world(tiny_pipeline):
+    settings = run.parse_args(["--agent", "herd"])
+    assert (settings.model, settings.prompts, settings.eval_prompts) == ("shapes", "shapes-long", "shapes-long")
+    assert (settings.num_inference_steps, settings.generalisation_prompts) == (10, "shapes-heldout")
+    assert settings.config.herd_base == "loop"
+    assert "--generalisation-prompts shapes-heldout" in settings.command  # the command reproduces it
+    # each default applies only where its flag is missing; 'none' turns the generalisation set off
+    settings = run.parse_args(["--agent", "herd", "--num-inference-steps", "6", "--generalisation-prompts", "none"])
+    assert (settings.prompts, settings.num_inference_steps, settings.generalisation_prompts) == ("shapes-long", 6, None)
+    # other prompts or another model: the world's own defaults, no second set
+    for flags in (["--prompts", "shapes-train"], ["--model", tiny_pipeline]):
+        settings = run.parse_args(["--agent", "ddpo", *flags])
+        assert (settings.eval_prompts, settings.num_inference_steps, settings.generalisation_prompts) == (None,) * 3
+
+
 def test_a_preset_sets_the_paper_setup_and_flags_override_it(tiny_pipeline):
     from agents.presets import FOREST_PROMPT
 
@@ -151,6 +166,7 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
         return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
     flags = ["--agent", "herd", "--checkpoint-every", "1", "--eval-every", "2"]
+    flags += ["--generalisation-prompts", "a green triangle"]  # its base evaluation is restored from the checkpoint
     assert run.main([*flags, "--epochs", "3", *tiny_flags(tiny_pipeline, tmp_path / "straight")]) == 0
     assert run.main([*flags, "--epochs", "2", *tiny_flags(tiny_pipeline, tmp_path / "resumed")]) == 0
     assert run.main(["--resume", str(tmp_path / "resumed"), "--epochs", "3"]) == 0
@@ -161,6 +177,12 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-5)
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert results["epochs_completed"] == 3 and results["samples_seen"] == 6
+    straight_results = json.loads((tmp_path / "straight" / "results.json").read_text())
+    generalisation = results["generalisation"]
+    assert generalisation["prompts"] == "a green triangle" and generalisation["num_samples"] == 2
+    assert generalisation["base"] == straight_results["generalisation"]["base"]
+    final, straight_final = generalisation["final"], straight_results["generalisation"]["final"]
+    assert final["reward"] == pytest.approx(straight_final["reward"], rel=1e-5) and final["distance_from_base"] > 0
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["epochs"] == 3  # the extension is kept
     events = EventAccumulator(str(tmp_path / "resumed")).Reload()
     assert [event.step for event in events.Scalars("train/reward_mean")] == [2, 4, 6]

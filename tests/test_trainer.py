@@ -33,7 +33,8 @@ def env(tiny_pipeline):
 
 
 def config(**overrides) -> AgentConfig:
-    return AgentConfig(**{"batch_size": 2, "batches_per_epoch": 1, "lora_rank": 2, "seed": 0, **overrides})
+    # loop_k=2: HERD's default base (LOOP) needs batch_size to be a multiple of K
+    return AgentConfig(**{"batch_size": 2, "batches_per_epoch": 1, "lora_rank": 2, "loop_k": 2, "seed": 0, **overrides})
 
 
 def trainer(env, output_dir: Path, agent="herd", **options) -> Trainer:
@@ -187,7 +188,7 @@ observation, reward, terminated, truncated, info = env.step(env.action_space.sam
 
 from agents import AgentConfig, Trainer
 
-config = AgentConfig(batch_size=2, batches_per_epoch=1, lora_rank=2)
+config = AgentConfig(batch_size=2, batches_per_epoch=1, lora_rank=2, loop_k=2)
 trainer = Trainer(env, agent="herd", config=config, output_dir="runs/quickstart", eval_samples=2)
 result = trainer.train(epochs=1)
 print(result.final)
