@@ -7,8 +7,12 @@ folders, :func:`summarise` writes:
 * ``comparison.md``: one markdown table of held-out gold, proxy and reward (base and final), mean ± 95% CI
   over seeds (t-distribution), and one of every variant's final scores minus the first variant's, paired by
   seed (the runs of a seed share their evaluation seeds, so the pairing removes the evaluation noise they share);
-* ``comparison.png``: the training curves overlaid, per agent the mean over seeds of the running average,
-  with its 95% CI band and the raw mean faded;
+  then the race on learning per sample: the samples and wall minutes until the seed-mean held-out gold (fresh
+  noise) first gains :data:`THRESHOLDS` over the base model, the mean approx-KL of the updates, and the change on
+  the generalisation set when the runs evaluated one;
+* ``comparison.png``: the held-out gold on fresh noise against samples (mean over seeds with its 95% CI band)
+  and the training curves overlaid, per agent the mean over seeds of the running average, with its 95% CI band
+  and the raw mean faded;
 * ``comparison.json``: the same numbers, per variant and per seed.
 """
 
@@ -22,7 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from agents.checkpoint import latest_checkpoint
-from agents.plots import CURVE_METRICS, BandCurve, plot_comparison, running_average, setting_summary, smoothing_window
+from agents.plots import (
+    CURVE_METRICS,
+    BandCurve,
+    held_out_curve,
+    plot_comparison,
+    running_average,
+    setting_summary,
+    smoothing_window,
+)
 from agents.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
 from agents.stats import MeanCI, mean_ci, paired_difference
 
@@ -157,6 +169,71 @@ def continue_or_start(run: RunSettings) -> RunSettings | None:
 
 # ----------------------------------------------------------------------------------------------- summary
 SCORE_COLUMNS = ("gold", "proxy", "reward")
+THRESHOLDS = (0.05, 0.10)  # held-out gains over the base model that the race times
+
+
+@dataclass
+class Crossing:
+    """When the seed-mean held-out score first gained ``threshold`` over the base model (None: not reached)."""
+
+    threshold: float
+    samples: int | None  # fresh samples seen at that evaluation
+    minutes: float | None  # mean over seeds of the wall time at that evaluation
+
+    def __str__(self) -> str:
+        return "not reached" if self.samples is None else f"{self.samples} ({self.minutes:.1f} min)"
+
+
+def held_out_gains(results: list[RunResult], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per seed, held-out ``key`` minus the base model's at every evaluation the seeds share, with the samples
+    and the mean wall seconds there: ``(steps (P,), gains (seeds, P), seconds (P,))``; None if not evaluated."""
+    curves, seconds = [], []
+    for result in results:
+        base = getattr(result.base, key)
+        curve = held_out_curve(result.history, key)
+        if base is None or curve is None:
+            return None
+        curves.append((curve.steps, curve.values - base))
+        elapsed = {record["global_step"]: record["elapsed_seconds"] for record in result.history}
+        seconds.append([elapsed[int(step)] for step in curve.steps])
+    length = min(len(steps) for steps, _ in curves)
+    steps = curves[0][0][:length]
+    if any(not np.array_equal(other[:length], steps) for other, _ in curves):
+        return None  # the seeds evaluated at different sample counts
+    gains = np.stack([values[:length] for _, values in curves])  # (seeds, P)
+    return steps, gains, np.array([row[:length] for row in seconds], dtype=float).mean(axis=0)
+
+
+def crossings(results: list[RunResult], key: str) -> list[Crossing]:
+    """:class:`Crossing` of every :data:`THRESHOLDS` by the seed-mean held-out gain of ``key``."""
+    found = held_out_gains(results, key)
+    if found is None:
+        return [Crossing(threshold, None, None) for threshold in THRESHOLDS]
+    steps, gains, seconds = found
+    mean_gain = gains.mean(axis=0)  # (P,)
+    out = []
+    for threshold in THRESHOLDS:
+        reached = np.flatnonzero(mean_gain >= threshold - 1e-9)
+        if len(reached) == 0:
+            out.append(Crossing(threshold, None, None))
+        else:
+            first = reached[0]
+            out.append(Crossing(threshold, int(steps[first]), float(seconds[first] / 60)))
+    return out
+
+
+def held_out_band(results: list[RunResult], key: str) -> BandCurve | None:
+    """Held-out ``key`` against samples, base model at 0: mean over seeds with its 95% t-band (no smoothing)."""
+    found = held_out_gains(results, key)
+    if found is None:
+        return None
+    steps, gains, _ = found
+    base = np.array([getattr(result.base, key) for result in results], dtype=float)
+    values = np.concatenate([base[:, None], gains + base[:, None]], axis=1)  # (seeds, 1 + P): base at 0 samples
+    intervals = [mean_ci(list(values[:, i])) for i in range(values.shape[1])]
+    means = np.array([interval.mean for interval in intervals])
+    half = np.nan_to_num(np.array([interval.half_width for interval in intervals]))  # one seed: no band
+    return BandCurve(np.concatenate([[0.0], steps]), means, means, means - half, means + half)
 
 
 @dataclass
@@ -176,6 +253,9 @@ class VariantSummary:
     runs: list[str]
     final_by_seed: dict[str, dict[int, float | None]]  # score name -> seed -> final score
     vs_reference: dict[str, MeanCI] = field(default_factory=dict)  # final - the first variant's, paired by seed
+    crossings: list[Crossing] = field(default_factory=list)  # of THRESHOLDS by the held-out gold (else reward)
+    approx_kl: MeanCI | None = None  # mean over the run of the updates' approx-KL, over seeds (None: not logged)
+    generalisation_change: MeanCI | None = None  # gold (else reward) on the generalisation set, final - base
 
 
 @dataclass
@@ -201,6 +281,10 @@ def summarise(
     for name, variant_runs in by_variant.items():
         results = [read_run_result(Path(run.output_dir)) for run in variant_runs]
         summaries.append(summarise_variant(name, description.get(name, ""), variant_runs, results))
+        key = race_score(results)
+        band = held_out_band(results, key)
+        if band is not None:
+            panels.setdefault(f"held-out {key} (fresh noise)", {})[name] = band
         histories = [result.history for result in results]
         for key, label in CURVE_METRICS.items():
             band = band_curve(histories, key)
@@ -235,8 +319,14 @@ def summarise(
     return summary
 
 
+def race_score(results: list[RunResult]) -> str:
+    """The score the race times: gold where the world defines it, else the reward."""
+    return "gold" if all(result.base.gold is not None for result in results) else "reward"
+
+
 def summarise_variant(name: str, description: str, runs: list[RunSettings], results: list[RunResult]) -> VariantSummary:
     seeds = [run.config.seed for run in runs]
+    key = race_score(results)
 
     def scores(when: str, key: str) -> list[float | None]:
         return [getattr(getattr(result, when), key) for result in results]
@@ -258,7 +348,28 @@ def summarise_variant(name: str, description: str, runs: list[RunSettings], resu
         wall_minutes=mean_ci([result.wall_seconds / 60 for result in results]),
         runs=[str(run.output_dir) for run in runs],
         final_by_seed={key: dict(zip(seeds, scores("final", key), strict=True)) for key in SCORE_COLUMNS},
+        crossings=crossings(results, key),
+        approx_kl=run_mean(results, "approx_kl"),
+        generalisation_change=generalisation_change(results, key),
     )
+
+
+def run_mean(results: list[RunResult], metric: str) -> MeanCI | None:
+    """Per seed the mean of a training metric over the run's epochs; their mean ± CI (None if never logged)."""
+    means = []
+    for result in results:
+        values = [record[metric] for record in result.history if record.get(metric) is not None]
+        means.append(float(np.mean(values)) if values else None)
+    return None if all(value is None for value in means) else mean_ci(means)
+
+
+def generalisation_change(results: list[RunResult], key: str) -> MeanCI | None:
+    """Final minus base ``key`` on the runs' generalisation set, mean ± CI over seeds (None: not evaluated)."""
+    sets = [result.generalisation for result in results]
+    if any(generalisation is None for generalisation in sets):
+        return None
+    changes = [getattr(g.final, key) - getattr(g.base, key) for g in sets]
+    return mean_ci(changes)
 
 
 def comparison_table(summaries: list[VariantSummary], title: str) -> str:
@@ -297,7 +408,36 @@ def comparison_table(summaries: list[VariantSummary], title: str) -> str:
         ]
         for s in summaries[1:]:
             lines.append(f"| {s.name} | " + " | ".join(signed(s.vs_reference[key]) for key in present) + " |")
+    lines += ["", *race_table(summaries)]
     return "\n".join(lines)
+
+
+def race_table(summaries: list[VariantSummary]) -> list[str]:
+    """Markdown lines of the race on learning per sample (see the module docstring)."""
+    header = ["agent"]
+    header += [f"samples (minutes) to +{threshold:.2f}" for threshold in THRESHOLDS]
+    header += ["final Δ", "approx-KL (run mean)", "distance from base"]
+    with_generalisation = any(s.generalisation_change is not None for s in summaries)
+    if with_generalisation:
+        header.append("generalisation Δ")
+    lines = [
+        "The race on learning per sample: fresh samples (and wall minutes) until the held-out score on fresh noise, "
+        "averaged over seeds, first gained each threshold over the base model (evaluations only, so a crossing "
+        "is at most one evaluation interval late); approx-KL: DDPO's 1/2 E[(log ratio)^2] of the updates, summed "
+        "log-probabilities; minutes are wall time as the runs measured it, under whatever else ran on the machine.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for s in summaries:
+        row = [s.name, *(str(crossing) for crossing in s.crossings)]
+        race_key = "gold" if s.final["gold"].count else "reward"
+        row += [signed(s.change[race_key]), str(s.approx_kl) if s.approx_kl is not None else "–"]
+        row.append(str(s.distance_from_base))
+        if with_generalisation:
+            row.append(signed(s.generalisation_change) if s.generalisation_change is not None else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def signed(value: MeanCI) -> str:
@@ -325,7 +465,9 @@ def band_curve(histories: list[list[dict]], key: str) -> BandCurve | None:
 
 
 __all__ = [
+    "THRESHOLDS",
     "VARIANTS",
+    "Crossing",
     "ComparisonSummary",
     "Variant",
     "VariantSummary",

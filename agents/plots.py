@@ -44,17 +44,40 @@ class Curve:
 
     steps: np.ndarray  # (E,)
     values: np.ndarray  # (E,), NaN where missing
+    held_out: Curve | None = None  # the same score on the held-out evaluations (fresh noise), drawn with markers
 
 
 # metrics.jsonl keys drawn in the reward curves, and their labels
 CURVE_METRICS = {"reward_mean": "training reward", "gold_score": "gold score", "proxy_score": "proxy score"}
+# the held-out evaluation's key (metrics.jsonl ``eval_<key>``, results.json ``base.<key>``) of each curve
+HELD_OUT_KEYS = {"reward_mean": "reward", "gold_score": "gold", "proxy_score": "proxy"}
 
 
-def history_curves(history: list[dict[str, float]]) -> dict[str, Curve]:
-    """Per-epoch training reward, gold and proxy score against samples seen (NaN where an epoch lacks one)."""
+def held_out_curve(history: list[dict[str, float]], key: str, base: float | None = None) -> Curve | None:
+    """Held-out score ``key`` (``gold``, ...) at the evaluation epochs against samples seen, starting with the base
+    model's at 0 samples when ``base`` is given; None if no evaluation logged it."""
+    points = [
+        (record["global_step"], record[f"eval_{key}"]) for record in history if record.get(f"eval_{key}") is not None
+    ]
+    if not points:
+        return None
+    if base is not None:
+        points.insert(0, (0, base))
+    steps, values = zip(*points, strict=True)
+    return Curve(np.array(steps, dtype=float), np.array(values, dtype=float))
+
+
+def history_curves(history: list[dict[str, float]], base: dict[str, float | None] | None = None) -> dict[str, Curve]:
+    """Per-epoch training reward, gold and proxy score against samples seen (NaN where an epoch lacks one), each
+    with its held-out evaluations on fresh noise (from ``base``, the base model's held-out scores, at 0 samples)."""
     steps = np.array([record["global_step"] for record in history], dtype=float)
+    base = base or {}
     curves = {
-        label: Curve(steps, np.array([record.get(key, np.nan) for record in history], dtype=float))
+        label: Curve(
+            steps,
+            np.array([record.get(key, np.nan) for record in history], dtype=float),
+            held_out_curve(history, HELD_OUT_KEYS[key], base.get(HELD_OUT_KEYS[key])),
+        )
         for key, label in CURVE_METRICS.items()
     }
     reward = curves["training reward"].values
@@ -70,18 +93,36 @@ def setting_summary(model: str, reward: str, prompts: str) -> str:
 
 
 def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None:
-    """``reward_curve.png``: one panel per metric (e.g. training reward, gold score), raw faded + smoothed."""
+    """``reward_curve.png``: one panel per metric (e.g. training reward, gold score), raw faded + smoothed, and the
+    held-out evaluations on fresh noise as markers."""
     panels = {name: curve for name, curve in curves.items() if np.isfinite(curve.values).any()}
     width = max(7.0, 5.5 * len(panels))
     figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(width, 4.2), squeeze=False)
     for axis, (name, curve) in zip(axes[0], panels.items(), strict=False):
         window = smoothing_window(len(curve.values))
         (line,) = axis.plot(curve.steps, curve.values, alpha=0.3, linewidth=1)
-        axis.plot(curve.steps, running_average(curve.values, window), color=line.get_color(), linewidth=2)
+        axis.plot(
+            curve.steps,
+            running_average(curve.values, window),
+            color=line.get_color(),
+            linewidth=2,
+            label=f"training samples, running average over {window}",
+        )
+        if curve.held_out is not None:
+            axis.plot(
+                curve.held_out.steps,
+                curve.held_out.values,
+                "o-",
+                color="black",
+                markersize=4,
+                linewidth=1.2,
+                label="held-out evaluation (fresh noise, fixed seeds)",
+            )
+        axis.legend(fontsize=8)
         axis.set(
             xlabel="samples",
             ylabel=name,
-            title=f"{name}, running average over {window} epoch{'s' if window > 1 else ''}",
+            title=name,
         )
         axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)

@@ -573,7 +573,8 @@ def write_run_folder(output_dir: Path, result: RunResult, base: Evaluation, fina
     """``results.json``, ``reward_curve.png`` and ``before_after.png`` (metrics.jsonl is written as training goes)."""
     write_results(result, output_dir)
     title = f"{result.label}, seed {result.seed}: {setting_summary(result.model, result.reward, result.prompts)}"
-    plot_reward_curves(history_curves(result.history), output_dir / REWARD_CURVE_FILE, title=title)
+    curves = history_curves(result.history, base=dataclasses.asdict(result.base))
+    plot_reward_curves(curves, output_dir / REWARD_CURVE_FILE, title=title)
     rows = grid_rows(len(base.prompts))
     prompts = [base.prompts[row] for row in rows]
     plot_before_after(base.images[rows], final.images[rows], prompts, output_dir / BEFORE_AFTER_FILE)
