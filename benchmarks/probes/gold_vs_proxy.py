@@ -1,0 +1,82 @@
+"""Gold against proxy (Gao et al. 2022's picture): held-out gold and proxy of runs that optimised the proxy,
+against fresh samples and against the distance from the base model's images.
+
+    python benchmarks/run.py --agent herd --reward shapes-clip --epochs 120 --eval-every 10 --seed 0 \\
+        --output-dir runs/proxy-herd-seed0
+    python benchmarks/probes/gold_vs_proxy.py runs/proxy-herd-seed0 [more run folders] --output gold_vs_proxy.png
+
+Each run folder's held-out evaluations (``metrics.jsonl``'s ``eval_gold``, ``eval_proxy``,
+``eval_distance_from_base``; the base model's from ``results.json``, or from the first lines of the log while a
+run is still going) are drawn, one line per run; the peak of gold is printed with its samples and distance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agents.plots import held_out_curve  # noqa: E402
+from agents.run_folder import read_history  # noqa: E402
+
+
+def base_scores(run_dir: Path) -> dict[str, float] | None:
+    """The base model's held-out scores of a run: results.json (a finished run) or its first checkpoint's record."""
+    results = run_dir / "results.json"
+    if results.exists():
+        return json.loads(results.read_text())["base"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders that optimised the proxy")
+    parser.add_argument("--output", type=Path, default=Path("gold_vs_proxy.png"), help="the figure (PNG)")
+    parser.add_argument(
+        "--base-gold", type=float, default=None, help="the base model's held-out gold, for unfinished runs"
+    )
+    parser.add_argument(
+        "--base-proxy", type=float, default=None, help="the base model's held-out proxy, for unfinished runs"
+    )
+    args = parser.parse_args(argv)
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    proxy_axes = [axis.twinx() for axis in axes]  # proxy on its own scale, right
+    for index, run_dir in enumerate(args.runs):
+        history = read_history(run_dir)
+        base = base_scores(run_dir) or {"gold": args.base_gold, "proxy": args.base_proxy}
+        gold = held_out_curve(history, "gold", base.get("gold"))
+        proxy = held_out_curve(history, "proxy", base.get("proxy"))
+        distance = held_out_curve(history, "distance_from_base", 0.0 if base.get("gold") is not None else None)
+        if gold is None or proxy is None or distance is None:
+            parser.error(f"{run_dir}: no held-out gold, proxy and distance in its metrics.jsonl")
+        peak = int(gold.values.argmax())
+        print(
+            f"{run_dir}: gold peaks at {gold.values[peak]:.4f} after {int(gold.steps[peak])} samples "
+            f"(distance from base {distance.values[peak]:.4f}, proxy {proxy.values[peak]:.3f}); "
+            f"last: gold {gold.values[-1]:.4f}, proxy {proxy.values[-1]:.3f} at {int(gold.steps[-1])} samples"
+        )
+        for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, distance.values), strict=True):
+            axis.plot(x, gold.values, "o-", color=f"C{index}", label=f"gold, {run_dir.name}")
+            proxy_axis.plot(x, proxy.values, "s--", color=f"C{index}", alpha=0.5, label=f"proxy, {run_dir.name}")
+    axes[0].set(xlabel="fresh samples", ylabel="held-out gold (solid)", title="gold and proxy against samples")
+    axes[1].set(xlabel="RMS pixel distance from the base images", title="against distance from the base model")
+    for axis, proxy_axis in zip(axes, proxy_axes, strict=True):
+        axis.grid(alpha=0.3)
+        proxy_axis.set_ylabel("held-out proxy (dashed, right)")
+        lines = axis.get_legend_handles_labels()
+        proxy_lines = proxy_axis.get_legend_handles_labels()
+        axis.legend(lines[0] + proxy_lines[0], lines[1] + proxy_lines[1], fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(args.output, dpi=110)
+    print(f"figure: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
