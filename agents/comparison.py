@@ -157,7 +157,8 @@ def continue_or_start(run: RunSettings) -> RunSettings | None:
     if not (folder / "run.json").exists():
         return run
     saved = read_settings(folder)
-    ignored = {"command": "", "resume": False, "threads": None, "output_dir": folder}
+    # a single run of the same settings counts (its label is empty: the label only names it in tables)
+    ignored = {"command": "", "resume": False, "threads": None, "output_dir": folder, "label": run.label}
     if replace(saved, **ignored) != replace(run, **ignored):
         raise ValueError(f"{folder} holds a run with other settings; compare into a new --output-dir")
     if (folder / "results.json").exists():
