@@ -44,6 +44,12 @@ class EnvConfig:
     image_cache_size: int = 256
     max_prompt_chunks: int = 1
 
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, object]) -> EnvConfig:
+        """The config from an env constructor's ``locals()`` (taken before it assigns any name): every field by its
+        name; the constructor's other arguments (``num_envs``, ``render_mode``, ...) are left to it."""
+        return cls(**{field.name: arguments[field.name] for field in dataclasses.fields(cls)})
+
     def checked(self) -> EnvConfig:
         """This config with ``model`` as a ``str`` (a path object is accepted), after the checks that need no model.
 
@@ -83,6 +89,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_render_mode(render_mode: object, render_modes: Sequence[str]) -> str | None:
+    """``render_mode`` if it is None or one of the env's ``render_modes``, else ``ValueError`` naming them."""
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be one of {render_modes} or None, got {render_mode!r}")
+    return render_mode
 
 
 SINGLE_ENV_OPTIONS_HINT = "The vector env's reset takes 'prompts' (one per sub-env); this single env takes 'prompt'"

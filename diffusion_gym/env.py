@@ -15,6 +15,7 @@ from diffusion_gym.core import (
     DiffusionMDP,
     EnvConfig,
     check_prompt_option,
+    check_render_mode,
     check_reset_options,
 )
 from diffusion_gym.images import to_uint8_hwc
@@ -194,21 +195,8 @@ class DiffusionT2IEnv(gym.Env):
         max_prompt_chunks: int = 1,
         render_mode: str | None = None,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.render_mode = render_mode
-        config = EnvConfig(
-            model=model,
-            reward=reward,
-            prompts=prompts,
-            num_inference_steps=num_inference_steps,
-            device=device,
-            dtype=dtype,
-            latent_bound=latent_bound,
-            max_prompt_bytes=max_prompt_bytes,
-            image_cache_size=image_cache_size,
-            max_prompt_chunks=max_prompt_chunks,
-        )
+        config = EnvConfig.from_arguments(locals())
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.mdp = DiffusionMDP(config, num_envs=1)
         self.diffusion = DiffusionHandle(self.mdp)  # the public interface for policies (see DiffusionHandle)
         self.observation_space = self.mdp.single_observation_space()

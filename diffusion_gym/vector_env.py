@@ -22,6 +22,7 @@ from diffusion_gym.core import (
     EnvConfig,
     TerminalOutcome,
     check_prompt_option,
+    check_render_mode,
     check_reset_options,
 )
 from diffusion_gym.env import DiffusionT2IEnv
@@ -134,24 +135,11 @@ class DiffusionT2IVectorEnv(VectorEnv):
         render_mode: str | None = None,
         array_backend: str = "numpy",
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        config = EnvConfig.from_arguments(locals())
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         if array_backend not in ARRAY_BACKENDS:
             raise ValueError(f"array_backend must be one of {ARRAY_BACKENDS}, got {array_backend!r}")
-        self.render_mode = render_mode
         self.array_backend = array_backend
-        config = EnvConfig(
-            model=model,
-            reward=reward,
-            prompts=prompts,
-            num_inference_steps=num_inference_steps,
-            device=device,
-            dtype=dtype,
-            latent_bound=latent_bound,
-            max_prompt_bytes=max_prompt_bytes,
-            image_cache_size=image_cache_size,
-            max_prompt_chunks=max_prompt_chunks,
-        )
         self.mdp = DiffusionMDP(config, num_envs=num_envs)
         # the public interface for policies (see DiffusionHandle); its new_vector_env keeps this array backend
         self.diffusion = DiffusionHandle(self.mdp, array_backend)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Stable Diffusion pipeline built offline once per test session."""
+"""Shared fixtures: a tiny random Stable Diffusion pipeline built offline once per test session, and the env
+settings of the agents' tests on it."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ def tiny_pipeline(tmp_path_factory) -> str:
     from diffusion_gym.models import build_tiny_pipeline
 
     return str(build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_env_settings(tiny_pipeline: str):
+    """:class:`agents.EnvSettings` of the tiny pipeline with ``EnvSettings.tiny``'s reward, prompts and latent bound
+    and 3 DDIM steps; a test replaces fields (``dataclasses.replace``) and builds its env with ``.make(num_envs)``."""
+    from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
+
+    return EnvSettings(tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)

@@ -3,7 +3,8 @@ PPO's first-step gradient equal to REINFORCE's, and HERD's relabeling."""
 
 from __future__ import annotations
 
-import gymnasium as gym
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,19 +21,8 @@ PROMPTS = ["A large red circle on the left. A gray background.", "A small blue s
 
 
 @pytest.fixture(scope="module")
-def env(tiny_pipeline):
-    vector_env = gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=2,
-        vectorization_mode="vector_entry_point",
-        model=tiny_pipeline,
-        reward="jpeg-incompressibility",
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-        array_backend="torch",
-    )
-    return vector_env.unwrapped
+def env(tiny_env_settings):
+    return dataclasses.replace(tiny_env_settings, prompts=PROMPTS).make(num_envs=2).unwrapped
 
 
 @pytest.fixture
@@ -155,19 +145,9 @@ def test_ppo_first_step_ratio_is_one_and_gradient_equals_reinforce(env):
         agent.close()
 
 
-def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_pipeline):
-    vector_env = gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=2,
-        vectorization_mode="vector_entry_point",
-        model=tiny_pipeline,
-        reward="shapes-gold",  # prompt-dependent: the reward of a sentence differs from the full prompt's
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-        array_backend="torch",
-    )
-    env = vector_env.unwrapped
+def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_env_settings):
+    # shapes-gold is prompt-dependent: the reward of a sentence differs from the full prompt's
+    env = dataclasses.replace(tiny_env_settings, reward="shapes-gold", prompts=PROMPTS).make(num_envs=2).unwrapped
     policy = DiffusionPolicy(env, lora_rank=2)
     try:
         samples = collect_trajectories(env, policy, PROMPTS, seed=5, generator=torch.Generator().manual_seed(5))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,18 +17,8 @@ TIMING_KEYS = {"epoch_seconds", "samples_per_second"}
 
 
 @pytest.fixture(scope="module")
-def env(tiny_pipeline):
-    return gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=2,
-        vectorization_mode="vector_entry_point",
-        model=tiny_pipeline,
-        reward="jpeg-incompressibility",
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-        array_backend="torch",
-    )
+def env(tiny_env_settings):
+    return dataclasses.replace(tiny_env_settings, prompts=PROMPTS).make(num_envs=2)
 
 
 def untimed(metrics: dict[str, float]) -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import pickle
 import subprocess
 import sys
@@ -15,9 +17,12 @@ import torch
 from gymnasium.error import ResetNeeded
 
 import diffusion_gym
+from diffusion_gym.core import EnvConfig
+from diffusion_gym.env import DiffusionT2IEnv
 from diffusion_gym.models import UnknownModelError
 from diffusion_gym.rewards import UnknownRewardError
 from diffusion_gym.sampling import PretrainedPolicy
+from diffusion_gym.vector_env import DiffusionT2IVectorEnv
 
 PROMPTS = ["A red circle on the left. A blue square on the right.", "A green triangle. A gray background."]
 STEPS = 3
@@ -340,6 +345,16 @@ def test_bad_render_mode_and_steps(tiny_pipeline: str) -> None:
         make_env(tiny_pipeline, render_mode="ansi")
     with pytest.raises(ValueError, match="num_inference_steps"):
         make_env(tiny_pipeline, num_inference_steps=-1)
+
+
+@pytest.mark.parametrize("env_class", [DiffusionT2IEnv, DiffusionT2IVectorEnv])
+def test_the_env_arguments_are_the_config_fields_with_their_defaults(env_class) -> None:
+    """``EnvConfig.from_arguments(locals())`` builds the config: each field is an argument, with the same default."""
+    parameters = inspect.signature(env_class).parameters
+    for field in dataclasses.fields(EnvConfig):
+        assert field.name in parameters, f"{env_class.__name__} has no argument {field.name}"
+        assert parameters[field.name].default == field.default, field.name
+    assert EnvConfig.from_arguments({**dataclasses.asdict(EnvConfig()), "render_mode": None}) == EnvConfig()
 
 
 def test_single_window_encoding_is_stable_diffusions_own(tiny_pipeline: str) -> None:

@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import gymnasium as gym
 import pytest
 import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
-from agents import AgentConfig, make_agent
+from agents import AgentConfig, EnvSettings, make_agent
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.math import ppo_clipped_loss
 from agents.policy import DiffusionPolicy
@@ -28,20 +28,8 @@ PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 ADVANTAGES = torch.tensor([1.0, -0.5])
 
 
-def make_env(model: str, dtype: str, device: str = "cpu"):
-    return gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=2,
-        vectorization_mode="vector_entry_point",
-        model=model,
-        reward="jpeg-incompressibility",
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-        dtype=dtype,
-        device=device,
-        array_backend="torch",
-    )
+def make_env(settings: EnvSettings, dtype: str, device: str = "cpu"):
+    return dataclasses.replace(settings, prompts=PROMPTS, dtype=dtype, device=device).make(num_envs=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,8 +42,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def envs(tiny_pipeline):
-    made = {dtype: make_env(tiny_pipeline, dtype) for dtype in ("float32", "bfloat16", "float16")}
+def envs(tiny_env_settings):
+    made = {dtype: make_env(tiny_env_settings, dtype) for dtype in ("float32", "bfloat16", "float16")}
     yield made
     for env in made.values():
         env.close()
@@ -258,8 +246,8 @@ def test_gradient_checkpointing_config_trains_like_without(envs):
 # ---------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_float16_ddpo_epoch_on_cuda(tiny_pipeline):
-    env = make_env(tiny_pipeline, "float16", device="cuda")
+def test_float16_ddpo_epoch_on_cuda(tiny_env_settings):
+    env = make_env(tiny_env_settings, "float16", device="cuda")
     agent = make_agent("ddpo", env, tiny_config(gradient_checkpointing=True))
     try:
         assert {p.dtype for p in frozen_parameters(env.unwrapped.diffusion.unet)} == {torch.float16}

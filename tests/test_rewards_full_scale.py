@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from diffusion_gym.rewards import make_reward, registry, reward_spec
-from diffusion_gym.rewards._common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from diffusion_gym.rewards._common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, score_in_batches
 from diffusion_gym.rewards.aesthetic import AestheticMLP, AestheticScorer
 from diffusion_gym.rewards.async_scoring import AsyncRewardScorer
 from diffusion_gym.rewards.clipscore import CLIPScore
@@ -157,6 +157,23 @@ def check_scores(scores: torch.Tensor, batch: int) -> None:
 
 
 # --- imagereward -----------------------------------------------------------------------------------------
+
+
+def test_score_in_batches_scores_each_batch_with_its_prompts() -> None:
+    images = torch.arange(5, dtype=torch.float16).reshape(5, 1, 1, 1).expand(5, 3, 2, 2)  # image i is all i
+    calls = []
+
+    def score(batch: torch.Tensor, prompts) -> torch.Tensor:
+        calls.append((batch.shape[0], prompts))
+        return batch[:, 0, 0, 0, None] * 10  # (b, 1): a column, as a reward head returns
+
+    scores = score_in_batches(images, list("abcde"), 2, score)
+    assert calls == [(2, ["a", "b"]), (2, ["c", "d"]), (1, ["e"])]
+    assert scores.dtype == torch.float32 and scores.tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+    calls.clear()
+    assert score_in_batches(images, None, 3, score).shape == (5,) and calls == [(3, None), (2, None)]
+    with pytest.raises(ValueError, match="5 images but 4 prompts"):
+        score_in_batches(images, list("abcd"), 2, score)
 
 
 def test_imagereward_scores_like_the_package(rewards: dict[str, object]) -> None:

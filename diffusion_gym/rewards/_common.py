@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,22 @@ def check_batch(images: torch.Tensor, prompts: Sequence[str] | None) -> None:
         raise ValueError(f"expected images of shape (B, 3, H, W) in [0, 1], got {shape}")
     if prompts is not None and len(prompts) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
+
+
+def score_in_batches(
+    images: torch.Tensor,
+    prompts: Sequence[str] | None,
+    batch_size: int,
+    score: Callable[[torch.Tensor, Sequence[str] | None], torch.Tensor],
+) -> torch.Tensor:
+    """``score(images, prompts)`` of ``batch_size`` images (and their prompts) at a time, after :func:`check_batch`:
+    the scores ``(B,)`` as float32 on the CPU (``score`` returns ``b`` scores, any shape, of a batch of ``b``)."""
+    check_batch(images, prompts)
+    scores = []
+    for start in range(0, images.shape[0], batch_size):
+        batch_prompts = None if prompts is None else prompts[start : start + batch_size]
+        scores.append(score(images[start : start + batch_size], batch_prompts).reshape(-1).float().cpu())  # (b,)
+    return torch.cat(scores)
 
 
 def clamp_unit(images: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion_gym.rewards._common import check_batch, env_path, load_state_dict_file
+from diffusion_gym.rewards._common import env_path, load_state_dict_file, score_in_batches
 from diffusion_gym.rewards.clipscore import OpenClipEncoder
 
 ENV_PATH = "DIFFUSION_GYM_AESTHETIC_PATH"
@@ -125,9 +125,8 @@ class AestheticScorer:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        check_batch(images, prompts)
-        scores = []
-        for start in range(0, images.shape[0], self.batch_size):
-            embeddings = self.encoder.encode_images(images[start : start + self.batch_size])  # (b, 768)
-            scores.append(self.mlp(embeddings).reshape(-1).float().cpu())  # (b,)
-        return torch.cat(scores)
+        return score_in_batches(images, prompts, self.batch_size, self._score_batch)
+
+    def _score_batch(self, images: torch.Tensor, prompts: Sequence[str] | None) -> torch.Tensor:
+        embeddings = self.encoder.encode_images(images)  # (b, 768)
+        return self.mlp(embeddings)  # (b, 1)

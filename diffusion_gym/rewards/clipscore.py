@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffusion_gym.rewards._common import check_batch, env_path, eval_transform
+from diffusion_gym.rewards._common import env_path, eval_transform, score_in_batches
 
 ENV_MODEL = "DIFFUSION_GYM_CLIPSCORE_MODEL"
 ENV_PRETRAINED = "DIFFUSION_GYM_CLIPSCORE_PRETRAINED"
@@ -151,12 +151,10 @@ class CLIPScore:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        check_batch(images, prompts)
-        scores = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            image_emb = self.encoder.encode_images(images[chunk])  # (b, D)
-            text_emb = self.encoder.encode_texts(prompts[chunk])  # (b, D)
-            cosine = (image_emb * text_emb).sum(dim=-1)  # (b,)
-            scores.append((self.weight * cosine.clamp(min=0)).cpu())
-        return torch.cat(scores).float()
+        return score_in_batches(images, prompts, self.batch_size, self._score_batch)
+
+    def _score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        image_emb = self.encoder.encode_images(images)  # (b, D)
+        text_emb = self.encoder.encode_texts(prompts)  # (b, D)
+        cosine = (image_emb * text_emb).sum(dim=-1)  # (b,)
+        return self.weight * cosine.clamp(min=0)

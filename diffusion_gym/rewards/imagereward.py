@@ -30,11 +30,11 @@ import torch
 from diffusion_gym.rewards._common import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    check_batch,
     env_path,
     eval_transform,
     load_state_dict_file,
     require_file,
+    score_in_batches,
 )
 from diffusion_gym.rewards._transformers_compat import import_image_reward
 
@@ -189,18 +189,11 @@ class ImageRewardScorer:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        check_batch(images, prompts)
-        scores = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            pixels = self.preprocess(images[chunk])  # (b, 3, 224, 224)
-            text = self.tokenizer(
-                list(prompts[chunk]),
-                padding="max_length",
-                truncation=True,
-                max_length=MAX_PROMPT_TOKENS,
-                return_tensors="pt",
-            ).to(self.device)
-            rewards = self.model.score_gard(text.input_ids, text.attention_mask, pixels)  # (b, 1)
-            scores.append(rewards.reshape(-1).float().cpu())
-        return torch.cat(scores)
+        return score_in_batches(images, prompts, self.batch_size, self._score_batch)
+
+    def _score_batch(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        pixels = self.preprocess(images)  # (b, 3, 224, 224)
+        text = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt"
+        ).to(self.device)
+        return self.model.score_gard(text.input_ids, text.attention_mask, pixels)  # (b, 1)

@@ -37,30 +37,33 @@ def _clip_factory(device):
     return ShapesClipReward.from_pretrained(PROXY_DIR, device=device)
 
 
-register_reward(
-    "shapes-gold",
-    lambda device: GoldReward("mean"),
-    description="Shapes world: exact pixel check of every sentence of the prompt, mean over sentences",
-    uses_prompt=True,
-    value_range=(0.0, 1.0),
-    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
+def _register_gold_reward(name: str, description: str, reduce: str, dense_shapes: bool = False) -> None:
+    """Register a :class:`GoldReward` (``reduce`` over sentences): it reads the prompt and scores in [0, 1]."""
+    register_reward(
+        name,
+        lambda device: GoldReward(reduce, dense_shapes=dense_shapes),
+        description=description,
+        uses_prompt=True,
+        value_range=(0.0, 1.0),
+        check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
+    )
+
+
+_register_gold_reward(
+    "shapes-gold", "Shapes world: exact pixel check of every sentence of the prompt, mean over sentences", "mean"
 )
-register_reward(
+_register_gold_reward(
     "shapes-gold-per-sentence",
-    lambda device: GoldReward("min"),
-    description="Shapes world: minimum over sentences of the gold score (1 only if every sentence holds)",
-    uses_prompt=True,
-    value_range=(0.0, 1.0),
-    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
+    "Shapes world: minimum over sentences of the gold score (1 only if every sentence holds)",
+    "min",
 )
-register_reward(
+_register_gold_reward(
     "shapes-gold-dense",
-    lambda device: GoldReward("mean", dense_shapes=True),
-    description="Shapes world: shapes-gold with partial credit for shape (the template IoU margin), for training",
-    uses_prompt=True,
-    value_range=(0.0, 1.0),
-    check_prompt=parse_prompt,  # the gold scorer parses the prompt's grammar
+    "Shapes world: shapes-gold with partial credit for shape (the template IoU margin), for training",
+    "mean",
+    dense_shapes=True,
 )
+
 register_reward(
     "shapes-clip",
     _clip_factory,
