@@ -53,6 +53,10 @@ _CHECKPOINT_DIR = re.compile(r"^(\d{6,})-(.+)$")
 _MISSING = "<missing>"
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint of a run was skipped on resume (corrupt or incomplete): see :func:`newest_intact_checkpoint`."""
+
+
 # ============================================================================================== encoding
 class _Encoder:
     """Split a nested state into a JSON tree and a flat ``{key: tensor}`` dict."""
@@ -313,15 +317,7 @@ def load_checkpoint(path_or_run_dir: str | Path, *, map_location: str | torch.de
 
     folder = _resolve_checkpoint(path_or_run_dir)
     state_path, tensor_path = folder / STATE_FILE, folder / TENSORS_FILE
-    for required in (state_path, tensor_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"checkpoint file missing: {required}")
-    manifest = _read_manifest(state_path)
-    if _sha256_file(tensor_path) != manifest["tensor_sha256"]:
-        raise ValueError(
-            f"corrupt checkpoint file {tensor_path}: its SHA-256 does not match the one recorded in {state_path} "
-            "(truncated or modified after saving)"
-        )
+    manifest = verify_checkpoint(folder)
     try:
         tensors = load_file(tensor_path, device=str(map_location))
     except (SafetensorError, OSError, RuntimeError) as error:
@@ -338,6 +334,58 @@ def load_checkpoint(path_or_run_dir: str | Path, *, map_location: str | torch.de
                 f"in {state_path} says {info['dtype']} {info['shape']}"
             )
     return _decode(manifest["tree"], tensors)
+
+
+def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """The manifest (with the state tree) of an intact checkpoint folder, without loading its tensors.
+
+    ``FileNotFoundError`` naming a missing file; ``ValueError`` naming the file and the problem when
+    ``state.json`` is not a valid manifest or the tensor file's SHA-256 is not the recorded one (truncated or
+    modified after saving).
+    """
+    state_path, tensor_path = Path(folder) / STATE_FILE, Path(folder) / TENSORS_FILE
+    for required in (state_path, tensor_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"checkpoint file missing: {required}")
+    manifest = _read_manifest(state_path)
+    if _sha256_file(tensor_path) != manifest["tensor_sha256"]:
+        raise ValueError(
+            f"corrupt checkpoint file {tensor_path}: its SHA-256 does not match the one recorded in {state_path} "
+            "(truncated or modified after saving)"
+        )
+    return manifest
+
+
+def newest_intact_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]]:
+    """The newest checkpoint of a run that :func:`verify_checkpoint` accepts, its manifest, and the newer ones it
+    refused, each with why (newest first).
+
+    ``FileNotFoundError`` when the run has no checkpoint; ``ValueError`` listing every checkpoint and why when none
+    is intact. Nothing is deleted or moved (see :func:`set_aside`).
+    """
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint (no {checkpoints_dir(run_dir)}/<seq>-<step>/)")
+    refused: list[tuple[Path, str]] = []
+    for folder in reversed(found):
+        try:
+            return folder, verify_checkpoint(folder), refused
+        except (FileNotFoundError, ValueError) as error:
+            refused.append((folder, str(error)))
+    reasons = "".join(f"\n  {folder.name}: {why}" for folder, why in refused)
+    raise ValueError(f"no intact checkpoint in {checkpoints_dir(run_dir)}:{reasons}")
+
+
+def set_aside(folder: str | Path, prefix: str = "set-aside") -> Path:
+    """Rename a checkpoint folder to ``<prefix>-<name>`` beside it, out of its run's checkpoints: no longer
+    listed, resumed from, replaced or pruned by :func:`save_checkpoint`, and never deleted. Returns the new path."""
+    folder = Path(folder)
+    target, n = folder.with_name(f"{prefix}-{folder.name}"), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{prefix}{n}-{folder.name}")
+    os.rename(folder, target)
+    return target
 
 
 def _read_manifest(state_path: Path) -> dict[str, Any]:
@@ -533,6 +581,7 @@ def _lora_metadata(lora_config: Any) -> dict[str, Any] | None:
 
 __all__ = [
     "CHECKPOINTS_DIR",
+    "CheckpointWarning",
     "FORMAT_VERSION",
     "capture_rng_state",
     "check_compatible",
@@ -544,8 +593,11 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "map_tensors",
+    "newest_intact_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "set_aside",
     "to_cpu",
     "trim_jsonl",
+    "verify_checkpoint",
 ]

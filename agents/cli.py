@@ -9,12 +9,14 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 
 import torch
 
 from agents.comparison import resolve_variants
 from agents.config import AGENT_CONFIG_HELP, AgentConfig
 from agents.registry import AGENT_NAMES
+from agents.run_folder import RUN_SETTINGS_FILE
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.rewards import UnknownRewardError, validate_reward
 
@@ -101,11 +103,44 @@ def prompt_text(text: str) -> str:
 
 
 def device_name(text: str) -> str:
+    """A torch device this machine has: ``cuda`` needs ``torch.cuda.is_available()`` (and the index a GPU)."""
     try:
-        torch.device(text)
+        device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: CUDA is not available here (torch.cuda.is_available() is False); use cpu"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use cpu")
     return text
+
+
+def folder_path(text: str) -> Path:
+    """A folder to write into: it, or its nearest existing parent, must be a folder (not a file)."""
+    path = Path(text)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "is" if existing == path else f"is inside {existing}, which is"
+                raise argparse.ArgumentTypeError(f"{text} {what} a file, not a folder")
+            break
+    return path
+
+
+def run_folder(text: str) -> Path:
+    """An existing run folder (one with a ``run.json``)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a run folder")
+    if not (path / RUN_SETTINGS_FILE).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a run folder (no {RUN_SETTINGS_FILE})")
+    return path
 
 
 def seed_list(text: str) -> list[int]:
@@ -179,6 +214,7 @@ __all__ = [
     "agent_config_fields",
     "config_from_args",
     "device_name",
+    "folder_path",
     "model_name",
     "non_negative_float",
     "non_negative_int",
@@ -187,6 +223,7 @@ __all__ = [
     "positive_int",
     "prompt_text",
     "reward_name",
+    "run_folder",
     "seed_list",
     "variant_list",
 ]

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,8 @@ class RunSettings:
     threads: int | None = None  # torch CPU threads the CLI set; None: torch's default
     checkpoint_every: int | None = None  # None: at every evaluation; always at the end
     keep_checkpoints: int = 3
-    resume: bool = False  # continue from the latest checkpoint in output_dir
+    resume: bool = False  # continue from the newest intact checkpoint in output_dir
+    resume_from: str | None = None  # with resume: continue from this checkpoint folder of the run instead
     command: str = ""  # the command line that reproduces the run (recorded in results.json)
 
     @property
@@ -108,14 +111,69 @@ def write_settings(settings: RunSettings, output_dir: Path) -> None:
 
 
 def read_settings(output_dir: str | Path) -> RunSettings:
-    """A run folder's ``run.json`` back as :class:`RunSettings` (the folder may have moved: it is ``output_dir``)."""
+    """A run folder's ``run.json`` back as :class:`RunSettings` (the folder may have moved: it is ``output_dir``).
+
+    ``FileNotFoundError`` if there is no ``run.json``; ``ValueError`` naming the file and the problem if it is not
+    JSON, lacks a required key, has an unknown key or a value of the wrong type (its own or its ``config``'s).
+    """
     path = Path(output_dir) / RUN_SETTINGS_FILE
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{output_dir} is not a run folder (no {RUN_SETTINGS_FILE})")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"corrupt {path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"corrupt {path}: expected a JSON object, got {type(data).__name__}")
+    data["output_dir"] = str(output_dir)  # the folder it is in now; checked as recorded otherwise
+    _check_fields(RunSettings, data, path, "")
+    _check_fields(AgentConfig, data["config"], path, "config.")
     data["config"] = AgentConfig(**data["config"])
     data["output_dir"] = Path(output_dir)
     return RunSettings(**data)
+
+
+def _check_fields(cls: type, data: Any, path: Path, prefix: str) -> None:
+    """``ValueError`` naming ``path`` unless ``data`` is a dict with every required field of the dataclass ``cls``,
+    no other key, and values of the annotated types (JSON's: a path is a str, a nested dataclass a dict)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"corrupt {path}: {prefix.rstrip('.') or 'the file'} must be an object, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [name for name, f in fields.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing, unknown = [n for n in required if n not in data], sorted(set(data) - set(fields))
+    if missing or unknown:
+        problems = ([f"missing {[prefix + n for n in missing]}"] if missing else []) + (
+            [f"unknown {[prefix + n for n in unknown]}"] if unknown else []
+        )
+        raise ValueError(f"corrupt {path}: keys " + ", ".join(problems))
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _has_type(value, hints[name]):
+            raise ValueError(f"corrupt {path}: {prefix}{name} = {value!r} is not of type {_type_name(hints[name])}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field annotation (bool is not an int; an int is a float; dataclass: a dict)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, argument) for argument in arguments)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, arguments[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)  # its fields are checked on their own
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
 
 
 @dataclass

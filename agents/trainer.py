@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,14 +41,20 @@ from tqdm.auto import tqdm
 
 from agents.base import Agent
 from agents.checkpoint import (
+    CheckpointWarning,
     capture_rng_state,
     check_compatible,
+    checkpoints_dir,
     export_lora_diffusers,
+    list_checkpoints,
     load_checkpoint,
+    newest_intact_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    set_aside,
     to_cpu,
     trim_jsonl,
+    verify_checkpoint,
 )
 from agents.config import AgentConfig
 from agents.distributed import Distributed, current
@@ -64,6 +71,7 @@ from agents.run_folder import (
     RunSettings,
     default_output_dir,
     read_history,
+    read_run_result,
     read_settings,
     write_results,
     write_settings,
@@ -256,17 +264,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, run_dir: str | Path, env=None, callbacks: Sequence[TrainerCallback] = ()) -> Trainer:
-        """A trainer that continues the run in ``run_dir`` from its latest checkpoint, with the run's settings
-        (``run.json``); ``train(epochs=...)`` extends it. ``env``: default, one rebuilt from the settings."""
-        settings = dataclasses.replace(read_settings(run_dir), resume=True)
+    def resume(
+        cls,
+        run_dir: str | Path,
+        env=None,
+        callbacks: Sequence[TrainerCallback] = (),
+        checkpoint: str | Path | None = None,
+    ) -> Trainer:
+        """A trainer that continues the run in ``run_dir`` with the run's settings (``run.json``), from its newest
+        intact checkpoint (newer corrupt ones are skipped with a :class:`~agents.checkpoint.CheckpointWarning`) or
+        from ``checkpoint`` (a checkpoint folder of the run, or its name); ``train(epochs=...)`` extends it (fewer
+        epochs than the checkpoint's are refused). ``env``: default, one rebuilt from the settings."""
+        resume_from = None if checkpoint is None else str(checkpoint)
+        settings = dataclasses.replace(read_settings(run_dir), resume=True, resume_from=resume_from)
         return cls.from_settings(settings, env=env, callbacks=callbacks)
 
-    def _restore(self, eval_prompts: list[str]) -> _Progress:
-        """Load the latest checkpoint of the run folder: the agent (this process's state), the global RNGs, the
-        counters and the base model's evaluation; trim ``metrics.jsonl`` to the checkpoint (main process)."""
+    def _restore(self, eval_prompts: list[str], point: ResumePoint) -> _Progress:
+        """Load the checkpoint ``point``: the agent (this process's state), the global RNGs, the counters and the
+        base model's evaluation; set the run's newer checkpoints aside and trim ``metrics.jsonl`` to the
+        checkpoint (main process)."""
         output_dir = Path(self.settings.output_dir)
-        checkpoint = load_checkpoint(output_dir)
+        checkpoint = load_checkpoint(point.path)
         self.agent.load_state_dict(process_agent_state(checkpoint, self.distributed))
         restore_rng_state(checkpoint["rng"])
         state = RunState(**checkpoint["run"])
@@ -278,8 +296,14 @@ class Trainer:
                 f"the checkpoint's base evaluation has {saved['images'].shape[0]} samples, not {len(eval_prompts)}"
             )
         base = Evaluation(Scores(**saved["scores"]), saved["images"], eval_prompts)
+        for folder in point.newer:  # out of the way of the new saves (which would replace or prune them); kept
+            moved = set_aside(folder, "corrupt" if folder in point.corrupt else "set-aside")
+            tqdm.write(f"{self.settings.name}: {folder.name}, newer than the checkpoint resumed from, moved to {moved}")
         trim_jsonl(output_dir / METRICS_FILE, state.samples_seen)
-        tqdm.write(f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples)")
+        tqdm.write(
+            f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples) from "
+            f"{point.path.name}"
+        )
         progress = _Progress(state, base, read_history(output_dir), latest=base)
         saved = checkpoint.get("generalisation_base")  # absent in checkpoints of runs without the second set
         if saved is not None:
@@ -306,13 +330,14 @@ class Trainer:
             return []
         return spread(resolve_prompts(settings.generalisation_prompts), settings.eval_samples)
 
-    def _begin(self, eval_prompts: list[str]) -> tuple[_Progress, bool]:
-        """This call's starting point: in memory (a second ``train``), a checkpoint (resume), or a new run (the base
-        model evaluated). Returns it and whether metrics.jsonl and TensorBoard continue an earlier session."""
+    def _begin(self, eval_prompts: list[str], point: ResumePoint | None) -> tuple[_Progress, bool]:
+        """This call's starting point: in memory (a second ``train``), the checkpoint ``point`` (resume), or a new
+        run (the base model evaluated). Returns it and whether metrics.jsonl and TensorBoard continue an earlier
+        session."""
         if self._progress is not None:
             return self._progress, True
-        if self.settings.resume:
-            return self._restore(eval_prompts), True
+        if point is not None:
+            return self._restore(eval_prompts, point), True
         if not self.distributed.is_main_process:
             return _Progress(RunState(), base=None, history=[], latest=None), False
         base = self._evaluate_base(eval_prompts)
@@ -347,12 +372,26 @@ class Trainer:
     def train(self, epochs: int | None = None) -> RunResult | None:
         """Train up to ``epochs`` epochs in all (default: ``settings.epochs``; a resumed or second call continues
         the count) and write the run folder. Returns the result (None on the other processes when data-parallel).
+
+        A resumed or second call: fewer epochs than already trained is a ``ValueError`` (nothing written); as many
+        returns ``results.json``'s result if it records them (nothing written), else evaluates the checkpoint and
+        writes the run folder (the session that trained them ended before it did).
         """
         started = self._started if self._started is not None else time.perf_counter()
         self._started = None
-        if epochs is not None:
-            self.settings = dataclasses.replace(self.settings, epochs=epochs)
-        settings, agent, distributed = self.settings, self.agent, self.distributed
+        settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
+        point = None
+        if self._progress is None and settings.resume:
+            point = resume_point(settings.output_dir, settings.resume_from)
+        done = self._progress.state if self._progress is not None else point.state if point is not None else None
+        if done is not None and settings.epochs <= done.epoch:
+            check_epochs(settings.output_dir, settings.epochs, done.epoch)
+            recorded = recorded_result(settings.output_dir, done)
+            if recorded is not None:
+                tqdm.write(f"{settings.name}: already at {done.epoch} epochs (results.json): nothing to train")
+                return recorded if self.distributed.is_main_process else None
+        self.settings = settings
+        agent, distributed = self.agent, self.distributed
         main = distributed.is_main_process
         config = agent.config  # settings.config with the agent's defaults filled in (e.g. its learning rate)
         output_dir = Path(settings.output_dir)
@@ -363,8 +402,8 @@ class Trainer:
             output_dir.mkdir(parents=True, exist_ok=True)
             # resumed or extended, run.json records the new target (a later resume, or a comparison rerun,
             # continues to it) and no pending resume
-            write_settings(dataclasses.replace(settings, resume=False), output_dir)
-        progress, continuing = self._begin(eval_prompts)
+            write_settings(dataclasses.replace(settings, resume=False, resume_from=None), output_dir)
+        progress, continuing = self._begin(eval_prompts, point)
         state = progress.state
         log = RunLog(output_dir, continue_after=state.samples_seen if continuing else None) if main else None
         if main and not continuing:
@@ -413,7 +452,8 @@ class Trainer:
 
         if progress.latest_epoch != state.epoch:
             progress.latest, progress.latest_epoch = evaluate(agent, eval_prompts, progress.base), state.epoch
-            self._log_evaluation(log, progress.latest, state, final=True)
+            if not evaluated(progress.history, state.epoch):  # else a resume with nothing to train: logged already
+                self._log_evaluation(log, progress.latest, state, final=True)
         generalisation = self._evaluate_generalisation(log, progress)
         log.close()
         wall_seconds = state.elapsed_seconds + time.perf_counter() - started
@@ -551,6 +591,73 @@ def default_folder(name: str, agent: Agent) -> Path:
     return agent.distributed.broadcast_object(default_output_dir(name))
 
 
+# ============================================================================================== resume
+@dataclass
+class ResumePoint:
+    """The checkpoint a resume continues from, the run's counters in it, and the run's newer checkpoints (that a
+    resume sets aside): the corrupt ones skipped (with why), or every newer one when a checkpoint was picked."""
+
+    path: Path
+    state: RunState
+    newer: list[Path]
+    corrupt: dict[Path, str]
+
+
+def resume_point(run_dir: str | Path, checkpoint: str | Path | None = None) -> ResumePoint:
+    """Where a resume of ``run_dir`` continues: ``checkpoint`` (a checkpoint folder of the run, or its name in
+    ``RUN_DIR/checkpoints``), else the newest intact checkpoint, with a :class:`~agents.checkpoint.CheckpointWarning`
+    per newer corrupt one. Nothing is read but the manifests (and the tensor files' SHA-256); nothing is written.
+
+    ``FileNotFoundError``: no checkpoint; ``ValueError``: none intact (each listed with why), ``checkpoint`` not
+    one of the run's or not intact (the file and the problem).
+    """
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if checkpoint is None:
+        path, manifest, refused = newest_intact_checkpoint(run_dir)
+        for folder, why in refused:
+            message = f"skipping the corrupt checkpoint {folder.name} ({why}); resuming from {path.name}"
+            warnings.warn(message, CheckpointWarning, stacklevel=2)
+    else:
+        path = Path(checkpoint)
+        if not path.exists() and (checkpoints_dir(run_dir) / path).is_dir():
+            path = checkpoints_dir(run_dir) / path
+        if path.resolve() not in [folder.resolve() for folder in found]:
+            names = ", ".join(folder.name for folder in found) or "none"
+            raise ValueError(f"{checkpoint} is not a checkpoint of the run {run_dir} (its checkpoints: {names})")
+        path, refused = found[[folder.resolve() for folder in found].index(path.resolve())], []
+        manifest = verify_checkpoint(path)
+    run = manifest["tree"].get("run") if isinstance(manifest["tree"], dict) else None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} is not a training checkpoint of agents.Trainer (no run counters)")
+    newer = found[found.index(path) + 1 :]
+    return ResumePoint(path, RunState(**run), newer, dict(refused))
+
+
+def check_epochs(run_dir: str | Path, epochs: int, done: int) -> None:
+    """``ValueError`` naming both numbers if ``epochs`` is fewer than the ``done`` epochs a run has trained."""
+    if epochs < done:
+        raise ValueError(
+            f"the run in {run_dir} has trained {done} epochs; refusing to set its epochs to {epochs}, fewer than "
+            f"that (its model and metrics are from epoch {done}): give {done} or more"
+        )
+
+
+def recorded_result(run_dir: str | Path, state: RunState) -> RunResult | None:
+    """``results.json``'s result if it records the run at ``state`` (its epochs and samples), else None."""
+    try:
+        result = read_run_result(run_dir)
+    except (OSError, ValueError, TypeError, KeyError):  # missing, torn or from an older layout
+        return None
+    same = (result.epochs_completed, result.samples_seen) == (state.epoch, state.samples_seen)
+    return result if same else None
+
+
+def evaluated(history: list[dict[str, float]], epoch: int) -> bool:
+    """Whether the ``metrics.jsonl`` record of ``epoch`` has held-out scores (its evaluation is logged)."""
+    return any(record.get("epoch") == epoch and any(k.startswith("eval_") for k in record) for record in history)
+
+
 def process_agent_state(checkpoint: dict, distributed: Distributed) -> dict:
     """This process's agent state in ``checkpoint``; ``ValueError`` if it was saved by another number of processes."""
     saved = 1 + len(checkpoint.get("processes") or [])
@@ -600,11 +707,14 @@ def progress_fields(metrics: dict[str, float]) -> dict[str, str]:
 __all__ = [
     "EpochEvent",
     "EvaluationEvent",
+    "ResumePoint",
     "RunState",
     "Trainer",
     "TrainerCallback",
     "TrainerEvent",
+    "check_epochs",
     "process_agent_state",
+    "resume_point",
     "scalar_metrics",
     "write_run_folder",
 ]

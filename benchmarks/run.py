@@ -3,7 +3,7 @@
     python benchmarks/run.py --agent herd                       # the default task (below), HERD over LOOP
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
-    python benchmarks/run.py --resume runs/ddpo-long --epochs 60  # continue a run from its latest checkpoint
+    python benchmarks/run.py --resume runs/ddpo-long --epochs 60  # continue a run from its newest intact checkpoint
     accelerate launch --multi_gpu --num_processes 4 benchmarks/run.py --agent ddpo --device cuda  # data-parallel
 
 Data-parallel, ``--batch-size`` is per process: an epoch samples ``batch_size x batches_per_epoch x N``
@@ -29,30 +29,34 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from agents import AGENT_NAMES, AgentConfig, RunSettings, Trainer
-from agents.checkpoint import latest_checkpoint
+from agents.checkpoint import CheckpointWarning
 from agents.cli import (
     add_agent_config_flags,
     agent_config_fields,
     config_from_args,
     device_name,
+    folder_path,
     model_name,
     optional,
     positive_float,
     positive_int,
     prompt_text,
     reward_name,
+    run_folder,
     seed_list,
     variant_list,
 )
 from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
 from agents.distributed import Distributed
 from agents.presets import apply_preset, preset_names
-from agents.run_folder import default_output_dir, read_settings, results_table
+from agents.run_folder import RUN_SETTINGS_FILE, default_output_dir, read_settings, results_table
+from agents.trainer import check_epochs, resume_point
 from diffusion_gym.prompts import registered_prompt_sets
 from diffusion_gym.rewards import registered_rewards
 
@@ -91,10 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--resume",
-        type=Path,
+        type=Path,  # checked as a run folder after the flags that may come with it (resume_settings)
         metavar="RUN_DIR",
-        help="continue a run from its latest checkpoint, with its own settings (only --epochs, to extend it, and "
-        "--threads may be given too)",
+        help="continue a run from its newest intact checkpoint (a newer corrupt one is skipped with a warning and "
+        "kept), with its own settings (only --epochs, to extend it, --resume-from and --threads may be given too); "
+        "--epochs fewer than the checkpoint's is an error",
+    )
+    parser.add_argument(
+        "--resume-from",
+        type=Path,
+        metavar="CHECKPOINT_DIR",
+        help="with --resume: continue from this checkpoint of the run (RUN_DIR/checkpoints/<seq>-epoch-<n>, or its "
+        "name) instead; the run's newer checkpoints are moved aside (kept, renamed set-aside-<name>)",
     )
 
     run = parser.add_argument_group("run")
@@ -139,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--output-dir",
-        type=Path,
+        type=folder_path,
         default=None,
         help="the run (or comparison) folder (default: runs/<agent>-<timestamp> or runs/compare-<timestamp>); "
         "a comparison rerun into its folder continues it",
@@ -246,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
     args = parser.parse_args(argv)
     if args.resume is not None:
         return resume_settings(parser, args, argv)
+    if args.resume_from is not None:
+        parser.error("argument --resume-from: continues a run: give --resume RUN_DIR too")
     if args.agent is None and args.compare is None:
         parser.error("one of the arguments --agent --compare --preset --resume is required")
     if args.seeds is not None and args.compare is None:
@@ -303,18 +317,34 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
 def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> RunSettings:
     """The settings of the run in ``--resume RUN_DIR``, with ``--epochs`` (if given) to extend it."""
     given = {token.split("=")[0] for token in argv if token.startswith("--")}
-    if given - {"--resume", "--epochs", "--threads"}:
+    if given - {"--resume", "--epochs", "--threads", "--resume-from"}:
         parser.error(
-            f"--resume continues a run with its own settings; it takes only --epochs and --threads, got {sorted(given)}"
+            "--resume continues a run with its own settings; it takes only --epochs, --resume-from and --threads, "
+            f"got {sorted(given)}"
         )
-    if latest_checkpoint(args.resume) is None:
-        parser.error(f"argument --resume: {args.resume} holds no checkpoint to resume from")
     try:
-        settings = read_settings(args.resume)
-    except (FileNotFoundError, ValueError, TypeError) as error:
+        settings = read_settings(run_folder(str(args.resume)))
+    except (argparse.ArgumentTypeError, FileNotFoundError, ValueError) as error:
         parser.error(f"argument --resume: {error}")
+    try:
+        device_name(settings.device)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument --resume: {args.resume / RUN_SETTINGS_FILE} records device {error}")
+    try:
+        with warnings.catch_warnings():  # the trainer warns when it resumes
+            warnings.simplefilter("ignore", CheckpointWarning)
+            point = resume_point(args.resume, args.resume_from)
+    except FileNotFoundError as error:
+        parser.error(f"argument --resume: {error}: nothing to resume from")
+    except ValueError as error:
+        parser.error(f"argument {'--resume' if args.resume_from is None else '--resume-from'}: {error}")
     epochs = args.epochs if "--epochs" in given else settings.epochs
-    settings = dataclasses.replace(settings, resume=True, epochs=epochs, threads=args.threads)
+    try:
+        check_epochs(args.resume, epochs, point.state.epoch)
+    except ValueError as error:
+        parser.error(f"argument --epochs: {error}")
+    resume_from = None if args.resume_from is None else str(args.resume_from)
+    settings = dataclasses.replace(settings, resume=True, resume_from=resume_from, epochs=epochs, threads=args.threads)
     return dataclasses.replace(settings, command=command_line(settings))
 
 

@@ -231,9 +231,9 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
         (["--compare", "ddpo", "--seeds", "0,0"], "distinct"),
         ([], "one of the arguments --agent --compare --preset --resume is required"),
         (["--preset", "herd-standard-nothing"], "invalid choice: 'herd-standard-nothing'"),
-        (["--resume", "/no/such/run"], "holds no checkpoint"),
+        (["--resume", "/no/such/run"], "argument --resume: /no/such/run does not exist"),
         (["--agent", "ddpo", "--output-dir", str(REPO)], "is not empty; pick a new folder"),
-        (["--resume", "/no/such/run", "--lora-rank", "4"], "it takes only --epochs and --threads"),
+        (["--resume", "/no/such/run", "--lora-rank", "4"], "it takes only --epochs, --resume-from and --threads"),
     ],
 )
 def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
