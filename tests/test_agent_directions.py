@@ -245,26 +245,26 @@ def test_dpok_value_network_regresses_on_the_normalised_reward(env):
 
 # ------------------------------------------------------------------------------------------ RWR
 def diffusion_losses(agent, samples: Trajectories, generator_state: torch.Tensor) -> torch.Tensor:
-    """Each sample's unweighted diffusion loss on its final latent, ``(B,)``, at the (t, noise) draws of the update
-    that starts from ``generator_state`` (RWR's update with one minibatch and one inner epoch): the "same actions"
-    of the policy-gradient tests, re-scored."""
-    saved = agent.generator.get_state()
-    agent.generator.set_state(generator_state)
-    try:
-        order = torch.randperm(len(samples), generator=agent.generator)  # (N,): the update's one minibatch
-        clean = samples.next_latents[order, -1]  # (N, C, H, W): x_0
-        embeddings = samples.prompt_embeddings[order]  # (N, S, D)
-        total = torch.zeros(len(samples))
-        with torch.no_grad():
-            for _ in range(agent.draws_per_trajectory(samples)):
-                draw = agent.generator.get_state()
-                for position, row in enumerate(order.tolist()):  # the weighted mean of a one-hot x N is one loss
-                    agent.generator.set_state(draw)  # every sample at this draw's (t, noise)
-                    one_hot = torch.zeros(len(samples)).index_fill_(0, torch.tensor([position]), len(samples))
-                    total[row] += agent.diffusion_loss(clean, embeddings, one_hot)
-        return total
-    finally:
-        agent.generator.set_state(saved)
+    r"""Each sample's unweighted diffusion loss :math:`\lVert f_\theta(x_t, t, c) - y_t\rVert^2` (mean over latent
+    dims) on its final latent, ``(B,)``, at the (t, noise) draws of the update that starts from ``generator_state``
+    (RWR's update with one minibatch and one inner epoch): the "same actions" of the policy-gradient tests,
+    re-scored. Computed here from the policy's prediction, not by the agent's ``diffusion_loss`` under test."""
+    from agents.rwr import diffusion_target
+
+    scheduler, generator = agent.policy.scheduler, torch.Generator().set_state(generator_state)
+    order = torch.randperm(len(samples), generator=generator)  # (N,): the update's one minibatch
+    clean = samples.next_latents[order, -1]  # (N, C, H, W): x_0
+    total = torch.zeros(len(samples))
+    with torch.no_grad():
+        for _ in range(agent.draws_per_trajectory(samples)):  # the update's draws, in its order
+            low, high = agent.config.train_timestep_min, scheduler.config.num_train_timesteps
+            timesteps = torch.randint(low, high, (len(clean),), generator=generator)  # (N,)
+            noise = torch.randn(clean.shape, generator=generator)  # (N, C, H, W)
+            noisy = scheduler.add_noise(clean, noise, timesteps)
+            prediction = agent.policy.predict(noisy, timesteps, samples.prompt_embeddings[order])
+            target = diffusion_target(scheduler, clean, noise, timesteps)
+            total[order] += (prediction - target).pow(2).mean(dim=(1, 2, 3))  # (N,)
+    return total
 
 
 def test_rwr_signed_weights_fit_the_good_sample_and_unfit_the_bad(env):
@@ -300,7 +300,7 @@ def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(sh
     ``compute_reward`` of the same image for that sentence alone, not for the original prompt.
 
     Catches: the reward recomputed for the original prompt or kept, the desired goal not rewritten, the achieved
-    goal (the image) swapped for another trajectory's."""
+    goal (the image) swapped for another trajectory's, the original prompt's embedding kept."""
     agent = make_agent("herd", shapes_env, one_update_config())
     try:
         diffusion = shapes_env.unwrapped.diffusion
@@ -318,6 +318,9 @@ def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(sh
             # shapes-clip is 100 x a cosine; batched and alone, its float32 CLIP differs in the last bits
             assert replay.rewards[row].item() == pytest.approx(alone.item(), abs=1e-3)
             assert abs(replay.rewards[row].item() - new.rewards[source].item()) > 0.1  # the test can tell them apart
+            # the policy is trained on the relabeled trajectory with the sentence's embedding
+            torch.testing.assert_close(replay.prompt_embeddings[row], diffusion.encode_prompts([sentence])[0])
+            assert not torch.allclose(replay.prompt_embeddings[row], new.prompt_embeddings[source])
     finally:
         agent.close()
 
