@@ -82,10 +82,11 @@ def test_one_update_raises_the_log_prob_of_positive_advantages_and_lowers_negati
     """A hand-made batch of two trajectories rewarded 1 and 0: the agent's advantages are (+, -), and after one
     update the first trajectory's log-prob has risen and the second's fallen.
 
-    Catches: a flipped sign of the loss or of the advantage (the agent's ``advantages``, e.g. ``baseline - r`` in
-    LOOP, or ``step_loss``), old and new log-probs swapped in the PPO ratio (DDPO, LOOP, DPOK: at ratio 1 the
-    gradient flips), a detached log-prob (nothing moves), DPOK's value baseline added instead of subtracted
-    only where it flips an advantage's sign (not here: V starts near 0; see the DPOK tests below).
+    Catches (each applied by hand): REINFORCE's loss with its sign flipped; PPO's loss as ``+objective`` or its
+    log-ratio as ``old - new`` (DDPO, LOOP, DPOK); DDPO's advantage negated; the batch normalisation as
+    ``mean - r``; LOOP's advantage as ``baseline - r``, or its leave-one-out baseline as ``sum + r``; the new
+    log-prob detached (REINFORCE, DDPO, PPO's ratio, DPOK), or old and new swapped in the DDPO, LOOP or DPOK call
+    (which detaches the new one): nothing trains.
     """
     agent = make_agent(name, env, one_update_config())
     try:
@@ -103,8 +104,8 @@ def test_reinforce_without_baseline_scales_by_the_reward_std_only(env):
     """``reinforce_baseline=False``: :math:`A = r / \\sigma(r)`, so rewards (2, -1) give advantages of the same signs
     and the update follows them.
 
-    Catches: the baseline left in (A = (r - mean)/std changes the values, not the signs: the values are checked),
-    a flipped sign of ``r / std``."""
+    Catches (by hand): ``-r / std``; REINFORCE's loss with its sign flipped; its log-prob detached. The values are
+    checked, so a baseline left in (same signs, other values) fails too."""
     agent = make_agent("reinforce", env, one_update_config(reinforce_baseline=False))
     try:
         samples = with_rewards(agent.collect()[0], torch.tensor([2.0, -1.0]))
@@ -121,8 +122,9 @@ def test_reinforce_importance_weight_is_a_truncated_constant():
     r"""REINFORCE's loss :math:`-\frac1M\sum w A \log\pi_\theta` with :math:`w = \min(\pi_\theta/\pi_{old}, 1 +
     \epsilon)` detached: its gradient in :math:`\log\pi_\theta` is exactly :math:`-wA/M` (hand-computed).
 
-    Catches: the weight not detached (the gradient gains :math:`-wA\log\pi/M`), old and new log-probs swapped in
-    the weight (:math:`1/w`), the truncation dropped or at :math:`1 - \epsilon`, a flipped sign."""
+    Catches (by hand): the weight not detached (the gradient gains :math:`-wA\log\pi/M`); old and new log-probs
+    swapped in the weight (:math:`1/w`); the loss's sign flipped; the log-prob detached. (The second ratio, 2, is
+    above the truncation, so a dropped or misplaced truncation changes the expected gradient too.)"""
     log_probs = torch.tensor([-3.0, -2.0, -1.0], requires_grad=True)
     old = log_probs.detach() - torch.log(torch.tensor([1.1, 2.0, 0.5]))  # ratios 1.1, 2 (truncated to 1.2), 0.5
     advantages = torch.tensor([1.0, -1.0, 2.0])
@@ -137,8 +139,8 @@ def test_reinforce_importance_weight_is_a_truncated_constant():
 def test_loop_advantage_is_the_reward_minus_the_mean_of_the_others(env):
     """LOOP on two prompts sampled twice each: :math:`A_i = (r_i - r_j) / \\sigma(r)` within each pair.
 
-    Catches: ``baseline - r`` (a flipped sign), the baseline taken over the whole batch instead of the prompt's
-    group, the scale dropped or inverted."""
+    Catches (by hand): ``baseline - r``; the leave-one-out baseline as ``(sum + r) / (K - 1)``. The values are
+    checked, so a baseline over the whole batch instead of the prompt's group, or another scale, fails too."""
     agent = make_agent("loop", env, one_update_config())
     try:
         batch = agent.collect()[0]
@@ -179,8 +181,8 @@ def test_dpok_without_the_reward_term_pulls_the_policy_back_to_the_reference(env
     """``reward_alpha=0``: DPOK's loss is :math:`\\beta\\,\\mathrm{KL}` (plus the value loss, which does not touch
     the policy); from a policy moved off the pretrained model, one update lowers the KL of every trajectory.
 
-    Catches: the KL term's sign flipped (the KL rises), the KL term dropped or multiplied by 0 (nothing moves), the
-    policy mean detached in the KL, the KL taken against the policy itself (zero)."""
+    Catches (by hand): the KL term's sign flipped (the KL rises); the KL term multiplied by 0, or the policy mean
+    detached in it (nothing moves)."""
     agent = make_agent("dpok", env, one_update_config(reward_alpha=0.0, kl_beta=1.0))
     try:
         samples = agent.collect()[0]
@@ -202,7 +204,8 @@ def test_dpok_subtracts_the_value_baseline(env):
     Here the value net's last layer is set so that :math:`V \equiv 2` and the advantages are :math:`\tilde r + 2`
     with :math:`\tilde r = (1, -1)`, i.e. (3, 1): without the baseline both would rise.
 
-    Catches: the baseline added instead of subtracted, or dropped (both log-probs rise)."""
+    Catches (by hand): the baseline added instead of subtracted, or multiplied by 0 (both log-probs rise); old and
+    new log-probs swapped in DPOK's PPO call, or the log-prob detached (nothing moves)."""
     agent = make_agent("dpok", env, one_update_config())
     try:
         samples = with_rewards(agent.collect()[0], HIGH_LOW)
@@ -221,8 +224,8 @@ def test_dpok_subtracts_the_value_baseline(env):
 def test_dpok_value_network_regresses_on_the_normalised_reward(env):
     """One update moves :math:`V(x_t, c, t)` towards :math:`\\tilde r` at the trained states.
 
-    Catches: the value loss dropped, its gradient cut, or the value optimiser not stepped (V does not move); a
-    value target of the wrong sign (V moves away)."""
+    Catches (by hand): the value loss multiplied by 0 (V does not move); the value target negated (V moves away).
+    """
     agent = make_agent("dpok", env, one_update_config())
     try:
         samples = with_rewards(agent.collect()[0], HIGH_LOW)
@@ -271,8 +274,9 @@ def test_rwr_signed_weights_fit_the_good_sample_and_unfit_the_bad(env):
     """RWR with ``rwr_baseline`` (weights :math:`w_i - 1`, signed): after one update the diffusion loss of the
     better sample has fallen and that of the worse one risen.
 
-    Catches: a flipped sign of the weights or of the loss, weights of the wrong order (``exp(-A / tau)``), the
-    baseline not subtracted (both losses fall; the weights are checked to be signed), a detached prediction."""
+    Catches (by hand): ``1 - w`` for ``w - 1``; the loss's sign flipped (a first version that re-scored with the
+    agent's own ``diffusion_loss`` missed this one: the flip cancelled); ``exp(-A / tau)``; the baseline not
+    subtracted (the weights are checked to be signed); the prediction detached."""
     agent = make_agent("rwr", env, one_update_config(rwr_baseline=True, learning_rate=1e-3))
     try:
         samples = with_rewards(agent.collect()[0], HIGH_LOW)
@@ -299,8 +303,8 @@ def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(sh
     """HERD's refill relabels each kept trajectory with one sentence of its prompt; its reward is the env's
     ``compute_reward`` of the same image for that sentence alone, not for the original prompt.
 
-    Catches: the reward recomputed for the original prompt or kept, the desired goal not rewritten, the achieved
-    goal (the image) swapped for another trajectory's, the original prompt's embedding kept."""
+    Catches (by hand): the reward computed against the original desired goal, or the original reward kept; the
+    original prompt's embedding kept."""
     agent = make_agent("herd", shapes_env, one_update_config())
     try:
         diffusion = shapes_env.unwrapped.diffusion
@@ -330,8 +334,8 @@ def test_a_relabeled_trajectory_is_weighted_against_its_behaviour_log_prob(shape
     sampled with, :math:`\log\pi_{old}(x_{t-1} \mid x_t, c)` under the **original** prompt (the update's
     ``old_log_probs``), not a log-prob under the relabeled sentence.
 
-    Catches: the behaviour log-probs rescored under the new sentence (the uncorrected variant) or under the
-    current policy, the replayed rows given the log-probs of other rows or steps."""
+    Catches (by hand): the behaviour log-probs rescored under the new sentence whatever
+    ``herd_off_policy_correction`` says (the uncorrected variant always)."""
     agent = make_agent("herd", shapes_env, one_update_config())
     seen: list[StepBatch] = []
     real_step_loss = agent.step_loss
@@ -367,8 +371,9 @@ def test_herd_update_raises_the_log_prob_of_a_good_relabeled_trajectory_under_it
     an action is far less likely under one sentence than under the whole prompt (log-ratios of -1e4 and below
     here), so with the correction every replayed ratio is clipped and the update leaves them alone, by design.
 
-    Catches: the update scoring replayed actions under the original prompt's embedding (the relabeled embedding
-    ignored), a flipped sign anywhere in the base agent's loss (as above)."""
+    Catches (by hand): PPO's loss as ``+objective``; DDPO's advantage negated; DDPO's log-prob detached (as the
+    test above, here on relabeled trajectories). The relabeled embedding itself is checked by the relabel test.
+    """
     config = one_update_config(train_batch_size=4, herd_off_policy_correction=False)
     agent = make_agent("herd", shapes_env, config)
     try:
