@@ -156,6 +156,8 @@ def test_a_column_advantage_is_an_error_not_an_n_by_n_objective():
         (lambda: sample_train_timesteps(torch.ones(2, 3, dtype=torch.bool), 1, 1.0, None), "'stochastic'"),
         (lambda: sample_train_timesteps(torch.ones(3), 1, 1.0, None), "must be a bool tensor"),
         (lambda: step_log_prob(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor(1.0)), "expected 4-d"),
+        (lambda: step_log_prob(torch.zeros(2, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor(1.0)), "must match"),
+        (lambda: step_log_prob(torch.zeros(2, 1, 2, 2), torch.zeros(2, 2, 2), torch.tensor(1.0)), "'mean'"),
         (lambda: gaussian_step_kl(torch.zeros(2, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor(1.0)), "must match"),
     ],
 )
