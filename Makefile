@@ -1,6 +1,8 @@
 # diffusion-gym: the two commands of the README, and the setup they share.
 #   make run   - set up .venv (once) and run the main job: benchmarks/run.py on the embedded Shapes world
-#   make test  - set up .venv (once) and run the lint and the default test suite (what CI runs)
+#   make test  - set up .venv (once) and run the lint and the default test suite
+#   make test-learning - the learning tests (every agent must learn on the Shapes world; a few minutes)
+# CI (.ci/run) runs both.
 # Setup is idempotent: it reruns only when pyproject.toml or this Makefile change.
 
 PYTHON ?= python3
@@ -14,7 +16,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.diffusion-gym-setup
 
-.PHONY: setup run test lint format clean-venv
+.PHONY: setup run test test-learning lint format clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +36,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-learning: setup
+	$(BIN)/python -m pytest -m learning $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -45,6 +45,17 @@ def test_ppo_gradient_hand_computed():
     assert new.grad.tolist() == pytest.approx([-2.0 / 3, 0.0, -0.5 / 3], abs=1e-6)
 
 
+def test_ppo_treats_old_log_probs_and_advantages_as_constants():
+    # old log-probs and advantages that carry gradients (e.g. a value baseline) get none from the loss
+    new = torch.tensor([0.0, 0.1], requires_grad=True)
+    old = torch.tensor([0.0, 0.0], requires_grad=True)
+    adv = torch.tensor([1.0, -1.0], requires_grad=True)
+    loss, _, _ = ppo_clipped_loss(new, old, adv, clip_range=0.2)
+    loss.backward()
+    assert old.grad is None and adv.grad is None
+    assert new.grad is not None
+
+
 def test_ppo_dual_clip_bounds_negative_advantages():
     new = torch.tensor([math.log(10.0), math.log(10.0)], requires_grad=True)
     adv = torch.tensor([-1.0, 1.0])
@@ -145,6 +156,8 @@ def test_a_column_advantage_is_an_error_not_an_n_by_n_objective():
         (lambda: sample_train_timesteps(torch.ones(2, 3, dtype=torch.bool), 1, 1.0, None), "'stochastic'"),
         (lambda: sample_train_timesteps(torch.ones(3), 1, 1.0, None), "must be a bool tensor"),
         (lambda: step_log_prob(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor(1.0)), "expected 4-d"),
+        (lambda: step_log_prob(torch.zeros(2, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor(1.0)), "must match"),
+        (lambda: step_log_prob(torch.zeros(2, 1, 2, 2), torch.zeros(2, 2, 2), torch.tensor(1.0)), "'mean'"),
         (lambda: gaussian_step_kl(torch.zeros(2, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor(1.0)), "must match"),
     ],
 )
