@@ -13,7 +13,7 @@ import typing
 import torch
 
 from agents.comparison import resolve_variants
-from agents.config import AGENT_CONFIG_HELP, AgentConfig
+from agents.config import AGENT_CONFIG_HELP, ATTENTION_PROCESSORS, AgentConfig
 from agents.registry import AGENT_NAMES
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.rewards import UnknownRewardError, validate_reward
@@ -37,7 +37,10 @@ POSITIVE_FIELDS = {
     "stat_min_count",
     "herd_history_batches",
 }
-FIELD_CHOICES: dict[str, list[str]] = {"herd_base": [name for name in AGENT_NAMES if name != "herd"]}
+FIELD_CHOICES: dict[str, list[str]] = {
+    "herd_base": [name for name in AGENT_NAMES if name != "herd"],
+    "attention": list(ATTENTION_PROCESSORS),
+}
 
 
 # ----------------------------------------------------------------------------------------------- parsing values
