@@ -82,18 +82,18 @@ class DiffusionPolicy:
         self.model_dtype = self.reference_unet.dtype  # the frozen model's (env --dtype)
         self.adapter_name: str | None = None
         self._lora_layers: list = []
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._check_compute_options(attention, autocast_bf16, compile_unet)  # before an adapter is added
         if lora_rank > 0:
             self.unet = self.reference_unet
             self._add_adapter(lora_rank)
         else:  # a private float32 copy (mixed precision: its forward is autocast to model_dtype, see _autocast)
             self.unet = copy.deepcopy(self.reference_unet).float().requires_grad_(True)
         self.unet.eval()  # no dropout: the log-probs must be exact
-        self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing and not getattr(self.unet, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(self.unet).__name__} does not support gradient checkpointing")
         # the UNet's blocks that can checkpoint (diffusers: a ``gradient_checkpointing`` flag on each)
         self._checkpointable = [m for m in self.unet.modules() if hasattr(m, "gradient_checkpointing")]
-        self._check_compute_options(attention, autocast_bf16, compile_unet)
         self.channels_last = bool(channels_last)
         self.attention = attention
         self.autocast_bf16 = bool(autocast_bf16)
@@ -106,8 +106,8 @@ class DiffusionPolicy:
     def _check_compute_options(self, attention: str, autocast_bf16: bool, compile_unet: bool) -> None:
         if attention not in ATTENTION_PROCESSORS:
             raise ValueError(f"attention must be one of {ATTENTION_PROCESSORS}, got {attention!r}")
-        if attention == "classic" and not hasattr(self.unet, "set_attn_processor"):
-            raise ValueError(f"attention='classic' needs a diffusers UNet, got {type(self.unet).__name__}")
+        if attention == "classic" and not hasattr(self.reference_unet, "set_attn_processor"):
+            raise ValueError(f"attention='classic' needs a diffusers UNet, got {type(self.reference_unet).__name__}")
         if autocast_bf16 and self.model_dtype != torch.float32:
             raise ValueError(
                 f"autocast_bf16 computes a float32 model in bfloat16, but the env's model is {self.model_dtype} "
