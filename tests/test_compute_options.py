@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 
-import gymnasium as gym
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -22,24 +21,9 @@ import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
 from agents.policy import DiffusionPolicy
 from tests._scripts import load_script
+from tests.test_precision import PROMPTS, make_env, tiny_config  # the same tiny env, prompts and config
 
-PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_env(model: str, dtype: str = "float32"):
-    return gym.make_vec(
-        "DiffusionT2I-v1",
-        num_envs=2,
-        vectorization_mode="vector_entry_point",
-        model=model,
-        reward="jpeg-incompressibility",
-        prompts=PROMPTS,
-        num_inference_steps=3,
-        latent_bound=1e4,
-        dtype=dtype,
-        array_backend="torch",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +58,6 @@ def eager_compile(monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     yield
     torch._dynamo.reset()
-
-
-def tiny_config(**overrides) -> AgentConfig:
-    defaults = {"batch_size": 2, "batches_per_epoch": 1, "lora_rank": 2, "seed": 0}
-    return AgentConfig(**{**defaults, **overrides})
 
 
 def make_policy(env, **options) -> DiffusionPolicy:
