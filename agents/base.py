@@ -120,7 +120,15 @@ class Agent:
         with torch.random.fork_rng():  # LoRA's A is initialised from the global RNG: make it seeded
             torch.manual_seed(config.seed)
             self.policy = DiffusionPolicy(
-                env, config.lora_rank, config.guidance_scale, config.eta, config.gradient_checkpointing
+                env,
+                config.lora_rank,
+                config.guidance_scale,
+                config.eta,
+                config.gradient_checkpointing,
+                channels_last=config.channels_last,
+                attention=config.attention,
+                autocast_bf16=config.autocast_bf16,
+                compile_unet=config.compile_unet,
             )
         self.parameters = self.policy.trainable_parameters()  # float32, whatever the model's dtype
         self.distributed.broadcast_parameters(self.parameters)  # every process starts from the main's weights

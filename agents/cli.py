@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from agents.comparison import resolve_variants
-from agents.config import AGENT_CONFIG_HELP, AgentConfig
+from agents.config import AGENT_CONFIG_HELP, ATTENTION_PROCESSORS, AgentConfig
 from agents.registry import AGENT_NAMES
 from agents.run_folder import RUN_SETTINGS_FILE
 from diffusion_gym.models import UnknownModelError, resolve_model
@@ -39,7 +39,10 @@ POSITIVE_FIELDS = {
     "stat_min_count",
     "herd_history_batches",
 }
-FIELD_CHOICES: dict[str, list[str]] = {"herd_base": [name for name in AGENT_NAMES if name != "herd"]}
+FIELD_CHOICES: dict[str, list[str]] = {
+    "herd_base": [name for name in AGENT_NAMES if name != "herd"],
+    "attention": list(ATTENTION_PROCESSORS),
+}
 
 
 # ----------------------------------------------------------------------------------------------- parsing values

@@ -6,6 +6,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+# the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
+ATTENTION_PROCESSORS = ("sdpa", "classic")
+
 
 @dataclass
 class AgentConfig:
@@ -62,6 +65,10 @@ class AgentConfig:
     herd_off_policy_correction: bool = True
     gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more compute
     async_reward: bool = False  # score batch i's reward on a worker thread while batch i + 1 is sampled
+    channels_last: bool = False  # the UNet's conv weights in channels-last (NHWC) memory format
+    attention: str = "sdpa"  # the UNet's attention processor: "sdpa" (fused, diffusers' default) or "classic"
+    autocast_bf16: bool = False  # every UNet forward under torch.autocast(bfloat16) (a float32 model only)
+    compile_unet: bool = False  # torch.compile the UNet the policy calls (compiled on first use of each shape)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -99,6 +106,10 @@ class AgentConfig:
             (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
             (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
             (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),
+            (
+                self.attention in ATTENTION_PROCESSORS,
+                f"attention must be one of {ATTENTION_PROCESSORS}, got {self.attention!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -171,7 +182,23 @@ AGENT_CONFIG_HELP: dict[str, str] = {
         "score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env "
         "sharing the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results"
     ),
+    "channels_last": (
+        "store the UNet's conv weights in channels-last (NHWC) memory format, so that its convolutions run in NHWC "
+        "(benchmarks/probes/epoch_overhead.py --variants measures it); same model, float rounding differs"
+    ),
+    "attention": (
+        "the UNet's attention processor: 'sdpa' (torch's fused scaled_dot_product_attention, diffusers' "
+        "AttnProcessor2_0, the default) or 'classic' (diffusers' AttnProcessor, softmax(QK^T)V written out)"
+    ),
+    "autocast_bf16": (
+        "run every UNet forward (sampling and training) under torch.autocast in bfloat16; weights, DDIM step and "
+        "log-probs stay float32; needs --dtype float32; less precise (the probe prints by how much)"
+    ),
+    "compile_unet": (
+        "torch.compile the UNet the policy calls (mode default); the first epochs pay the compilation, "
+        "about a minute or more per new shape on a CPU"
+    ),
 }
 
 
-__all__ = ["AGENT_CONFIG_HELP", "AGENT_LEARNING_RATES", "DEFAULT_LEARNING_RATE", "AgentConfig"]
+__all__ = ["AGENT_CONFIG_HELP", "AGENT_LEARNING_RATES", "ATTENTION_PROCESSORS", "DEFAULT_LEARNING_RATE", "AgentConfig"]

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import torch
 import torch.utils.checkpoint
 
+from agents.config import ATTENTION_PROCESSORS
 from diffusion_gym.ddim import ddim_step_coefficients
 from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
 
@@ -59,6 +60,11 @@ class DiffusionPolicy:
         guidance_scale: float | None = None,
         eta: float = 1.0,
         gradient_checkpointing: bool = False,
+        *,
+        channels_last: bool = False,
+        attention: str = "sdpa",
+        autocast_bf16: bool = False,
+        compile_unet: bool = False,
     ):
         if lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tune), got {lora_rank}")
@@ -76,17 +82,69 @@ class DiffusionPolicy:
         self.model_dtype = self.reference_unet.dtype  # the frozen model's (env --dtype)
         self.adapter_name: str | None = None
         self._lora_layers: list = []
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._check_compute_options(attention, autocast_bf16, compile_unet)  # before an adapter is added
         if lora_rank > 0:
             self.unet = self.reference_unet
             self._add_adapter(lora_rank)
         else:  # a private float32 copy (mixed precision: its forward is autocast to model_dtype, see _autocast)
             self.unet = copy.deepcopy(self.reference_unet).float().requires_grad_(True)
         self.unet.eval()  # no dropout: the log-probs must be exact
-        self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing and not getattr(self.unet, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(self.unet).__name__} does not support gradient checkpointing")
         # the UNet's blocks that can checkpoint (diffusers: a ``gradient_checkpointing`` flag on each)
         self._checkpointable = [m for m in self.unet.modules() if hasattr(m, "gradient_checkpointing")]
+        self.channels_last = bool(channels_last)
+        self.attention = attention
+        self.autocast_bf16 = bool(autocast_bf16)
+        self._processors = self._attention_processors(attention)  # kept: re-applying restores the same objects
+        self.apply_unet_settings()
+        # compiled lazily by torch on the first call; parameters and submodules are the UNet's own
+        self._compiled_unet = torch.compile(self.unet) if compile_unet else None
+
+    # ------------------------------------------------------------------------------ compute options
+    def _check_compute_options(self, attention: str, autocast_bf16: bool, compile_unet: bool) -> None:
+        if attention not in ATTENTION_PROCESSORS:
+            raise ValueError(f"attention must be one of {ATTENTION_PROCESSORS}, got {attention!r}")
+        if attention == "classic" and not hasattr(self.reference_unet, "set_attn_processor"):
+            raise ValueError(f"attention='classic' needs a diffusers UNet, got {type(self.reference_unet).__name__}")
+        if autocast_bf16 and self.model_dtype != torch.float32:
+            raise ValueError(
+                f"autocast_bf16 computes a float32 model in bfloat16, but the env's model is {self.model_dtype} "
+                "(use --dtype float32 with --autocast-bf16, or --dtype bfloat16 alone)"
+            )
+        if compile_unet and self.gradient_checkpointing:
+            raise ValueError(
+                "compile_unet with gradient_checkpointing is not supported: the checkpointed blocks switch this "
+                "policy's adapter from inside the backward pass, which the compiled graph does not see"
+            )
+
+    def _attention_processors(self, attention: str) -> dict | None:
+        """The processor of each attention layer for ``attention`` (None: the UNet has none to set).
+
+        The UNet's own processors are reused where they already are the wanted kind, so that the default leaves
+        the model untouched and re-applying a choice restores the very same objects (a compiled UNet's guards
+        check them)."""
+        if not hasattr(self.unet, "attn_processors"):
+            return None
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        kind = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+        return {
+            name: processor if type(processor) is kind else kind()
+            for name, processor in self.unet.attn_processors.items()
+        }
+
+    def apply_unet_settings(self) -> None:
+        """Put the UNet the policy trains into this policy's memory format and attention processors (a no-op
+        when they already are)."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if any(p.dim() == 4 and not p.is_contiguous(memory_format=memory_format) for p in self.unet.parameters()):
+            self.unet.to(memory_format=memory_format)
+        if self._processors is not None:
+            current = self.unet.attn_processors
+            if any(current[name] is not processor for name, processor in self._processors.items()):
+                self.unet.set_attn_processor(dict(self._processors))
 
     # ------------------------------------------------------------------------------ adapter handling
     def _add_adapter(self, rank: int) -> None:
@@ -134,11 +192,22 @@ class DiffusionPolicy:
             self._set_adapter(False)
 
     # ------------------------------------------------------------------------------ precision and memory
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """A full fine-tune's float32 UNet computes in the model's half dtype (LoRA needs nothing: the base is half)."""
-        if self.adapter_name is None and self.model_dtype in HALF_DTYPES:
+    def _autocast(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """``autocast_bf16``: every forward in bfloat16. Otherwise a full fine-tune's float32 UNet computes in the
+        model's half dtype (LoRA needs nothing: the base is half; nor does the reference, the half env UNet)."""
+        if self.autocast_bf16:
+            return torch.autocast(device_type=unet.device.type, dtype=torch.bfloat16)
+        if unet is self.unet and self.adapter_name is None and self.model_dtype in HALF_DTYPES:
             return torch.autocast(device_type=self.unet.device.type, dtype=self.model_dtype)
         return contextlib.nullcontext()
+
+    def _unet_call(self, unet: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        """``unet``'s float32 noise prediction (``guided_noise_prediction``), through the compiled UNet when there
+        is one, in this policy's precision; contiguous whatever the memory format the UNet computes in."""
+        model = self._compiled_unet if unet is self.unet and self._compiled_unet is not None else unet
+        with self._autocast(unet):
+            noise = guided_noise_prediction(model, *args, **kwargs)  # (B, C, H, W), float32
+        return noise.contiguous() if self.channels_last else noise
 
     @contextmanager
     def _checkpointing(self) -> Iterator[None]:
@@ -225,10 +294,9 @@ class DiffusionPolicy:
         generator: torch.Generator | None,
         action: torch.Tensor | None,
     ) -> PolicyStep:
-        with self._autocast() if unet is self.unet else contextlib.nullcontext():
-            noise = guided_noise_prediction(
-                unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, self.guidance_scale
-            )  # (B, C, H, W), float32
+        noise = self._unet_call(
+            unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, self.guidance_scale
+        )  # (B, C, H, W), float32
         return ddim_policy_step(self.scheduler, noise, latents, timesteps, self.eta, generator, action)
 
     def __call__(
@@ -253,11 +321,9 @@ class DiffusionPolicy:
         ``latents`` is a noised :math:`x_t` ``(B, C, H, W)``, ``timesteps`` ``(B,)``. Gradients flow to the trainable
         parameters unless called under ``torch.no_grad()``.
         """
-        with self._adapter(True), self._checkpointing(), self._autocast():
+        with self._adapter(True), self._checkpointing():
             # guidance scale 1: one UNet call on the conditional batch
-            return guided_noise_prediction(
-                self.unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, 1.0
-            )
+            return self._unet_call(self.unet, latents, timesteps, prompt_embeddings, self.negative_embeddings, 1.0)
 
     @torch.no_grad()
     def reference(

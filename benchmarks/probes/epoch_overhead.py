@@ -26,6 +26,29 @@ process's peak RSS (``ru_maxrss``, model loading included) and, on CUDA, ``torch
     python benchmarks/probes/epoch_overhead.py --agent herd --threads 1         # HERD; --threads 1 on a shared CPU
     python benchmarks/probes/epoch_overhead.py --model tiny --steps 4 --batch-size 4 --epochs 2 --threads 1  # smoke
     python benchmarks/probes/epoch_overhead.py --device cuda --batch-size 32    # on a GPU
+
+**Compute variants** (``--variants``): instead of the bare compute, times the epochs of one agent per variant of
+the UNet's compute, in one process on one env (one model), interleaved: after ``--warmup`` epochs of each, round
+``r`` of ``--epochs`` runs one epoch of every variant, the order rotated by ``r``. Before each epoch the
+variant's policy re-applies its settings to the shared UNet (``DiffusionPolicy.apply_unet_settings``). The
+agents share the seed, so they sample the same prompts and noise. Variants (``AgentConfig`` fields):
+
+* ``fp32-eager``: the defaults, the baseline of the ratios (required);
+* ``channels-last``: ``channels_last`` (the UNet's conv weights NHWC);
+* ``classic-attention``: ``attention="classic"``, diffusers' ``AttnProcessor`` against the default
+  ``AttnProcessor2_0`` (fused SDPA), which the baseline already uses;
+* ``bf16-autocast``: ``autocast_bf16`` (every UNet forward under ``torch.autocast`` in bfloat16);
+* ``compile``: ``compile_unet`` (``torch.compile``, mode default); its compilation happens in the warm-up
+  epochs and is reported apart: the warm-up epochs' excess over its median epoch.
+
+Join features with ``+`` for a combination (``compile+channels-last``); ``all`` is the five above. Each row: the
+median wall and CPU seconds of an epoch, their ratios to ``fp32-eager``, the warm-up epochs, and the max abs
+difference of the UNet's output (the policy's conditional noise prediction, every step of the schedule, on one
+fixed input, with the baseline's trained LoRA weights copied into every variant) from ``fp32-eager``'s, so that
+the precision cost shows next to the speed.
+
+    python benchmarks/probes/epoch_overhead.py --variants all --agent herd --herd-base loop --prompts shapes-long \\
+        --steps 10 --epochs 5 --threads 2                                         # the compute variants
 """
 
 from __future__ import annotations
@@ -80,8 +103,32 @@ def parse_args() -> argparse.Namespace:
         help=f"the env's latent bound (default: the env's 50; {TINY_LATENT_BOUND:g} for --model tiny, as a random "
         "UNet drifts)",
     )
+    bench.add_argument(
+        "--variants",
+        type=variant_names,
+        default=None,
+        help="time the epoch per compute variant instead of against the bare compute: a comma-separated list of "
+        f"{', '.join(ALL_VARIANTS)} (features joined with '+' combine), or 'all'",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up epochs before the timed ones (default: 1; with --variants 2 per variant, as HERD replays "
+        "from its second epoch on: new shapes for a compiled UNet)",
+    )
     add_agent_config_flags(parser.add_argument_group("agent (agents.config.AgentConfig; its defaults)"))
     args = parser.parse_args()
+    if args.warmup is None:
+        args.warmup = 2 if args.variants else 1
+    if args.warmup < (1 if args.variants is None else 0):
+        parser.error(f"--warmup must be >= 1 (>= 0 with --variants), got {args.warmup}")
+    if args.variants:
+        defaults = AgentConfig()
+        chosen = [name for name in COMPUTE_FIELDS if getattr(args, name) != getattr(defaults, name)]
+        if chosen:
+            flags = ", ".join("--" + name.replace("_", "-") for name in chosen)
+            parser.error(f"--variants sets the compute options per variant; drop {flags}")
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.threads < 1:
@@ -89,6 +136,47 @@ def parse_args() -> argparse.Namespace:
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     return args
+
+
+# ============================================================================================== compute variants
+BASELINE = "fp32-eager"
+FEATURES: dict[str, dict[str, object]] = {  # variant feature -> the AgentConfig fields it sets
+    "channels-last": {"channels_last": True},
+    "classic-attention": {"attention": "classic"},
+    "bf16-autocast": {"autocast_bf16": True},
+    "compile": {"compile_unet": True},
+}
+ALL_VARIANTS = (BASELINE, *FEATURES)
+COMPUTE_FIELDS = ("channels_last", "attention", "autocast_bf16", "compile_unet")
+
+
+def variant_fields(name: str) -> dict[str, object]:
+    """The AgentConfig fields of variant ``name``: ``fp32-eager`` (none) or features joined with ``+``."""
+    if name == BASELINE:
+        return {}
+    features = name.split("+")
+    unknown = [feature for feature in features if feature not in FEATURES]
+    if unknown or len(set(features)) != len(features):
+        raise ValueError(
+            f"unknown or repeated compute feature in variant {name!r}: expected {BASELINE!r} or features from "
+            f"{list(FEATURES)} joined with '+'"
+        )
+    return {field: value for feature in features for field, value in FEATURES[feature].items()}
+
+
+def variant_names(text: str) -> list[str]:
+    """``--variants``: 'all' or distinct comma-separated variants, the baseline among them."""
+    names = list(ALL_VARIANTS) if text.strip() == "all" else [part.strip() for part in text.split(",") if part]
+    try:
+        for name in names:
+            variant_fields(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"repeated variant in {text!r}")
+    if BASELINE not in names:
+        raise argparse.ArgumentTypeError(f"the variants must include {BASELINE!r}, the baseline of the ratios")
+    return names
 
 
 # ============================================================================================== timing
@@ -324,6 +412,15 @@ def main() -> None:
     if args.latent_bound is not None:
         env_settings = dataclasses.replace(env_settings, latent_bound=args.latent_bound)
     env = env_settings.make(config.batch_size)
+    if args.variants:
+        compare_variants(args, env, config)
+    else:
+        compare_to_bare_compute(args, env, config)
+    env.close()
+
+
+def compare_to_bare_compute(args: argparse.Namespace, env, config: AgentConfig) -> None:
+    """The epoch against its bare compute (the probe without ``--variants``)."""
     diffusion = env.unwrapped.diffusion
     device = torch.device(diffusion.device)
     agent = make_agent(args.agent, env, config)
@@ -332,7 +429,8 @@ def main() -> None:
     results: list[EpochResult] = []
     runs: list[dict[str, Timing]] = []
     phases = time_phases(agent, device)
-    agent.train_epoch(), bare.time()  # warm-up (HERD: fills its buffer, so the timed epochs replay)
+    for _ in range(args.warmup):  # HERD: the first fills its buffer, so the timed epochs replay
+        agent.train_epoch(), bare.time()
     shapes = []
     for _ in range(args.epochs):  # alternating, so that a load change on a shared machine hits both alike
         bare.shape = epoch_shape(agent)  # HERD's replay can grow over the first epochs (extended history)
@@ -346,7 +444,6 @@ def main() -> None:
     shape = shapes[-1]  # what the table describes (HERD with an extended history: its last, largest epoch)
     guidance = agent.policy.guidance_scale
     agent.close()
-    env.close()
 
     def wall(key: str) -> float:
         return statistics.median(run[key].wall for run in runs)
@@ -360,7 +457,8 @@ def main() -> None:
     optimizer_steps = shape.inner_epochs * len(shape.minibatch_sizes)
     print(
         f"agent={args.agent} model={args.model} device={device} threads={args.threads} dtype={args.dtype} "
-        f"lora_rank={config.lora_rank} guidance={guidance:g} timed epochs={args.epochs} (after 1 warm-up)"
+        f"lora_rank={config.lora_rank} guidance={guidance:g} timed epochs={args.epochs} (after {args.warmup} "
+        "warm-up)"
     )
     print(
         f"epoch: {shape.batches_per_epoch} batches x {shape.batch_size} episodes x {shape.num_steps} steps "
@@ -405,11 +503,128 @@ def main() -> None:
         f"rest of the epoch      {rest[0]:+8.3f} {rest[1]:+8.3f}   env, agent, Python: "
         f"{100 * rest[0] / wall('epoch'):+.1f}% of the epoch (wall), {100 * rest[1] / cpu('epoch'):+.1f}% (cpu)"
     )
+    print_memory(device)
+
+
+def print_memory(device: torch.device) -> None:
     print(f"peak RSS               {peak_rss_mib():8.0f} MiB  (the whole process, model loading included)")
     if device.type == "cuda":
         print(f"CUDA max allocated     {torch.cuda.max_memory_allocated(device) / 2**20:8.0f} MiB")
     if device.type == "cpu":
         print("cpu s: process CPU time (all threads); on a CPU shared with other jobs it varies less than wall time")
+
+
+# ============================================================================================== compute variants
+@dataclass
+class VariantRun:
+    """One compute variant: its agent (on the shared env and model) and its epochs' timings."""
+
+    name: str
+    agent: Agent
+    warmup: list[Timing] = dataclasses.field(default_factory=list)
+    epochs: list[Timing] = dataclasses.field(default_factory=list)
+
+    def epoch(self, device: torch.device) -> Timing:
+        """One timed ``train_epoch``, the shared UNet in this variant's memory format and attention first."""
+        self.agent.policy.apply_unet_settings()
+        return timed(self.agent.train_epoch, device)
+
+    def median(self, key: str) -> float:
+        return statistics.median(getattr(timing, key) for timing in self.epochs)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@torch.no_grad()
+def output_differences(runs: list[VariantRun], seed: int) -> tuple[list[float], float]:
+    """Max abs difference of each variant's UNet output from the baseline's (``runs[0]``), and the baseline's max
+    abs output: the policy's conditional noise prediction (``DiffusionPolicy.predict``) at every step of the
+    schedule, on one fixed input, every variant with the baseline's trainable weights.
+
+    The input has ``2 x batch_size`` rows, the shape of the guided sampling call, so that a compiled UNet reuses
+    its sampling graph instead of compiling another one."""
+    baseline = runs[0].agent
+    diffusion = baseline.diffusion
+    weights = baseline.policy.named_trainable_parameters()
+    for run in runs[1:]:
+        for name, parameter in run.agent.policy.named_trainable_parameters().items():
+            parameter.copy_(weights[name])
+    rows = 2 * baseline.config.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(rows, *diffusion.latent_shape, generator=generator).to(diffusion.device)  # (N, C, H, W)
+    pool = list(diffusion.prompt_pool)
+    embeddings = diffusion.encode_prompts([pool[i % len(pool)] for i in range(rows)]).to(diffusion.device)  # (N, S, D)
+    outputs = []
+    for run in runs:
+        run.agent.policy.apply_unet_settings()
+        outputs.append(
+            torch.stack(
+                [run.agent.policy.predict(latents, t.repeat(rows), embeddings) for t in diffusion.timesteps]
+            )  # (T, N, C, H, W)
+        )
+    return [float((output - outputs[0]).abs().max()) for output in outputs], float(outputs[0].abs().max())
+
+
+def compare_variants(args: argparse.Namespace, env, config: AgentConfig) -> None:
+    """One agent per compute variant on the same env, epochs interleaved; prints seconds per epoch and ratios."""
+    diffusion = env.unwrapped.diffusion
+    device = torch.device(diffusion.device)
+    runs = [
+        VariantRun(name, make_agent(args.agent, env, dataclasses.replace(config, **variant_fields(name))))
+        for name in args.variants
+    ]
+    for _ in range(args.warmup):
+        for run in runs:
+            run.warmup.append(run.epoch(device))
+    graphs = compiled_graphs()
+    for index in range(args.epochs):  # interleaved, the order rotated: a load change hits every variant alike
+        for run in runs[index % len(runs) :] + runs[: index % len(runs)]:
+            run.epochs.append(run.epoch(device))
+    recompiled = compiled_graphs() - graphs
+    differences, scale = output_differences(runs, seed=config.seed + 2)
+    shape = epoch_shape(runs[0].agent)
+    for run in runs:
+        run.agent.close()
+
+    print(
+        f"agent={args.agent} model={args.model} device={device} threads={args.threads} dtype={args.dtype} "
+        f"lora_rank={config.lora_rank} torch={torch.__version__} cpu={torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        f"epoch: {shape.batches_per_epoch} batches x {shape.batch_size} episodes x {shape.num_steps} steps; update: "
+        f"{shape.pairs} fwd+bwd on {shape.trained} trajectories ({shape.new} new + {shape.replayed} replayed); "
+        f"{args.warmup} warm-up + {args.epochs} timed epochs per variant, interleaved"
+    )
+    print()
+    baseline = runs[0] if runs[0].name == BASELINE else next(run for run in runs if run.name == BASELINE)
+    header = f"{'variant':<30} {'wall s':>8} {'cpu s':>8} {'ratio':>7} {'cpu ratio':>9} {'max |d eps|':>11}"
+    print(f"{header}   warm-up wall s; every timed wall s")
+    for run, difference in zip(runs, differences, strict=True):
+        ratio = run.median("wall") / baseline.median("wall")
+        cpu_ratio = run.median("cpu") / baseline.median("cpu")
+        warmup = ", ".join(f"{timing.wall:.2f}" for timing in run.warmup) or "-"
+        every = ", ".join(f"{timing.wall:.2f}" for timing in run.epochs)
+        print(
+            f"{run.name:<30} {run.median('wall'):8.3f} {run.median('cpu'):8.3f} {ratio:7.3f} {cpu_ratio:9.3f} "
+            f"{difference:11.2e}   {warmup}; {every}"
+        )
+    print()
+    print(
+        f"ratio: median epoch / {BASELINE}'s (< 1: faster). max |d eps|: the UNet output's max abs difference from "
+        f"{BASELINE}'s on one fixed input, whose outputs reach |eps| = {scale:.3g}"
+    )
+    for run in runs:
+        if run.agent.config.compile_unet:
+            compile_seconds = sum(timing.wall - run.median("wall") for timing in run.warmup)
+            print(f"{run.name}: compilation ~ {compile_seconds:.1f} s wall (warm-up epochs minus its median epoch)")
+    if recompiled:
+        print(f"WARNING: torch.compile compiled {recompiled} graphs during the timed epochs: their times include it")
+    print_memory(device)
 
 
 if __name__ == "__main__":
