@@ -19,6 +19,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
+from agents.envs import TINY_LATENT_BOUND, TINY_REWARD, EnvSettings
 from agents.policy import DiffusionPolicy
 from tests._scripts import load_script
 from tests.test_precision import PROMPTS, make_env, tiny_config  # the same tiny env, prompts and config
@@ -36,8 +37,14 @@ def pipeline(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(pipeline):
-    vector_env = make_env(pipeline, "float32")
+def settings(pipeline: str) -> EnvSettings:
+    """The tiny env's settings on this module's own pipeline."""
+    return EnvSettings(pipeline, TINY_REWARD, PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)
+
+
+@pytest.fixture(scope="module")
+def env(settings):
+    vector_env = make_env(settings, "float32")
     yield vector_env
     vector_env.close()
 
@@ -179,8 +186,8 @@ def test_a_policy_puts_the_shared_unet_back_into_its_own_settings(env):
 
 
 # ------------------------------------------------------------------------------------------ bad combinations
-def test_bf16_autocast_needs_a_float32_model(pipeline):
-    half = make_env(pipeline, "float16")
+def test_bf16_autocast_needs_a_float32_model(settings):
+    half = make_env(settings, "float16")
     try:
         with pytest.raises(ValueError, match=r"autocast_bf16 .* torch.float16 .*--dtype float32"):
             make_agent("ddpo", half, tiny_config(autocast_bf16=True))
