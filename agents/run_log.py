@@ -44,17 +44,19 @@ class RunLog:
         evaluation's samples (:func:`~agents.evaluation.grid_rows`) at ``step``."""
         from torchvision.utils import make_grid  # torchvision takes seconds to import: only where it is used
 
-        for key, value in scores.items():
-            self.writer.add_scalar(f"eval/{key}", value, step)
+        self._add_scalars("eval", scores, step)
         rows = grid_rows(len(evaluation.prompts))
         self.writer.add_image("eval/samples", make_grid(evaluation.images[rows], nrow=len(rows), padding=1), step)
         self.writer.flush()
 
     def log_scalars(self, prefix: str, scores: dict[str, float], step: int) -> None:
         """``scores`` as ``<prefix>/<name>`` scalars at ``step`` (e.g. the generalisation set's, at the end)."""
+        self._add_scalars(prefix, scores, step)
+        self.writer.flush()
+
+    def _add_scalars(self, prefix: str, scores: dict[str, float], step: int) -> None:
         for key, value in scores.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
-        self.writer.flush()
 
     def close(self) -> None:
         self.metrics_file.close()

@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         parser.error(f"argument --model: {error}")
     if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.prompts is None and args.preset is None:
         for key, value in DEFAULT_TASK.items():
-            if not given(argv, key):
+            if "--" + key.replace("_", "-") not in given_flags(argv):
                 setattr(args, key, value)
     default_dir = default_output_dir("compare" if args.compare else args.agent)
     settings = RunSettings(
@@ -317,7 +317,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
 
 def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> RunSettings:
     """The settings of the run in ``--resume RUN_DIR``, with ``--epochs`` (if given) to extend it."""
-    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    given = given_flags(argv)
     if given - {"--resume", "--epochs", "--threads", "--resume-from"}:
         parser.error(
             "--resume continues a run with its own settings; it takes only --epochs, --resume-from and --threads, "
@@ -349,10 +349,9 @@ def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, a
     return dataclasses.replace(settings, command=command_line(settings))
 
 
-def given(argv: list[str] | None, key: str) -> bool:
-    """Whether the flag of setting ``key`` (``eval_prompts`` -> ``--eval-prompts``) is on the command line."""
-    flag = "--" + key.replace("_", "-")
-    return any(token == flag or token.startswith(flag + "=") for token in (argv or []))
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The long flags on the command line (``--epochs 3`` and ``--epochs=3`` alike give ``--epochs``)."""
+    return {token.split("=")[0] for token in (argv or []) if token.startswith("--")}
 
 
 def preset_defaults(argv: list[str] | None) -> dict[str, object]:
