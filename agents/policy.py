@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 import torch.utils.checkpoint
 
 from agents.config import ATTENTION_PROCESSORS
@@ -205,8 +207,15 @@ class DiffusionPolicy:
         """``unet``'s float32 noise prediction (``guided_noise_prediction``), through the compiled UNet when there
         is one, in this policy's precision; contiguous whatever the memory format the UNet computes in."""
         model = self._compiled_unet if unet is self.unet and self._compiled_unet is not None else unet
-        with self._autocast(unet):
-            noise = guided_noise_prediction(model, *args, **kwargs)  # (B, C, H, W), float32
+        try:
+            with self._autocast(unet):
+                noise = guided_noise_prediction(model, *args, **kwargs)  # (B, C, H, W), float32
+        except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.CppCompileError) as error:
+            raise RuntimeError(
+                "torch.compile of the UNet failed (compile_unet; on a CPU it needs a C++ compiler and the Python "
+                "headers); run without it (--no-compile-unet: the same math, about 20% slower): "
+                f"{type(error).__name__}: {error}"
+            ) from error
         return noise.contiguous() if self.channels_last else noise
 
     @contextmanager

@@ -62,16 +62,18 @@ from diffusion_gym.rewards import registered_rewards
 
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24
-# The default task on the default world (see the module docstring); each entry applies where its flag is not given.
-# 45 epochs of 32 samples with an evaluation every 5: 11.3 minutes alone on 2 CPU cores, +0.12 gold over 3 seeds
-# (docs/experiments/2026-12-04-default-run.md).
+# The default task on the default world (see the module docstring); each entry applies where its flag is not given
+# (``compile_unet``: where neither --compile-unet nor --no-compile-unet is). 40 epochs of 32 samples with an
+# evaluation every 5, the UNet compiled (an epoch 0.81 of eager float32's): see
+# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain.
 DEFAULT_TASK = {
     "prompts": "shapes-long",
     "eval_prompts": "shapes-long",
     "num_inference_steps": 10,
     "generalisation_prompts": "shapes-heldout",
-    "epochs": 45,
+    "epochs": 40,
     "eval_every": 5,
+    "compile_unet": True,
 }
 DEFAULT_SEEDS = "0,1,2"
 
@@ -265,6 +267,13 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         parser.error("one of the arguments --agent --compare --preset --resume is required")
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
+    model = args.model or DEFAULT_MODEL
+    if model == DEFAULT_MODEL and args.prompts is None and args.preset is None:
+        given = given_flags(argv)
+        for key, value in DEFAULT_TASK.items():
+            flag = "--" + key.replace("_", "-")
+            if flag not in given and "--no-" + flag[2:] not in given:
+                setattr(args, key, value)
     try:
         config = config_from_args(args)
         config.validate()
@@ -278,15 +287,10 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
             f"argument --output-dir: {args.output_dir} is not empty; pick a new folder "
             "(or continue a run there with --resume)"
         )
-    model = args.model or DEFAULT_MODEL
     try:
         model_name(model)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --model: {error}")
-    if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.prompts is None and args.preset is None:
-        for key, value in DEFAULT_TASK.items():
-            if "--" + key.replace("_", "-") not in given_flags(argv):
-                setattr(args, key, value)
     default_dir = default_output_dir("compare" if args.compare else args.agent)
     settings = RunSettings(
         agent=args.agent or "",
