@@ -65,6 +65,7 @@ class Generation:
     rewards: torch.Tensor  # (N,)
     gold_scores: torch.Tensor | None
     proxy_scores: torch.Tensor | None
+    kl_to_base: torch.Tensor | None = None  # (N,) nats per trajectory, only when asked (kl_to_base=True)
 
 
 class Agent:
@@ -342,25 +343,30 @@ class Agent:
 
     # ------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, prompts: list[str], seed: int) -> Generation:
+    def generate(self, prompts: list[str], seed: int, kl_to_base: bool = False) -> Generation:
         """Images of the current policy for ``prompts``, through the env, in chunks of ``num_envs``.
 
         Sample ``i`` uses env seed ``seed + i`` (its initial noise) whatever the chunking, so the same
         ``seed`` gives comparable images before and after training. The training RNGs are not touched.
+        ``kl_to_base``: also each sample's KL to the pretrained policy along its trajectory
+        (:meth:`~agents.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per stochastic step).
         """
         if not prompts:
             raise ValueError("generate() needs at least one prompt")
         size = self.env.num_envs
-        parts = []
+        parts, kls = [], []
         for start in range(0, len(prompts), size):
             chunk = list(prompts[start : start + size])
             real = len(chunk)
             chunk += [chunk[-1]] * (size - real)  # pad the last chunk; the padding is dropped below
             generator = torch.Generator().manual_seed(seed + start)
-            samples = collect_trajectories(self.env, self.policy, chunk, seed + start, generator)
-            parts.append(samples.select(range(real)))
+            samples = collect_trajectories(self.env, self.policy, chunk, seed + start, generator).select(range(real))
+            if kl_to_base:
+                kls.append(self.policy.kl_to_reference(samples).cpu())  # (real,)
+            parts.append(samples)
         samples = Trajectories.cat(parts)
-        return Generation(samples.final_images, samples.rewards, samples.gold_scores, samples.proxy_scores)
+        kl = torch.cat(kls) if kl_to_base else None  # (N,)
+        return Generation(samples.final_images, samples.rewards, samples.gold_scores, samples.proxy_scores, kl)
 
     # ------------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ re-evaluation (:mod:`agents.reevaluation`) draws from ``REEVAL_SEED + i`` instea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 
@@ -27,9 +28,13 @@ class Scores:
     gold: float | None
     proxy: float | None
     distance_from_base: float | None = None  # RMS pixel difference to the base model's images (same seeds)
+    # KL(p_theta || p_pre) of the trajectories, nats per trajectory (DiffusionPolicy.kl_to_reference), mean over the
+    # samples: a Monte Carlo estimate; only when the run asks for it (RunSettings.eval_kl); 0 for the base model
+    kl_to_base: float | None = None
 
     def fields(self) -> dict[str, float]:
-        """The scores the world defines (no None), by name: ``reward``, ``gold``, ``proxy``, ``distance_from_base``."""
+        """The scores that were computed (no None), by name: ``reward``, ``gold``, ``proxy``, ``distance_from_base``,
+        ``kl_to_base``."""
         return {key: value for key, value in asdict(self).items() if value is not None}
 
     def __str__(self) -> str:
@@ -68,18 +73,22 @@ def mean_of(scores: torch.Tensor | None) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None) -> Evaluation:
-    """One sample per prompt; sample ``i`` draws its initial noise from env seed ``RUN_EVAL_SEED + i`` in every run.
+def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None, kl_to_base: bool = False) -> Evaluation:
+    r"""One sample per prompt; sample ``i`` draws its initial noise from env seed ``RUN_EVAL_SEED + i`` in every run.
 
-    With ``base`` (the base model's evaluation), also how far the images moved from the base model's.
+    With ``base`` (the base model's evaluation), also how far the images moved from the base model's. With
+    ``kl_to_base``, also the KL of the policy from the pretrained one, in nats per trajectory: the mean over the
+    samples of each one's :math:`\sum_t \lVert\mu_\theta - \mu_{pre}\rVert^2 / 2\sigma_t^2` along its own
+    trajectory (:meth:`~agents.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per step).
     """
-    generation = agent.generate(prompts, seed=RUN_EVAL_SEED)
+    generation = agent.generate(prompts, seed=RUN_EVAL_SEED, kl_to_base=kl_to_base)
     images = generation.images.detach().float().cpu()  # (N, 3, H, W)
     scores = Scores(
         reward=mean_of(generation.rewards),
         gold=mean_of(generation.gold_scores),
         proxy=mean_of(generation.proxy_scores),
         distance_from_base=None if base is None else float((images - base.images).pow(2).mean().sqrt()),
+        kl_to_base=mean_of(generation.kl_to_base),
     )
     return Evaluation(scores, images, list(prompts))
 
@@ -87,19 +96,23 @@ def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None) -
 _BASE_EVALUATIONS: dict[Hashable, Evaluation] = {}
 
 
-def evaluate_base_model(agent: Agent, prompts: list[str], key: Hashable) -> Evaluation:
+def evaluate_base_model(agent: Agent, prompts: list[str], key: Hashable, kl_to_base: bool = False) -> Evaluation:
     """:func:`evaluate` of an untrained agent, cached per process under ``key``: the runs of a comparison share one
     base model.
 
     Every agent starts exactly at the pretrained model (a zero-initialised adapter), so its samples on the fixed
     evaluation seeds depend only on the model, the reward, the prompts and the sampler settings, which ``key``
-    must name. An agent that trained already (``agent.epoch > 0``) is evaluated as it is, and not cached.
+    must name; with ``kl_to_base``, its KL to the pretrained model is 0 by definition (not computed). An agent that
+    trained already (``agent.epoch > 0``) is evaluated as it is (its KL computed), and not cached.
     """
     if agent.epoch > 0:
-        return evaluate(agent, prompts)
+        return evaluate(agent, prompts, kl_to_base=kl_to_base)
     if key not in _BASE_EVALUATIONS:
         _BASE_EVALUATIONS[key] = evaluate(agent, prompts)
-    return _BASE_EVALUATIONS[key]
+    evaluation = _BASE_EVALUATIONS[key]
+    if not kl_to_base:
+        return evaluation
+    return dataclasses.replace(evaluation, scores=dataclasses.replace(evaluation.scores, kl_to_base=0.0))
 
 
 __all__ = [

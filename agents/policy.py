@@ -43,7 +43,9 @@ import torch._dynamo.exc
 import torch._inductor.exc
 import torch.utils.checkpoint
 
+from agents.buffers import Trajectories
 from agents.config import ATTENTION_PROCESSORS
+from agents.math import gaussian_step_kl
 from diffusion_gym.ddim import ddim_step_coefficients
 from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
 
@@ -341,6 +343,48 @@ class DiffusionPolicy:
         r"""The pretrained policy :math:`\pi_{pre}` scoring ``action`` (the UNet with the adapter disabled)."""
         with self._adapter(False):
             return self._step(self.reference_unet, latents, timesteps, prompt_embeddings, None, action)
+
+    @torch.no_grad()
+    def kl_to_reference(self, samples: Trajectories) -> torch.Tensor:
+        r"""The KL of this policy's trajectory distribution from the pretrained one's, along ``samples``, ``(B,)``
+        in nats per trajectory.
+
+        Both policies are Gaussian at each stochastic step, with the same :math:`\sigma_t` (it depends on the
+        schedule and :math:`\eta` only): :math:`\pi_\theta(x_{t-1} \mid x_t, c) = \mathcal N(\mu_\theta(x_t, c, t),
+        \sigma_t^2 I)` and :math:`\pi_{pre}(x_{t-1} \mid x_t, c) = \mathcal N(\mu_{pre}(x_t, c, t), \sigma_t^2 I)`,
+        from the same initial noise :math:`x_T`. By the chain rule of the KL over the Markov chain,
+
+        .. math::
+            \mathrm{KL}(p_\theta(x_{0:T} \mid c) \,\|\, p_{pre}(x_{0:T} \mid c))
+            = \mathbb E_{\tau \sim p_\theta}\Big[\sum_{t\ \mathrm{stochastic}}
+              \mathrm{KL}(\mathcal N(\mu_\theta, \sigma_t^2 I) \,\|\, \mathcal N(\mu_{pre}, \sigma_t^2 I))\Big]
+            = \mathbb E_{\tau \sim p_\theta}\Big[\sum_t \frac{\lVert\mu_\theta - \mu_{pre}\rVert^2}{2\sigma_t^2}\Big]
+
+        (summed over latent dims, the project's convention). Only the stochastic steps count, as in training: a
+        deterministic step (:math:`\sigma_t <` ``MIN_STD``) has no density, and the KL is that of the policy's
+        transitions, the steps it is trained on. This returns the inner sum of each trajectory, exact at its
+        recorded states :math:`x_t` (:func:`agents.math.gaussian_step_kl` per step); its mean over trajectories
+        sampled from this policy is a Monte Carlo estimate of the KL. Two UNet passes per stochastic step (this
+        policy's and the reference's); no RNG is drawn from.
+
+        ``samples``: trajectories recorded with this policy's schedule (``ValueError`` if their stochastic steps
+        differ from :meth:`stochastic_steps`).
+        """
+        stochastic = self.stochastic_steps()  # (T,) bool
+        if not torch.equal(samples.stochastic.cpu(), stochastic):
+            raise ValueError(
+                f"the trajectories' stochastic steps {samples.stochastic.tolist()} are not this policy's "
+                f"{stochastic.tolist()}: recorded with another schedule or eta"
+            )
+        device = samples.latents.device
+        total = torch.zeros(len(samples), device=device)  # (B,)
+        for j in stochastic.nonzero().flatten().tolist():
+            timesteps = samples.timesteps[j].to(device).repeat(len(samples))  # (B,)
+            states = (samples.latents[:, j], timesteps, samples.prompt_embeddings)  # x_t (B, C, H, W), t, c
+            step = self(*states, samples.next_latents[:, j])  # mu_theta(x_t, c, t), sigma_t
+            reference = self.reference(*states, samples.next_latents[:, j])  # mu_pre(x_t, c, t)
+            total += gaussian_step_kl(step.mean, reference.mean, step.std_dev_t)  # (B,)
+        return total
 
     def sample(self, observation: dict[str, torch.Tensor], generator: torch.Generator) -> PolicyStep:
         """Sample an action for an env observation, without gradients."""

@@ -59,6 +59,9 @@ class RunSettings:
     num_inference_steps: int | None = None  # None: the world's
     eval_every: int | None = None  # None: about four evaluations per run
     eval_samples: int = 64
+    # also the held-out KL to the base policy (Scores.kl_to_base, nats per trajectory): two more UNet passes per
+    # evaluation step, about doubling the evaluation time
+    eval_kl: bool = False
     # a second held-out set, evaluated before and after training only (e.g. prompts never trained on, when the
     # run evaluates on its training prompts): the generalisation figure; None: none
     generalisation_prompts: str | None = None
@@ -261,7 +264,8 @@ def json_safe(value: Any) -> Any:
 
 
 def score_rows(base: Scores, final: Scores, reward: str) -> list[str]:
-    """Markdown rows of gold, proxy and reward (those the world defines), base vs fine-tuned, and the distance."""
+    """Markdown rows of gold, proxy and reward (those the world defines), base vs fine-tuned, the distance and the
+    KL to the base (when evaluated)."""
     lines = []
     for key in ("gold", "proxy", "reward"):
         before, after = getattr(base, key), getattr(final, key)
@@ -271,6 +275,8 @@ def score_rows(base: Scores, final: Scores, reward: str) -> list[str]:
         lines.append(f"| {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
     if final.distance_from_base is not None:
         lines.append(f"| RMS pixel distance from base images | 0 | {final.distance_from_base:.4f} | |")
+    if final.kl_to_base is not None:
+        lines.append(f"| KL to the base policy (nats per trajectory) | 0 | {final.kl_to_base:.4f} | |")
     return lines
 
 

@@ -99,8 +99,8 @@ class TrainerEvent:
 @dataclass
 class EvaluationEvent(TrainerEvent):
     """A held-out evaluation: ``metrics`` holds its scores by name (``reward``, ``gold``, ``proxy``,
-    ``distance_from_base``); entries a callback adds are logged as ``eval/<key>`` (TensorBoard) and
-    ``eval_<key>`` (``metrics.jsonl``)."""
+    ``distance_from_base``, and ``kl_to_base`` with ``eval_kl``); entries a callback adds are logged as
+    ``eval/<key>`` (TensorBoard) and ``eval_<key>`` (``metrics.jsonl``)."""
 
     evaluation: Evaluation | None = None  # the samples: images (N, 3, H, W), prompts, scores
 
@@ -173,7 +173,8 @@ class Trainer:
     the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
     ``eval_prompts`` (a prompt set or one prompt; default: the world's eval prompts, else the training prompts),
     ``eval_samples`` held-out samples per evaluation, ``eval_every`` epochs between evaluations (default: about
-    four per run), ``checkpoint_every`` (default: at every evaluation; always after the last epoch),
+    four per run), ``eval_kl`` (also the held-out KL to the base policy, ``kl_to_base``: two more UNet passes per
+    evaluation step), ``checkpoint_every`` (default: at every evaluation; always after the last epoch),
     ``keep_checkpoints``, ``label`` (the name in progress bars and tables), ``command`` (recorded in
     ``results.json``); ``callbacks``: :class:`TrainerCallback` hooks.
 
@@ -191,6 +192,7 @@ class Trainer:
         eval_prompts: str | None = None,
         eval_samples: int = 64,
         eval_every: int | None = None,
+        eval_kl: bool = False,
         checkpoint_every: int | None = None,
         keep_checkpoints: int = 3,
         label: str = "",
@@ -216,6 +218,7 @@ class Trainer:
             eval_prompts=eval_prompts,
             eval_samples=eval_samples,
             eval_every=eval_every,
+            eval_kl=eval_kl,
             checkpoint_every=checkpoint_every,
             keep_checkpoints=keep_checkpoints,
             command=command,
@@ -367,7 +370,7 @@ class Trainer:
             config.guidance_scale,
             config.eta,
         )
-        return evaluate_base_model(self.agent, eval_prompts, key)
+        return evaluate_base_model(self.agent, eval_prompts, key, kl_to_base=settings.eval_kl)
 
     def train(self, epochs: int | None = None) -> RunResult | None:
         """Train up to ``epochs`` epochs in all (default: ``settings.epochs``; a resumed or second call continues
@@ -451,7 +454,8 @@ class Trainer:
             return None
 
         if progress.latest_epoch != state.epoch:
-            progress.latest, progress.latest_epoch = evaluate(agent, eval_prompts, progress.base), state.epoch
+            final = evaluate(agent, eval_prompts, progress.base, kl_to_base=settings.eval_kl)
+            progress.latest, progress.latest_epoch = final, state.epoch
             if not evaluated(progress.history, state.epoch):  # else a resume with nothing to train: logged already
                 self._log_evaluation(log, progress.latest, state, final=True)
         generalisation = self._evaluate_generalisation(log, progress)
@@ -500,7 +504,7 @@ class Trainer:
         }
         evaluation, stop_reason = None, None
         if epoch % settings.eval_every_epochs() == 0 or epoch == settings.epochs:
-            evaluation = evaluate(self.agent, progress.base.prompts, progress.base)
+            evaluation = evaluate(self.agent, progress.base.prompts, progress.base, kl_to_base=settings.eval_kl)
             progress.latest, progress.latest_epoch = evaluation, epoch
             scores, stop_reason = self._log_evaluation(log, evaluation, state, final=False)
             record_evaluation = {f"eval_{key}": value for key, value in scores.items()}
@@ -522,7 +526,7 @@ class Trainer:
         base = progress.generalisation_base
         if base is None:
             return None
-        final = evaluate(self.agent, base.prompts, base)
+        final = evaluate(self.agent, base.prompts, base, kl_to_base=self.settings.eval_kl)
         tqdm.write(f"{self.settings.name}: generalisation ({self.settings.generalisation_prompts}): {final.scores}")
         log.log_scalars("generalisation", final.scores.fields(), progress.state.samples_seen)
         return Generalisation(self.settings.generalisation_prompts, len(base.prompts), base.scores, final.scores)

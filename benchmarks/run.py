@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     evaluation.add_argument(
+        "--eval-kl",
+        action="store_true",
+        help="also estimate the held-out KL of the fine-tuned policy's trajectories from the base policy's "
+        "(nats per trajectory, metrics.jsonl's eval_kl_to_base): 2 extra UNet passes per evaluation step, about "
+        "doubling the evaluation time (default: off)",
+    )
+    evaluation.add_argument(
         "--checkpoint-every",
         type=optional(positive_int),
         default=None,
@@ -304,6 +311,7 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         num_inference_steps=args.num_inference_steps,
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
+        eval_kl=args.eval_kl,
         generalisation_prompts=args.generalisation_prompts,
         device=args.device,
         dtype=args.dtype,
@@ -384,6 +392,8 @@ def command_line(settings: RunSettings) -> str:
     ):
         if getattr(settings, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
+    if settings.eval_kl:
+        parts.append("--eval-kl")
     parts += ["--epochs", str(settings.epochs)]
     for name in (
         "device",

@@ -23,7 +23,6 @@ from agents import AgentConfig, make_agent
 from agents.buffers import StepBatch, Trajectories
 from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
 from agents.herd import current_log_probs
-from agents.math import gaussian_step_kl
 from agents.reinforce import ReinforceAgent
 from diffusion_gym.prompts import split_sentences
 from diffusion_gym.sampling import PolicyStep
@@ -155,19 +154,6 @@ def test_loop_advantage_is_the_reward_minus_the_mean_of_the_others(env):
 
 
 # ------------------------------------------------------------------------------------------ DPOK
-def kl_to_reference(policy, samples: Trajectories) -> torch.Tensor:
-    r""":math:`\sum_t \mathrm{KL}(\pi_\theta \| \pi_{pre})` at each recorded state, ``(B,)``."""
-    total = torch.zeros(len(samples))
-    with torch.no_grad():
-        for j in torch.nonzero(samples.stochastic).flatten().tolist():
-            timesteps = samples.timesteps[j].repeat(len(samples))  # (B,)
-            states = (samples.latents[:, j], timesteps, samples.prompt_embeddings)
-            step = policy(*states, samples.next_latents[:, j])
-            reference = policy.reference(*states, samples.next_latents[:, j])
-            total += gaussian_step_kl(step.mean, reference.mean, step.std_dev_t)
-    return total
-
-
 def perturb_lora(policy, seed: int, scale: float) -> None:
     """Move the policy off the pretrained model: LoRA's B (zero at init) set to small random values."""
     generator = torch.Generator().manual_seed(seed)
@@ -187,10 +173,10 @@ def test_dpok_without_the_reward_term_pulls_the_policy_back_to_the_reference(env
     try:
         samples = agent.collect()[0]
         perturb_lora(agent.policy, seed=0, scale=0.05)
-        before = kl_to_reference(agent.policy, samples)
+        before = agent.policy.kl_to_reference(samples)  # (B,): sum_t KL(pi_theta || pi_pre)
         assert bool((before > 0).all()), before
         agent.update(samples, agent.advantages(samples))
-        after = kl_to_reference(agent.policy, samples)
+        after = agent.policy.kl_to_reference(samples)
         assert bool((after < 0.99 * before).all()), (before, after)
     finally:
         agent.close()

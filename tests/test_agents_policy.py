@@ -10,12 +10,13 @@ import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
-from agents.buffers import StepBatch
+from agents.buffers import StepBatch, Trajectories
 from agents.herd import relabel
 from agents.math import gaussian_step_kl, ppo_clipped_loss
 from agents.policy import DiffusionPolicy
 from agents.reinforce import ReinforceAgent
 from agents.rollout import collect_trajectories
+from diffusion_gym.sampling import PolicyStep
 
 PROMPTS = ["A large red circle on the left. A gray background.", "A small blue square at the top. A white background."]
 
@@ -168,3 +169,84 @@ def test_herd_relabel_keeps_latents_and_changes_only_goal_embedding_reward(tiny_
         assert bool(relabeled.is_relabeled.all()) and not bool(samples.is_relabeled.any())
     finally:
         policy.close()
+
+
+# ------------------------------------------------------------------------------------------ KL to the base policy
+class OffsetPolicy:
+    """A toy pair of policies on ``(1, 2, 2)`` latents: at step ``j`` the policy's mean is the reference's plus
+    ``offsets[j]`` (one per trajectory), both with the std ``stds[j]``; ``stochastic`` flags the steps with a
+    density. The rest of :class:`DiffusionPolicy` is not needed by :meth:`DiffusionPolicy.kl_to_reference`."""
+
+    def __init__(self, timesteps: list[int], offsets: torch.Tensor, stds: list[float], stochastic: list[bool]):
+        self.index = {t: j for j, t in enumerate(timesteps)}
+        self.offsets, self.stds, self.stochastic = offsets, stds, torch.tensor(stochastic)
+
+    def stochastic_steps(self) -> torch.Tensor:
+        return self.stochastic
+
+    def reference(self, latents, timesteps, prompt_embeddings, action) -> PolicyStep:
+        j = self.index[int(timesteps[0])]
+        std = torch.full((len(latents),), self.stds[j])  # (B,)
+        return PolicyStep(action, torch.zeros(len(latents)), latents.clone(), std, std > 0)
+
+    def __call__(self, latents, timesteps, prompt_embeddings, action) -> PolicyStep:
+        step = self.reference(latents, timesteps, prompt_embeddings, action)
+        j = self.index[int(timesteps[0])]
+        return step._replace(mean=step.mean + self.offsets[j].view(-1, 1, 1, 1))  # (B, 1, 2, 2)
+
+
+def toy_trajectories(timesteps: list[int], stochastic: list[bool]) -> Trajectories:
+    """Two trajectories of ``(1, 2, 2)`` latents over ``timesteps``; only the states and the schedule matter."""
+    batch, steps = 2, len(timesteps)
+    latents = torch.randn(batch, steps, 1, 2, 2)  # (B, T, C, H, W)
+    return Trajectories(
+        latents=latents,
+        next_latents=torch.randn(batch, steps, 1, 2, 2),
+        timesteps=torch.tensor(timesteps),
+        log_probs=torch.zeros(batch, steps),
+        stochastic=torch.tensor(stochastic),
+        prompt_embeddings=torch.zeros(batch, 1, 3),
+        prompts=["a", "b"],
+        rewards=torch.zeros(batch),
+        achieved_goals=torch.zeros(batch, 1),
+        desired_goals=torch.zeros(batch, 1),
+    )
+
+
+def test_the_kl_to_the_base_sums_the_stochastic_steps_by_hand():
+    """Three steps, the middle one deterministic. Per step, KL = ||mu_theta - mu_pre||^2 / (2 sigma_t^2), summed over
+    the 4 latent dims: step 0 (sigma 0.5), offsets (1, 0.5): 4 * 1 / 0.5 = 8 and 4 * 0.25 / 0.5 = 2; step 2
+    (sigma 2), offsets (2, 2): 4 * 4 / 8 = 2 each. The deterministic step (offset 5, sigma 0) has no density and
+    counts for nothing. Totals: (10, 4) nats."""
+    timesteps, stochastic = [900, 500, 100], [True, False, True]
+    offsets = torch.tensor([[1.0, 0.5], [5.0, 5.0], [2.0, 2.0]])  # (T, B)
+    toy = OffsetPolicy(timesteps, offsets, [0.5, 0.0, 2.0], stochastic)
+    kl = DiffusionPolicy.kl_to_reference(toy, toy_trajectories(timesteps, stochastic))
+    torch.testing.assert_close(kl, torch.tensor([10.0, 4.0]))
+    with pytest.raises(ValueError, match="stochastic steps"):  # recorded with another schedule
+        DiffusionPolicy.kl_to_reference(toy, toy_trajectories(timesteps, [True, True, True]))
+
+
+def test_generate_estimates_the_kl_to_the_base_without_touching_the_samples_or_any_rng(env):
+    agent = make_agent("ddpo", env, AgentConfig(batch_size=2, lora_rank=4, seed=3))
+    try:
+        prompts = [*PROMPTS, PROMPTS[0]]  # three: the last chunk is padded
+        plain = agent.generate(prompts, seed=5)
+        assert plain.kl_to_base is None  # not asked: not computed
+        rngs = (agent.generator.get_state(), agent.rng.bit_generator.state, torch.get_rng_state())
+        at_init = agent.generate(prompts, seed=5, kl_to_base=True)
+        assert torch.equal(at_init.images, plain.images) and torch.equal(at_init.rewards, plain.rewards)
+        assert torch.equal(agent.generator.get_state(), rngs[0]) and agent.rng.bit_generator.state == rngs[1]
+        assert torch.equal(torch.get_rng_state(), rngs[2])
+        # LoRA's B is 0 at init: the policy is exactly the pretrained one, every step's means are equal
+        assert torch.equal(at_init.kl_to_base, torch.zeros(3))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # move the adapter off the pretrained model
+            for name, parameter in agent.policy.named_trainable_parameters().items():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        moved = agent.generate(prompts, seed=5, kl_to_base=True)
+        assert moved.kl_to_base.shape == (3,) and bool((moved.kl_to_base > 0).all())
+        assert bool(torch.isfinite(moved.kl_to_base).all())
+    finally:
+        agent.close()

@@ -65,10 +65,11 @@ def test_help_explains_every_flag(capsys):
 
 
 def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
-    argv = ["--agent", "herd", "--epochs", "3", "--herd-buffer-batches", "2", "--no-per-prompt-stats"]
+    argv = ["--agent", "herd", "--epochs", "3", "--herd-buffer-batches", "2", "--no-per-prompt-stats", "--eval-kl"]
     settings = run.parse_args([*argv, "--model", tiny_pipeline, "--guidance-scale", "none", "--max-prompt-chunks", "2"])
     again = run.parse_args(shlex.split(settings.command)[2:])
     assert dataclasses.replace(again, command="") == dataclasses.replace(settings, command="")
+    assert settings.eval_kl and not run.parse_args(["--agent", "herd", "--model", tiny_pipeline]).eval_kl
     assert settings.config.herd_buffer_batches == 2 and settings.config.per_prompt_stats is False
 
 
@@ -140,12 +141,13 @@ def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
     assert record["epoch"] == 1 and record["global_step"] == 2
     assert {"reward_mean", "reward_std", "gold_score", "proxy_score", "loss", "samples_per_second"} <= set(record)
     assert {"eval_reward", "eval_gold", "eval_proxy", "eval_distance_from_base"} <= set(record)
+    assert "eval_kl_to_base" not in record  # only with --eval-kl
 
     results = json.loads((folder / "results.json").read_text())
     assert results["agent"] == "ddpo" and results["epochs_completed"] == 1 and results["samples_seen"] == 2
     assert results["eval_prompts"] == "a small blue square" and results["num_eval_samples"] == 2
     assert results["base"]["reward"] == results["base"]["proxy"] > 0 > results["base"]["gold"]  # JPEG kB, -kB
-    assert results["final"]["distance_from_base"] >= 0
+    assert results["final"]["distance_from_base"] >= 0 and results["final"]["kl_to_base"] is None
     assert results["config"]["batch_size"] == 2 and results["wall_seconds"] > 0
     assert "--agent ddpo" in results["command"]
 
@@ -163,22 +165,29 @@ def test_one_epoch_run_writes_the_run_folder(tiny_world, tmp_path, capsys):
     assert "| gold score |" in output and "| reward (jpeg-incompressibility) |" in output
 
 
-def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_path):
+def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     def metrics(folder: Path) -> list[dict]:
         return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
-    flags = ["--agent", "herd", "--checkpoint-every", "1", "--eval-every", "2"]
+    flags = ["--agent", "herd", "--checkpoint-every", "1", "--eval-every", "2", "--eval-kl"]
     flags += ["--generalisation-prompts", "a green triangle"]  # its base evaluation is restored from the checkpoint
     assert run.main([*flags, "--epochs", "3", *tiny_flags(tiny_pipeline, tmp_path / "straight")]) == 0
     assert run.main([*flags, "--epochs", "2", *tiny_flags(tiny_pipeline, tmp_path / "resumed")]) == 0
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["eval_kl"] is True
+    capsys.readouterr()
     assert run.main(["--resume", str(tmp_path / "resumed"), "--epochs", "3"]) == 0
+    # --eval-kl is a setting of the run (run.json): the resumed session evaluates the KL too
+    assert "| KL to the base policy (nats per trajectory) | 0 |" in capsys.readouterr().out
 
     straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
     assert [r["global_step"] for r in resumed] == [2, 4, 6]
     for key in ("reward_mean", "loss", "num_train_samples"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-5)
+    kls = [r["eval_kl_to_base"] for r in resumed if "eval_kl_to_base" in r]  # each session's last epoch: 2 and 3
+    (straight_kl,) = [r["eval_kl_to_base"] for r in straight if "eval_kl_to_base" in r]  # epoch 3
+    assert len(kls) == 2 and all(kl > 0 for kl in kls) and kls[-1] == pytest.approx(straight_kl, rel=1e-4)
     results = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert results["epochs_completed"] == 3 and results["samples_seen"] == 6
     straight_results = json.loads((tmp_path / "straight" / "results.json").read_text())
@@ -187,9 +196,12 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
     assert generalisation["base"] == straight_results["generalisation"]["base"]
     final, straight_final = generalisation["final"], straight_results["generalisation"]["final"]
     assert final["reward"] == pytest.approx(straight_final["reward"], rel=1e-5) and final["distance_from_base"] > 0
+    assert final["kl_to_base"] > 0 and generalisation["base"]["kl_to_base"] == 0.0
+    assert results["base"]["kl_to_base"] == 0.0 and results["final"]["kl_to_base"] == pytest.approx(kls[-1])
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["epochs"] == 3  # the extension is kept
     events = EventAccumulator(str(tmp_path / "resumed")).Reload()
     assert [event.step for event in events.Scalars("train/reward_mean")] == [2, 4, 6]
+    assert [event.step for event in events.Scalars("eval/kl_to_base")] == [0, 4, 6]  # the base model's 0 first
 
 
 def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
@@ -347,3 +359,34 @@ def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline,
     shutil.rmtree(folder / "checkpoints")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         evaluate_run.main([str(folder)])
+
+
+def test_gold_vs_proxy_is_drawn_against_the_kl_when_the_runs_logged_it(tmp_path, capsys):
+    probe = load_script("benchmarks/probes/gold_vs_proxy.py")
+
+    def proxy_run(name: str, kl: bool) -> Path:
+        """A run folder whose held-out gold peaks at its second evaluation (16 samples, KL 3, distance 0.2)."""
+        folder = tmp_path / name
+        folder.mkdir()
+        evaluations = [(0.6, 1.5, 0.1, 1.0), (0.7, 2.0, 0.2, 3.0), (0.55, 2.5, 0.3, 9.0)]  # gold, proxy, distance, KL
+        lines = []
+        for epoch, (gold, proxy, distance, kl_to_base) in enumerate(evaluations, start=1):
+            record = {"epoch": epoch, "global_step": 8 * epoch, "eval_gold": gold, "eval_proxy": proxy}
+            record["eval_distance_from_base"] = distance
+            if kl:
+                record["eval_kl_to_base"] = kl_to_base
+            lines.append(json.dumps(record))
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (folder / "results.json").write_text(json.dumps({"base": {"gold": 0.5, "proxy": 1.0}}))
+        return folder
+
+    with_kl, without = proxy_run("with-kl", kl=True), proxy_run("without", kl=False)
+    assert probe.main([str(with_kl), "--output", str(tmp_path / "kl.png")]) == 0
+    output = capsys.readouterr().out
+    assert "gold peaks at 0.7000 after 16 samples (KL to base 3.0000 nats, proxy 2.000)" in output
+    assert (tmp_path / "kl.png").read_bytes()[:4] == b"\x89PNG"
+    assert probe.main([str(without), "--output", str(tmp_path / "distance.png")]) == 0
+    assert "(distance from base 0.2000, proxy 2.000)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one x axis per figure
+        probe.main([str(with_kl), str(without), "--output", str(tmp_path / "mixed.png")])
+    assert "evaluate all of them with --eval-kl, or none" in capsys.readouterr().err

@@ -1,13 +1,15 @@
 """Gold against proxy (Gao et al. 2022's picture): held-out gold and proxy of runs that optimised the proxy,
-against fresh samples and against the distance from the base model's images.
+against fresh samples and against the KL of the fine-tuned policy from the base policy.
 
-    python benchmarks/run.py --agent herd --reward shapes-clip --epochs 120 --eval-every 10 --seed 0 \\
+    python benchmarks/run.py --agent herd --reward shapes-clip --epochs 120 --eval-every 10 --eval-kl --seed 0 \\
         --output-dir runs/proxy-herd-seed0
     python benchmarks/probes/gold_vs_proxy.py runs/proxy-herd-seed0 [more run folders] --output gold_vs_proxy.png
 
-Each run folder's held-out evaluations (``metrics.jsonl``'s ``eval_gold``, ``eval_proxy``,
-``eval_distance_from_base``; the base model's from ``results.json``, or from the first lines of the log while a
-run is still going) are drawn, one line per run; the peak of gold is printed with its samples and distance.
+Each run folder's held-out evaluations (``metrics.jsonl``'s ``eval_gold``, ``eval_proxy``, and ``eval_kl_to_base``,
+the KL in nats per trajectory that ``--eval-kl`` logs; the base model's from ``results.json``, or the
+``--base-gold``/``--base-proxy`` flags while a run is still going) are drawn, one line per run; the peak of gold is
+printed with its samples and KL. Runs without ``--eval-kl`` are drawn against ``eval_distance_from_base`` (the RMS
+pixel distance from the base model's images, a stand-in) instead; the runs of one figure must agree on which.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agents.plots import held_out_curve  # noqa: E402
 from agents.run_folder import read_history  # noqa: E402
+
+# the second panel's x, by held-out key: axis label, how the peak line names it, panel title
+AXES = {
+    "kl_to_base": ("KL to the base policy (nats per trajectory)", "KL to base {:.4f} nats", "against KL to the base"),
+    "distance_from_base": (
+        "RMS pixel distance from the base images",
+        "distance from base {:.4f}",
+        "against distance from the base model",
+    ),
+}
 
 
 def base_scores(run_dir: Path) -> dict[str, float] | None:
@@ -45,27 +57,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    histories = [read_history(run_dir) for run_dir in args.runs]
+    # the second panel's x: the KL to the base policy (0 for the base model) if the runs logged it, else the distance
+    with_kl = [any("eval_kl_to_base" in record for record in history) for history in histories]
+    if len(set(with_kl)) > 1:
+        names = ", ".join(str(run_dir) for run_dir, kl in zip(args.runs, with_kl, strict=True) if kl)
+        parser.error(f"only some runs logged eval_kl_to_base ({names}): evaluate all of them with --eval-kl, or none")
+    axis_key = "kl_to_base" if with_kl[0] else "distance_from_base"
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     proxy_axes = [axis.twinx() for axis in axes]  # proxy on its own scale, right
-    for index, run_dir in enumerate(args.runs):
-        history = read_history(run_dir)
+    for index, (run_dir, history) in enumerate(zip(args.runs, histories, strict=True)):
         base = base_scores(run_dir) or {"gold": args.base_gold, "proxy": args.base_proxy}
         gold = held_out_curve(history, "gold", base.get("gold"))
         proxy = held_out_curve(history, "proxy", base.get("proxy"))
-        distance = held_out_curve(history, "distance_from_base", 0.0 if base.get("gold") is not None else None)
-        if gold is None or proxy is None or distance is None:
-            parser.error(f"{run_dir}: no held-out gold, proxy and distance in its metrics.jsonl")
+        away = held_out_curve(history, axis_key, 0.0 if base.get("gold") is not None else None)
+        if gold is None or proxy is None or away is None:
+            parser.error(f"{run_dir}: no held-out gold, proxy and {axis_key} in its metrics.jsonl")
+        if not len(gold.steps) == len(proxy.steps) == len(away.steps):
+            parser.error(f"{run_dir}: its evaluations do not all log gold, proxy and {axis_key}")
         peak = int(gold.values.argmax())
+        where = AXES[axis_key][1].format(away.values[peak])
         print(
             f"{run_dir}: gold peaks at {gold.values[peak]:.4f} after {int(gold.steps[peak])} samples "
-            f"(distance from base {distance.values[peak]:.4f}, proxy {proxy.values[peak]:.3f}); "
+            f"({where}, proxy {proxy.values[peak]:.3f}); "
             f"last: gold {gold.values[-1]:.4f}, proxy {proxy.values[-1]:.3f} at {int(gold.steps[-1])} samples"
         )
-        for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, distance.values), strict=True):
+        for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, away.values), strict=True):
             axis.plot(x, gold.values, "o-", color=f"C{index}", label=f"gold, {run_dir.name}")
             proxy_axis.plot(x, proxy.values, "s--", color=f"C{index}", alpha=0.5, label=f"proxy, {run_dir.name}")
     axes[0].set(xlabel="fresh samples", ylabel="held-out gold (solid)", title="gold and proxy against samples")
-    axes[1].set(xlabel="RMS pixel distance from the base images", title="against distance from the base model")
+    xlabel, _, title = AXES[axis_key]
+    axes[1].set(xlabel=xlabel, title=title)
     for axis, proxy_axis in zip(axes, proxy_axes, strict=True):
         axis.grid(alpha=0.3)
         proxy_axis.set_ylabel("held-out proxy (dashed, right)")
