@@ -63,15 +63,15 @@ from diffusion_gym.rewards import registered_rewards
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24
 # The default task on the default world (see the module docstring); each entry applies where its flag is not given
-# (``compile_unet``: where neither --compile-unet nor --no-compile-unet is). 40 epochs of 32 samples with an
+# (``compile_unet``: where neither --compile-unet nor --no-compile-unet is). 45 epochs of 32 samples with an
 # evaluation every 5, the UNet compiled (an epoch 0.81 of eager float32's): see
-# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain.
+# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each agent.
 DEFAULT_TASK = {
     "prompts": "shapes-long",
     "eval_prompts": "shapes-long",
     "num_inference_steps": 10,
     "generalisation_prompts": "shapes-heldout",
-    "epochs": 40,
+    "epochs": 45,
     "eval_every": 5,
     "compile_unet": True,
 }

@@ -8,8 +8,10 @@ against fresh samples and against the KL of the fine-tuned policy from the base 
 Each run folder's held-out evaluations (``metrics.jsonl``'s ``eval_gold``, ``eval_proxy``, and ``eval_kl_to_base``,
 the KL in nats per trajectory that ``--eval-kl`` logs; the base model's from ``results.json``, or the
 ``--base-gold``/``--base-proxy`` flags while a run is still going) are drawn, one line per run; the peak of gold is
-printed with its samples and KL. Runs without ``--eval-kl`` are drawn against ``eval_distance_from_base`` (the RMS
-pixel distance from the base model's images, a stand-in) instead; the runs of one figure must agree on which.
+printed with its samples and KL. A run made without ``--eval-kl`` takes the KL that ``checkpoint_kl.py`` computed
+at its checkpoints (``checkpoint_kl.jsonl`` in the run folder); with neither, runs are drawn against
+``eval_distance_from_base`` (the RMS pixel distance from the base model's images, a stand-in) instead; the runs of
+one figure must agree on which.
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ AXES = {
 }
 
 
+# written by checkpoint_kl.py (the KL at each checkpoint of a run made without --eval-kl), one JSON line each
+CHECKPOINT_KL_FILE = "checkpoint_kl.jsonl"
+
+
+def history_with_kl(run_dir: Path) -> list[dict]:
+    """The run's ``metrics.jsonl``; when it has no ``eval_kl_to_base`` but ``checkpoint_kl.py`` computed the KL at
+    its checkpoints, each evaluation at a checkpoint's epoch gets that KL."""
+    history = read_history(run_dir)
+    path = run_dir / CHECKPOINT_KL_FILE
+    if not path.exists() or any("eval_kl_to_base" in record for record in history):
+        return history
+    kl_by_epoch = {row["epoch"]: row["kl_to_base"] for row in map(json.loads, path.read_text().splitlines())}
+    return [
+        {**record, "eval_kl_to_base": kl_by_epoch[record["epoch"]]}
+        if "eval_gold" in record and record["epoch"] in kl_by_epoch
+        else record
+        for record in history
+    ]
+
+
 def base_scores(run_dir: Path) -> dict[str, float] | None:
     """The base model's held-out scores of a run: results.json (a finished run) or its first checkpoint's record."""
     results = run_dir / "results.json"
@@ -57,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    histories = [read_history(run_dir) for run_dir in args.runs]
+    histories = [history_with_kl(run_dir) for run_dir in args.runs]
     # the second panel's x: the KL to the base policy (0 for the base model) if the runs logged it, else the distance
     with_kl = [any("eval_kl_to_base" in record for record in history) for history in histories]
     if len(set(with_kl)) > 1:
