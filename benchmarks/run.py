@@ -63,17 +63,16 @@ from diffusion_gym.rewards import registered_rewards
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24
 # The default task on the default world (see the module docstring); each entry applies where its flag is not given
-# (``compile_unet``: where neither --compile-unet nor --no-compile-unet is). 45 epochs of 32 samples with an
-# evaluation every 5, the UNet compiled (an epoch 0.81 of eager float32's): see
-# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each agent.
+# (a boolean agent flag: where neither --flag nor --no-flag is). 40 epochs of 32 samples with an evaluation every
+# 5, in eager float32: see docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each
+# agent, and 2026-12-04-compute-options.md for why the UNet is not compiled by default.
 DEFAULT_TASK = {
     "prompts": "shapes-long",
     "eval_prompts": "shapes-long",
     "num_inference_steps": 10,
     "generalisation_prompts": "shapes-heldout",
-    "epochs": 45,
+    "epochs": 40,
     "eval_every": 5,
-    "compile_unet": True,
 }
 DEFAULT_SEEDS = "0,1,2"
 
