@@ -74,6 +74,10 @@ def test_ppo_dual_clip_bounds_negative_advantages():
     assert loss.item() == pytest.approx(-(-3.0 + 1.2) / 2)
     loss.backward()
     assert new.grad.tolist() == [0.0, 0.0]  # both bounded: no gradient
+    # A = -2 is bounded at 3 * -2 = -6 (not 3 / -2); a positive A below 1 is left to the ordinary clip, min(5, 0.6)
+    adv = torch.tensor([-2.0, 0.5])
+    loss, _, _ = ppo_clipped_loss(torch.full((2,), math.log(10.0)), torch.zeros(2), adv, clip_range=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx(-(-6.0 + 0.6) / 2)
     # a huge off-policy log-ratio stays finite
     loss, _, _ = ppo_clipped_loss(torch.tensor([500.0]), torch.zeros(1), torch.tensor([-1.0]), 0.2, 3.0)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(3.0)
@@ -84,6 +88,8 @@ def test_ppo_rejects_bad_clip():
         ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.0)
     with pytest.raises(ValueError, match="dual_clip"):
         ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.1, dual_clip=1.0)
+    loss, _, _ = ppo_clipped_loss(torch.zeros(1), torch.zeros(1), -torch.ones(1), clip_range=0.1, dual_clip=1.5)
+    assert loss.item() == pytest.approx(1.0)  # any dual_clip > 1 is valid: r = 1, max(min(-1, -1), -1.5) = -1
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -137,6 +143,9 @@ def test_per_prompt_stat_tracker_at_exactly_min_count_and_its_errors():
     # "b" has 1 -> the batch's [1, 3, 10]: mean 14/3, population std sqrt(134)/3 -> (10 - 14/3) / (sqrt(134)/3)
     adv = tracker.update(["a", "a", "b"], torch.tensor([1.0, 3.0, 10.0]))
     assert adv.tolist() == pytest.approx([-1.0, 1.0, 16 / math.sqrt(134)], abs=1e-5)
+    # a prompt's own std of 1e-6, the size of eps: -+1e-6 / (1e-6 + 1e-6) = -+0.5 (std - eps: a division by ~0)
+    tiny = PerPromptStatTracker(min_count=1).update(["c", "c"], torch.tensor([0.0, 2e-6]))
+    assert tiny.tolist() == pytest.approx([-0.5, 0.5], abs=1e-4)
     # a loaded buffer keeps its size limit: one more reward drops the oldest
     clone = PerPromptStatTracker(buffer_size=4, min_count=2)
     clone.load_state_dict({"a": [1.0, 2.0, 3.0, 4.0]})
