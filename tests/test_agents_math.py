@@ -35,6 +35,16 @@ def test_ppo_clipped_loss_hand_computed():
     assert approx_kl.item() == pytest.approx(0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.05) ** 2) / 4)
 
 
+def test_ppo_ratio_is_new_over_old_log_probs_that_are_not_zero():
+    # log-probs are sums over latent dims, far from 0: log r = new - old. Here r = e^{0.2} in [0.5, 1.5] and
+    # e^{-0.2}, unclipped: loss = -(1.2214 * 1 + 0.8187 * -1) / 2 (a sum new + old would give e^{0.8}, clipped)
+    new = torch.tensor([-99.8, -100.2])
+    old = torch.tensor([-100.0, -100.0])
+    loss, _, approx_kl = ppo_clipped_loss(new, old, torch.tensor([1.0, -1.0]), clip_range=0.5)
+    assert loss.item() == pytest.approx(-(math.exp(0.2) - math.exp(-0.2)) / 2, abs=1e-4)
+    assert approx_kl.item() == pytest.approx(0.5 * 0.2**2, abs=1e-4)
+
+
 def test_ppo_gradient_hand_computed():
     # d/dlogp of -min(rA, clip(r)A)/N: -rA/N where unclipped is the min, 0 where the clipped term is
     new = torch.tensor([0.0, math.log(1.5), math.log(0.5)], requires_grad=True)
@@ -64,6 +74,10 @@ def test_ppo_dual_clip_bounds_negative_advantages():
     assert loss.item() == pytest.approx(-(-3.0 + 1.2) / 2)
     loss.backward()
     assert new.grad.tolist() == [0.0, 0.0]  # both bounded: no gradient
+    # A = -2 is bounded at 3 * -2 = -6 (not 3 / -2); a positive A below 1 is left to the ordinary clip, min(5, 0.6)
+    adv = torch.tensor([-2.0, 0.5])
+    loss, _, _ = ppo_clipped_loss(torch.full((2,), math.log(10.0)), torch.zeros(2), adv, clip_range=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx(-(-6.0 + 0.6) / 2)
     # a huge off-policy log-ratio stays finite
     loss, _, _ = ppo_clipped_loss(torch.tensor([500.0]), torch.zeros(1), torch.tensor([-1.0]), 0.2, 3.0)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(3.0)
@@ -74,6 +88,8 @@ def test_ppo_rejects_bad_clip():
         ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.0)
     with pytest.raises(ValueError, match="dual_clip"):
         ppo_clipped_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), clip_range=0.1, dual_clip=1.0)
+    loss, _, _ = ppo_clipped_loss(torch.zeros(1), torch.zeros(1), -torch.ones(1), clip_range=0.1, dual_clip=1.5)
+    assert loss.item() == pytest.approx(1.0)  # any dual_clip > 1 is valid: r = 1, max(min(-1, -1), -1.5) = -1
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -82,6 +98,12 @@ def test_normalize_and_clip_advantages():
     expected = [(r - 3.0) / math.sqrt(3.5) for r in (1.0, 2.0, 3.0, 6.0)]
     assert normalize_advantages(rewards).tolist() == pytest.approx(expected, abs=1e-5)
     assert clip_advantages(torch.tensor([-9.0, 0.5, 9.0]), 5.0).tolist() == [-5.0, 0.5, 5.0]
+
+
+def test_normalize_advantages_of_nearly_equal_rewards_stay_finite():
+    # population std 1e-6, the size of eps: A = -+1e-6 / (1e-6 + 1e-6) = -+0.5 (with std - eps: a division by ~0)
+    advantages = normalize_advantages(torch.tensor([0.0, 2e-6]))
+    assert advantages.tolist() == pytest.approx([-0.5, 0.5], abs=1e-4)
 
 
 def test_reward_weights_hand_computed():
@@ -115,6 +137,28 @@ def test_per_prompt_stat_tracker_falls_back_then_uses_history():
     assert clone.state_dict() == tracker.state_dict()
 
 
+def test_per_prompt_stat_tracker_at_exactly_min_count_and_its_errors():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=2)
+    # "a" has exactly min_count = 2 rewards [1, 3]: its own mean 2 and population std 1 -> [-1, 1];
+    # "b" has 1 -> the batch's [1, 3, 10]: mean 14/3, population std sqrt(134)/3 -> (10 - 14/3) / (sqrt(134)/3)
+    adv = tracker.update(["a", "a", "b"], torch.tensor([1.0, 3.0, 10.0]))
+    assert adv.tolist() == pytest.approx([-1.0, 1.0, 16 / math.sqrt(134)], abs=1e-5)
+    # a prompt's own std of 1e-6, the size of eps: -+1e-6 / (1e-6 + 1e-6) = -+0.5 (std - eps: a division by ~0)
+    tiny = PerPromptStatTracker(min_count=1).update(["c", "c"], torch.tensor([0.0, 2e-6]))
+    assert tiny.tolist() == pytest.approx([-0.5, 0.5], abs=1e-4)
+    # a loaded buffer keeps its size limit: one more reward drops the oldest
+    clone = PerPromptStatTracker(buffer_size=4, min_count=2)
+    clone.load_state_dict({"a": [1.0, 2.0, 3.0, 4.0]})
+    clone.update(["a"], torch.tensor([5.0]))
+    assert list(clone.stats["a"]) == [2.0, 3.0, 4.0, 5.0]
+    PerPromptStatTracker(buffer_size=1, min_count=1)  # the smallest valid sizes
+    for sizes in ({"buffer_size": 0}, {"min_count": 0}):
+        with pytest.raises(ValueError, match="buffer_size and min_count must be >= 1"):
+            PerPromptStatTracker(**sizes)
+    with pytest.raises(ValueError, match="got 2 prompts for 3 rewards"):
+        tracker.update(["a", "a"], torch.ones(3))
+
+
 def test_leave_one_out_baseline_hand_example():
     rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
     baseline = leave_one_out_baseline(rewards)
@@ -135,6 +179,18 @@ def test_leave_one_out_baseline_with_group_labels():
         leave_one_out_baseline(torch.ones(3, 1))
 
 
+def test_leave_one_out_baseline_of_pairs_and_its_errors():
+    # K = 2: each sample's baseline is the other's reward, (G, K) or labelled; "y" alone: the mean, 12/3
+    assert leave_one_out_baseline(torch.tensor([[1.0, 4.0]])).tolist() == [[4.0, 1.0]]
+    assert leave_one_out_baseline(torch.tensor([1.0, 4.0, 7.0]), ["x", "x", "y"]).tolist() == [4.0, 1.0, 4.0]
+    with pytest.raises(ValueError, match=r"\(G, K\) with K >= 2 when no groups are given, got \(3, 1\)"):
+        leave_one_out_baseline(torch.ones(3, 1))
+    with pytest.raises(ValueError, match=r"got 2 group labels for rewards of shape \(3,\)"):
+        leave_one_out_baseline(torch.ones(3), ["x", "x"])
+    with pytest.raises(ValueError, match=r"got 3 group labels for rewards of shape \(3, 1\)"):
+        leave_one_out_baseline(torch.ones(3, 1), ["x", "x", "y"])
+
+
 # ------------------------------------------------------------------------------------------ shapes
 def test_a_column_advantage_is_an_error_not_an_n_by_n_objective():
     # (N, 1) advantages against (N,) log-probs would broadcast to (N, N): 9 terms for 3 samples
@@ -145,6 +201,8 @@ def test_a_column_advantage_is_an_error_not_an_n_by_n_objective():
         ppo_clipped_loss(log_probs, torch.zeros(1), torch.ones(3), clip_range=0.2)
     with pytest.raises(ValueError, match="expected 1-d tensors"):
         ppo_clipped_loss(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(1.0), clip_range=0.2)
+    with pytest.raises(ValueError, match=r"shapes must match \(no broadcasting\).*'log_probs': \(1,\)"):
+        ppo_clipped_loss(torch.zeros(1), torch.zeros(3), torch.ones(3), clip_range=0.2)
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,19 @@ def test_names_may_not_contain_separators_or_repeat() -> None:
             register_reward(bad, lambda device: Constant(0.0), description="", uses_prompt=False)
     with pytest.raises(ValueError, match="already registered"):
         register_reward("imagereward", lambda device: Constant(0.0), description="", uses_prompt=True)
+
+
+def test_brightness_is_the_mean_pixel_value_by_hand() -> None:
+    # Image 0: black except one white pixel in channel 0 of a 2x2 image: 1 / 12 of the 12 values.
+    # Image 1: the red channel 1, the green 0.5, the blue 0 everywhere: (1 + 0.5 + 0) / 3 = 0.5.
+    images = torch.zeros(2, 3, 2, 2)
+    images[0, 0, 1, 1] = 1.0
+    images[1, 0], images[1, 1] = 1.0, 0.5
+    reward = make_reward("brightness")
+    scores = reward(images, ["a red circle", "anything"])  # the prompt is ignored
+    assert scores.shape == (2,) and scores.dtype == torch.float32 and scores.device.type == "cpu"
+    torch.testing.assert_close(scores, torch.tensor([1.0 / 12.0, 0.5]))
+    spec = reward_spec("brightness")
+    assert not spec.uses_prompt and spec.value_range == (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        reward(torch.zeros(2, 1, 2, 2), ["a", "b"])

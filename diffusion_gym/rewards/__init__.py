@@ -1,5 +1,6 @@
 """Reward functions behind one interface, looked up by name (see :mod:`.registry`)."""
 
+from diffusion_gym.rewards.brightness import Brightness
 from diffusion_gym.rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from diffusion_gym.rewards.registry import (
     RewardFn,
@@ -27,6 +28,14 @@ register_reward(
     lambda device: JpegIncompressibility(),
     description="the JPEG (q=95) file size in kB (DDPO)",
     uses_prompt=False,
+)
+
+register_reward(
+    "brightness",
+    lambda device: Brightness(),
+    description="the mean pixel value of the image, in [0, 1] (prompt-blind; for learning tests)",
+    uses_prompt=False,
+    value_range=(0.0, 1.0),
 )
 
 # The Shapes world registers its rewards (shapes-gold, shapes-gold-per-sentence, shapes-clip) and the
