@@ -1,6 +1,7 @@
 """Fine-tune the env's diffusion model with an RL agent and write a run folder; or compare agents over seeds.
 
-    python benchmarks/run.py --agent herd                       # the default task (below), HERD over LOOP
+    python benchmarks/run.py --agent loop                       # the default task (below) = make run
+    python benchmarks/run.py --agent herd                       # the same task, HERD over LOOP
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
     python benchmarks/run.py --resume runs/ddpo-long --epochs 60  # continue a run from its newest intact checkpoint

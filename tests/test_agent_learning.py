@@ -77,7 +77,7 @@ def learning_config(**overrides) -> AgentConfig:
         ("dpok", {"kl_beta": 1e-4}),
         ("loop", {}),
         ("rwr", {}),
-        ("herd", {}),  # HERD on DDPO: a relabeled sentence is scored by the same prompt-blind reward
+        ("herd", {}),  # HERD over LOOP (its default base): a relabeled sentence gets the same prompt-blind reward
     ],
 )
 def test_agent_raises_the_jpeg_size_far_beyond_seed_noise(env, name, overrides):
