@@ -215,7 +215,7 @@ class DiffusionPolicy:
         except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.CppCompileError) as error:
             raise RuntimeError(
                 "torch.compile of the UNet failed (compile_unet; on a CPU it needs a C++ compiler and the Python "
-                "headers); run without it (--no-compile-unet: the same math, about 20% slower): "
+                "headers); run without it (drop --compile-unet: the same math, about 20% slower per epoch): "
                 f"{type(error).__name__}: {error}"
             ) from error
         return noise.contiguous() if self.channels_last else noise

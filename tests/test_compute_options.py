@@ -167,6 +167,22 @@ def test_compiled_policy_scores_like_the_eager_one(env, eager_compile):
     eager.close(), compiled.close()
 
 
+def test_a_failed_compile_is_an_error_that_names_the_flag(env, monkeypatch):
+    """A backend that cannot compile (on a CPU: no C++ compiler) fails the first call with a message naming the
+    option to drop, not torch's bare traceback."""
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=broken_backend))
+    policy = make_policy(env, compile_unet=True)
+    try:
+        with pytest.raises(RuntimeError, match=r"torch.compile of the UNet failed .*drop --compile-unet"):
+            noise_prediction(policy, env)
+    finally:
+        policy.close()
+
+
 def test_a_policy_puts_the_shared_unet_back_into_its_own_settings(env):
     unet = env.unwrapped.diffusion.unet
     original = unet.attn_processors
