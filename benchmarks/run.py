@@ -63,10 +63,10 @@ from diffusion_gym.rewards import registered_rewards
 
 DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24
-# The default task on the default world (see the module docstring); each entry applies where its flag is not given
-# (a boolean agent flag: where neither --flag nor --no-flag is). 40 epochs of 32 samples with an evaluation every
-# 5, in eager float32: see docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each
-# agent, and 2026-12-04-compute-options.md for why the UNet is not compiled by default.
+# The default task on the default world (see the module docstring); each entry applies where its flag is not
+# given. 40 epochs of 32 samples with an evaluation every 5, in eager float32: see
+# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each agent, and
+# 2026-12-04-compute-options.md for why the UNet is not compiled by default.
 DEFAULT_TASK = {
     "prompts": "shapes-long",
     "eval_prompts": "shapes-long",
@@ -274,13 +274,6 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         parser.error("one of the arguments --agent --compare --preset --resume is required")
     if args.seeds is not None and args.compare is None:
         parser.error("--seeds is for comparison mode (--compare); a single run takes --seed")
-    model = args.model or DEFAULT_MODEL
-    if model == DEFAULT_MODEL and args.prompts is None and args.preset is None:
-        given = given_flags(argv)
-        for key, value in DEFAULT_TASK.items():
-            flag = "--" + key.replace("_", "-")
-            if flag not in given and "--no-" + flag[2:] not in given:
-                setattr(args, key, value)
     try:
         config = config_from_args(args)
         config.validate()
@@ -294,10 +287,16 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
             f"argument --output-dir: {args.output_dir} is not empty; pick a new folder "
             "(or continue a run there with --resume)"
         )
+    model = args.model or DEFAULT_MODEL
     try:
         model_name(model)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --model: {error}")
+    if model == DEFAULT_MODEL and args.prompts is None and args.preset is None:
+        given = given_flags(argv)
+        for key, value in DEFAULT_TASK.items():
+            if "--" + key.replace("_", "-") not in given:
+                setattr(args, key, value)
     default_dir = default_output_dir("compare" if args.compare else args.agent)
     settings = RunSettings(
         agent=args.agent or "",

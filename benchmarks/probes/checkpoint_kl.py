@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from agents.checkpoint import list_checkpoints, load_checkpoint
+from agents.cli import positive_int
 from agents.evaluation import eval_prompt_set, evaluate, spread
 from agents.registry import make_agent
 from agents.run_folder import read_history, read_settings
@@ -38,7 +39,7 @@ def logged_gold(run_dir: Path) -> dict[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run folder written by benchmarks/run.py, with checkpoints/")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
