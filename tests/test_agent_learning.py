@@ -1,27 +1,45 @@
-r"""Learning tests: every agent raises a strong-signal reward on the Shapes world within a few epochs of one prompt.
+r"""Learning tests: every agent raises the reward it is given on the Shapes world, whichever way that reward points.
 
-Marked ``learning``: not in the default ``pytest`` run (about 2 CPU-minutes in total, one thread), run by CI
+Marked ``learning``: not in the default ``pytest`` run (about 4 CPU-minutes in total, one thread), run by CI
 (``.ci/run``: ``make test-learning``); alone: ``pytest -m learning``.
 
-**The reward** is ``jpeg-incompressibility`` (the JPEG size of the decoded image in kB, DDPO's simplest reward) on
-the embedded Shapes world (its trained 8x8x4-latent UNet, 32 px images), the standard prompt, 4 DDIM steps. The
-base model draws flat-coloured shapes on a flat background, so the reward sits at about 1.03 kB with a per-image
-standard deviation of about 0.022 kB over seeds (16 images, measured on 2026-12-04); a policy that adds texture
-raises it by several of those standard deviations within 8 epochs of 8 samples, so the margin is unambiguous.
-(``jpeg-compressibility``, the same number negated, would fail a model that is merely damaged, see below; whether
-every agent raises it in 8 epochs is not measured yet. The gold reward moves far less in a few epochs.)
+**The rewards** are ``brightness`` (the mean pixel value of the decoded image) and its mirror ``darkness``
+(``1 - brightness``), on the embedded Shapes world (its trained 8x8x4-latent UNet, 32 px images), the standard
+prompt, 4 DDIM steps. Every agent is trained twice from the same seed, once on each, and must raise each one.
+Nothing that moves the images one way whatever the reward can pass both: not the damage of a large learning rate,
+not the drift of training on the model's own samples, not HERD's replay under other sentences. And an agent whose
+sign is flipped descends the reward it is given, so it fails at least one of the pair (in practice both).
+The base model's 16 seeded images have a mean brightness of 0.473 with a per-image standard deviation of 0.018
+(standard error of the 16-image mean 0.0046, measured 2026-12-04); the agents move it by 14 to 93 of those
+standard errors in 8 epochs of 16 samples.
 
 **The assertion** is on the improvement, against noise measured in the test itself: the policy generates the same
 16 seeded images before and after training; the base model's per-image standard deviation :math:`s` over those
 seeds gives the standard error of a 16-image mean, :math:`s/\sqrt{16}`; the mean reward must rise by more than
 :data:`MARGIN` of those. Everything is seeded, so each run gives the same numbers.
 
-Each test fails if its agent does not train (by reasoning, not run by hand: a detached log-prob or RWR prediction
-makes the backward pass fail, or, in DPOK, leaves only the KL, whose gradient is 0 at the base). It does **not**
-catch a flipped sign: with the signs of REINFORCE's, PPO's and RWR's losses flipped by hand, 5 of the 6 tests still
-passed (LOOP failed, +1.8 standard errors): an agent that descends the reward at this learning rate damages the
-model, and damage adds texture, which raises the JPEG size. The sign mutations are caught by
-``tests/test_agent_directions.py`` (``docs/experiments/2026-12-04-mutation-testing.md``).
+**What the tests catch**, checked by applying each mutation to a copy of the code and running these tests
+(``docs/experiments/2026-12-04-mutation-testing.md``, "Learning tests that bite"); the gain of the test named
+``[agent-brightness]`` under the mutation, in standard errors:
+
+- ``reinforce``: ``reinforce-loss-sign`` (``loss = +(w A log_prob).mean()``), ``normalize-sign`` (the
+  advantage's sign in :func:`agents.math.normalize_advantages`), ``reinforce-detach-logp``;
+- ``ddpo``: ``ppo-loss-sign`` (``loss = objective.mean()`` in :func:`agents.math.ppo_clipped_loss`),
+  ``ppo-ratio-swapped``, ``normalize-sign``, ``ddpo-adv-sign``, ``ddpo-swap-old-new``, ``ddpo-detach-logp``;
+- ``dpok``: ``ppo-loss-sign``, ``dpok-policy-sign``, ``dpok-policy-detached`` (gain 0: only the KL is left);
+- ``loop``: ``ppo-loss-sign``, ``loop-adv-sign``, ``loop-swap-old-new``;
+- ``rwr``: ``rwr-loss-sign``, ``rwr-weights-sign``, ``rwr-prediction-detached``;
+- ``herd``: ``ppo-loss-sign``, ``loop-adv-sign`` (the LOOP advantage of its base).
+
+A detached log-prob or RWR prediction, or old and new log-probs swapped, leaves nothing to differentiate: the
+backward pass raises. A flipped sign gives gains of -14 to -94 standard errors.
+
+The agents' settings differ from their defaults where the defaults are built for long runs, not for 8 epochs:
+a learning rate of 1e-2 on a rank-4 LoRA; DDPO two minibatches an epoch (the second is off-policy, so PPO's ratio
+and clip are at work); DPOK's KL coefficient 1e-4 (its default 0.01, on a KL summed over the latent dims, holds
+the policy near the base in a few epochs; the KL has its own direction test); RWR with signed weights
+(``rwr_baseline``: without it every sample is also self-training data, which darkens the images whatever the
+reward).
 """
 
 from __future__ import annotations
@@ -40,25 +58,36 @@ MARGIN = 5.0  # standard errors of the base model's 16-image mean reward
 EVAL_IMAGES = 16
 EVAL_SEED = 10_000
 EPOCHS = 8
+SAMPLES_PER_EPOCH = 16
 
 
 @pytest.fixture(scope="module")
-def env():
+def envs():
+    """One 16-env vector env per reward, built on first use and closed at the end of the module."""
     from diffusion_gym.shapes import STANDARD_PROMPT
 
-    settings = EnvSettings(reward="jpeg-incompressibility", prompts=(STANDARD_PROMPT,), num_inference_steps=4)
-    return settings.make(num_envs=8)
+    built = {}
+
+    def env_for(reward: str):
+        if reward not in built:
+            settings = EnvSettings(reward=reward, prompts=(STANDARD_PROMPT,), num_inference_steps=4)
+            built[reward] = settings.make(num_envs=SAMPLES_PER_EPOCH)
+        return built[reward]
+
+    yield env_for
+    for env in built.values():
+        env.close()
 
 
 def learning_config(**overrides) -> AgentConfig:
-    """Small and fast: 8 samples an epoch, every step trained, one optimiser step per epoch, a high LoRA rate."""
+    """Small and fast: 16 samples an epoch, every step trained, one optimiser step per epoch, a high LoRA rate."""
     defaults = {
         "seed": 0,
-        "batch_size": 8,
+        "batch_size": SAMPLES_PER_EPOCH,
         "batches_per_epoch": 1,
         "lora_rank": 4,
         "loop_k": 4,
-        "learning_rate": 3e-2,
+        "learning_rate": 1e-2,
         "train_batch_size": None,
         "train_timestep_fraction": 1.0,
         "inner_epochs": 1,
@@ -67,27 +96,27 @@ def learning_config(**overrides) -> AgentConfig:
     return AgentConfig(**{**defaults, **overrides})
 
 
+@pytest.mark.parametrize("reward", ["brightness", "darkness"])
 @pytest.mark.parametrize(
     "name, overrides",
     [
         ("reinforce", {}),
-        ("ddpo", {"inner_epochs": 2}),  # the second pass is off-policy: PPO's ratio and clipping at work
-        # DPOK's default beta = 0.01 on a KL summed over the latent dims holds the policy near the base within a few
-        # epochs (probe: +0.5 to +1 base standard deviations in 8 epochs); the KL term has its own direction test
-        ("dpok", {"kl_beta": 1e-4}),
+        ("ddpo", {"train_batch_size": SAMPLES_PER_EPOCH // 2}),  # two optimiser steps an epoch: the second off-policy
+        ("dpok", {"kl_beta": 1e-4}),  # see the module docstring
         ("loop", {}),
-        ("rwr", {}),
+        ("rwr", {"rwr_baseline": True}),  # signed weights: see the module docstring
         ("herd", {}),  # HERD over LOOP (its default base): a relabeled sentence gets the same prompt-blind reward
     ],
+    ids=["reinforce", "ddpo", "dpok", "loop", "rwr", "herd"],
 )
-def test_agent_raises_the_jpeg_size_far_beyond_seed_noise(env, name, overrides):
-    """The agent's 16 seeded images gain more than MARGIN standard errors of mean JPEG size in EPOCHS epochs.
+def test_agent_raises_the_reward_it_is_given_far_beyond_seed_noise(envs, name, overrides, reward):
+    """The agent's 16 seeded images gain more than MARGIN standard errors of mean reward in EPOCHS epochs.
 
-    Catches: an agent that does not train (a detached log-prob or prediction: a gain of 0). Not a flipped sign
-    (see the module docstring)."""
+    Catches: a flipped sign (the agent descends: one of ``brightness`` / ``darkness`` falls) and an agent that does
+    not train (a gain of 0, or an error). See the module docstring for the mutations checked."""
     from diffusion_gym.shapes import STANDARD_PROMPT
 
-    agent = make_agent(name, env, learning_config(**overrides))
+    agent = make_agent(name, envs(reward), learning_config(**overrides))
     try:
         prompts = [STANDARD_PROMPT] * EVAL_IMAGES
         before = agent.generate(prompts, seed=EVAL_SEED).rewards  # (16,): the base model (LoRA's B is 0)
@@ -100,6 +129,6 @@ def test_agent_raises_the_jpeg_size_far_beyond_seed_noise(env, name, overrides):
     gain = (after.mean() - before.mean()).item()
     assert standard_error > 0 and torch.isfinite(after).all()
     assert gain > MARGIN * standard_error, (
-        f"{name}: mean JPEG size {before.mean():.4f} -> {after.mean():.4f} kB, a gain of "
-        f"{gain / standard_error:.1f} standard errors ({standard_error:.4f} kB); needs {MARGIN}"
+        f"{name}: mean {reward} {before.mean():.4f} -> {after.mean():.4f}, a gain of "
+        f"{gain / standard_error:.1f} standard errors ({standard_error:.4f}); needs {MARGIN}"
     )

@@ -119,3 +119,6 @@ def test_brightness_is_the_mean_pixel_value_by_hand() -> None:
     assert not spec.uses_prompt and spec.value_range == (0.0, 1.0)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         reward(torch.zeros(2, 1, 2, 2), ["a", "b"])
+    # darkness mirrors it: 1 - 1/12 and 1 - 0.5
+    torch.testing.assert_close(make_reward("darkness")(images, ["a", "b"]), torch.tensor([11.0 / 12.0, 0.5]))
+    assert reward_spec("darkness").value_range == (0.0, 1.0)

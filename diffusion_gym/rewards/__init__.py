@@ -1,6 +1,6 @@
 """Reward functions behind one interface, looked up by name (see :mod:`.registry`)."""
 
-from diffusion_gym.rewards.brightness import Brightness
+from diffusion_gym.rewards.brightness import Brightness, Darkness
 from diffusion_gym.rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from diffusion_gym.rewards.registry import (
     RewardFn,
@@ -34,6 +34,13 @@ register_reward(
     "brightness",
     lambda device: Brightness(),
     description="the mean pixel value of the image, in [0, 1] (prompt-blind; for learning tests)",
+    uses_prompt=False,
+    value_range=(0.0, 1.0),
+)
+register_reward(
+    "darkness",
+    lambda device: Darkness(),
+    description="1 - the mean pixel value of the image, in [0, 1] (prompt-blind; for learning tests)",
     uses_prompt=False,
     value_range=(0.0, 1.0),
 )

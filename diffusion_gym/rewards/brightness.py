@@ -1,9 +1,11 @@
-"""Mean brightness: the simplest reward there is, for tests that an agent climbs a reward at all.
+"""Mean brightness and its mirror, darkness: the simplest rewards there are, for tests that an agent climbs a
+reward, and climbs the one it is given.
 
-The score is the mean of every pixel and channel of the decoded image, in ``[0, 1]`` (0: black, 1: white). It
-ignores the prompt. It is meant for learning tests: unlike the JPEG size, which rewards the texture that a model
-damaged by training draws, brightness is not raised by damage (on the Shapes world, damage darkens the images), so
-an agent that descends the reward cannot pass for one that climbs it. Probes at the learning tests' settings:
+``brightness`` is the mean of every pixel and channel of the decoded image, in ``[0, 1]`` (0: black, 1: white);
+``darkness`` is ``1 - brightness``. Both ignore the prompt. They are meant for learning tests
+(``tests/test_agent_learning.py``): an agent must raise each of the two, so whatever moves the images one way
+whatever the reward (damage from a large learning rate, drift from self-training) cannot pass for learning, and an
+agent that descends its reward (a flipped sign) fails one of them. Probes:
 ``docs/experiments/2026-12-04-mutation-testing.md``.
 """
 
@@ -24,3 +26,8 @@ def mean_brightness(images: torch.Tensor) -> torch.Tensor:
 class Brightness:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return mean_brightness(images)
+
+
+class Darkness:
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return 1.0 - mean_brightness(images)
