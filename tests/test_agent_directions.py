@@ -21,8 +21,11 @@ import torch
 
 from agents import AgentConfig, make_agent
 from agents.buffers import StepBatch, Trajectories
+from agents.ddpo import DDPOAgent
+from agents.dpok import DPOKAgent
 from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
-from agents.herd import current_log_probs
+from agents.herd import current_log_probs, relabel
+from agents.loop import LOOPAgent
 from agents.reinforce import ReinforceAgent
 from diffusion_gym.prompts import split_sentences
 from diffusion_gym.sampling import PolicyStep
@@ -104,12 +107,16 @@ def test_reinforce_without_baseline_scales_by_the_reward_std_only(env):
     and the update follows them.
 
     Catches (by hand): ``-r / std``; REINFORCE's loss with its sign flipped; its log-prob detached. The values are
-    checked, so a baseline left in (same signs, other values) fails too."""
+    checked, so a baseline left in (same signs, other values) fails too. (mutmut:) ``std - 1e-6``, which turns equal
+    rewards' advantages negative."""
     agent = make_agent("reinforce", env, one_update_config(reinforce_baseline=False))
     try:
         samples = with_rewards(agent.collect()[0], torch.tensor([2.0, -1.0]))
         advantages = agent.advantages(samples)
         torch.testing.assert_close(advantages, torch.tensor([2.0, -1.0]) / 1.5)  # population std of (2, -1): 1.5
+        # equal rewards have std 0: r / (0 + 1e-6), clipped to adv_clip_max, keeps the reward's sign
+        equal = agent.advantages(with_rewards(samples, torch.tensor([0.5, 0.5])))
+        torch.testing.assert_close(equal, torch.full((2,), agent.config.adv_clip_max))
         before = trajectory_log_probs(agent.policy, samples)
         agent.update(samples, advantages)
         assert_moved_with_advantages(before, trajectory_log_probs(agent.policy, samples), advantages)
@@ -133,6 +140,79 @@ def test_reinforce_importance_weight_is_a_truncated_constant():
     ReinforceAgent.step_loss(agent, batch, step).loss.backward()
     weights = torch.tensor([1.1, 1.2, 0.5])
     torch.testing.assert_close(log_probs.grad, -weights * advantages / 3)
+
+
+@pytest.mark.parametrize("agent_class", [DDPOAgent, LOOPAgent])
+def test_ppo_agents_use_their_configured_clip_range_and_dual_clip(agent_class):
+    r"""DDPO's and LOOP's step loss is PPO's clipped loss at the config's ``clip_range`` 0.1 and ``dual_clip`` 2,
+    hand-computed (:math:`L = -\frac13\sum_i \min(\rho_i A_i, \mathrm{clip}(\rho_i) A_i)`, dual-clipped):
+
+    - row 0, :math:`\rho = e^{0.15} = 1.162`, :math:`A = 1`: clipped to :math:`1 + 0.1`: 1.1;
+    - row 1, :math:`\rho = e^{10}`, :math:`A = -1`: :math:`-e^{10}`, bounded by the dual clip at -2;
+    - row 2, :math:`\rho = e^{-0.15} = 0.861`, :math:`A = -1`: :math:`\min(-0.861, -0.9) = -0.9`;
+
+    so :math:`L = -(1.1 - 2 - 0.9) / 3 = 0.6`. The defaults (0.2, 3) would give 1.235.
+
+    Catches (mutmut): the dual clip dropped (row 1 is then :math:`-e^{10}`), the dual clip passed as the clip
+    range, the config's clip range ignored."""
+    log_probs = torch.tensor([-100.0, -50.0, -20.0])
+    old = log_probs - torch.tensor([0.15, 10.0, -0.15])
+    batch = StepBatch(
+        *(torch.zeros(3),) * 4, old_log_probs=old, advantages=torch.tensor([1.0, -1.0, -1.0]), relabeled=torch.zeros(3)
+    )
+    step = PolicyStep(torch.zeros(3), log_probs, torch.zeros(3), torch.ones(3), torch.ones(3, dtype=torch.bool))
+    agent = SimpleNamespace(config=AgentConfig(clip_range=0.1, dual_clip=2.0))
+    loss = agent_class.step_loss(agent, batch, step).loss
+    torch.testing.assert_close(loss, torch.tensor(0.6))
+
+
+def test_dpok_step_loss_by_hand():
+    r"""DPOK's step loss, hand-computed on two rows, one latent dim, :math:`\sigma_t = 1`, with
+    :math:`\alpha = 2`, :math:`\beta = 0.5`, clip range 0.1, dual clip 2:
+
+    - per-step advantages :math:`\alpha (\tilde r - V)` with :math:`\tilde r = (1, -1)`, :math:`V = (0.5, 0.5)`:
+      :math:`(1, -3)`;
+    - PPO on them, ratios :math:`e^{0.15}` and :math:`e^{10}`: row 0 clipped to :math:`1.1 \times 1`, row 1 bounded by
+      the dual clip at :math:`2 \times -3 = -6`: policy loss :math:`-(1.1 - 6) / 2 = 2.45`;
+    - KL to the reference (mean 0): :math:`\mu^2 / 2\sigma^2` for :math:`\mu = (1, 2)`: (0.5, 2), mean 1.25;
+    - the value's regression on :math:`\tilde r`: :math:`((0.5 - 1)^2 + (0.5 + 1)^2) / 2 = 1.25`;
+
+    loss :math:`2.45 + 0.5 \times 1.25 + 1.25 = 4.325`, and the three terms are logged under their names.
+
+    Catches (mutmut): :math:`\alpha / (\tilde r - V)` for :math:`\alpha (\tilde r - V)` (the same signs, so the
+    direction test passes it), the dual clip dropped or passed as the clip range, the metric names changed."""
+    log_probs = torch.tensor([-100.0, -50.0])
+    old = log_probs - torch.tensor([0.15, 10.0])
+    rewards = torch.tensor([1.0, -1.0])  # the normalised rewards r~, DPOK's batch advantages
+    batch = StepBatch(
+        latents=torch.zeros(2, 1, 1, 1),
+        next_latents=torch.zeros(2, 1, 1, 1),
+        timesteps=torch.zeros(2, dtype=torch.long),
+        prompt_embeddings=torch.zeros(2, 1, 1),
+        old_log_probs=old,
+        advantages=rewards,
+        relabeled=torch.zeros(2, dtype=torch.bool),
+    )
+    policy_mean = torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1)  # (M, C, H, W)
+    step = PolicyStep(torch.zeros(2, 1, 1, 1), log_probs, policy_mean, torch.ones(2), torch.ones(2, dtype=torch.bool))
+    reference = SimpleNamespace(mean=torch.zeros(2, 1, 1, 1))
+    config = AgentConfig(reward_alpha=2.0, kl_beta=0.5, clip_range=0.1, dual_clip=2.0, adv_clip_max=5.0)
+    agent = SimpleNamespace(
+        config=config,
+        value=lambda latents, timesteps, embeddings: torch.tensor([0.5, 0.5]),
+        policy=SimpleNamespace(reference=lambda latents, timesteps, embeddings, action: reference),
+    )
+    result = DPOKAgent.step_loss(agent, batch, step)
+    torch.testing.assert_close(result.loss, torch.tensor(4.325))
+    assert set(result.metrics) == {"policy_loss", "kl_to_reference", "value_loss"}
+    for name, expected in (("policy_loss", 2.45), ("kl_to_reference", 1.25), ("value_loss", 1.25)):
+        torch.testing.assert_close(result.metrics[name], torch.tensor(expected))
+
+
+def test_relabel_needs_one_prompt_per_trajectory():
+    """Catches (mutmut): the error message dropped."""
+    with pytest.raises(ValueError, match="got 1 prompts for 2 trajectories"):
+        relabel(None, [object(), object()], ["a red circle."])
 
 
 def test_loop_advantage_is_the_reward_minus_the_mean_of_the_others(env):
