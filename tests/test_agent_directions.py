@@ -370,7 +370,7 @@ def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(sh
     ``compute_reward`` of the same image for that sentence alone, not for the original prompt.
 
     Catches (by hand): the reward computed against the original desired goal, or the original reward kept; the
-    original prompt's embedding kept."""
+    original prompt's embedding kept. (mutmut:) the original desired goal kept."""
     agent = make_agent("herd", shapes_env, one_update_config())
     try:
         diffusion = shapes_env.unwrapped.diffusion
@@ -391,6 +391,8 @@ def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(sh
             # the policy is trained on the relabeled trajectory with the sentence's embedding
             torch.testing.assert_close(replay.prompt_embeddings[row], diffusion.encode_prompts([sentence])[0])
             assert not torch.allclose(replay.prompt_embeddings[row], new.prompt_embeddings[source])
+            # and its desired goal (what the env's compute_reward reads) is the sentence's
+            assert diffusion.codec.decode_prompts(replay.desired_goals[row : row + 1]) == [sentence]
     finally:
         agent.close()
 
