@@ -219,7 +219,8 @@ def test_loop_advantage_is_the_reward_minus_the_mean_of_the_others(env):
     """LOOP on two prompts sampled twice each: :math:`A_i = (r_i - r_j) / \\sigma(r)` within each pair.
 
     Catches (by hand): ``baseline - r``; the leave-one-out baseline as ``(sum + r) / (K - 1)``. The values are
-    checked, so a baseline over the whole batch instead of the prompt's group, or another scale, fails too."""
+    checked, so a baseline over the whole batch instead of the prompt's group, or another scale, fails too.
+    (mutmut:) the scale's ``std - 1e-6``."""
     agent = make_agent("loop", env, one_update_config())
     try:
         batch = agent.collect()[0]
@@ -229,6 +230,9 @@ def test_loop_advantage_is_the_reward_minus_the_mean_of_the_others(env):
         advantages = agent.advantages(with_rewards(samples, rewards))
         std = rewards.std(unbiased=False)
         torch.testing.assert_close(advantages, torch.tensor([2.0, -2.0, -4.0, 4.0]) / std)
+        # rewards 2e-6 apart: std 1e-6, so the scale std + 1e-6 = 2e-6 gives advantages of +-1 (not a division by ~0)
+        nearly_equal = agent.advantages(with_rewards(samples, torch.tensor([0.0, 2e-6, 0.0, 2e-6])))
+        torch.testing.assert_close(nearly_equal, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-3, rtol=0)
     finally:
         agent.close()
 
