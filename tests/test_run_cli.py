@@ -89,6 +89,25 @@ def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
     assert [p.config.learning_rate for p in planned] == [1e-3, 1e-4]
 
 
+def test_a_variant_overrides_the_command_line_and_keeps_the_agents_learning_rate(tiny_pipeline, tmp_path):
+    from agents.comparison import plan_runs
+
+    argv = ["--compare", "loop,loop-k8,rwr-signed", "--loop-k", "2", "--model", tiny_pipeline]
+    comparison = run.parse_args([*argv, "--output-dir", str(tmp_path)])
+    planned = plan_runs(comparison.run, comparison.variants, [0, 1], tmp_path)
+    assert [(p.agent, p.label, p.config.seed) for p in planned] == [
+        ("loop", "loop", 0),
+        ("loop", "loop", 1),
+        ("loop", "loop-k8", 0),
+        ("loop", "loop-k8", 1),
+        ("rwr", "rwr-signed", 0),
+        ("rwr", "rwr-signed", 1),
+    ]
+    assert [p.config.loop_k for p in planned[:4]] == [4, 4, 8, 8]  # the variant's K, not --loop-k 2
+    assert all(p.config.rwr_baseline and p.config.learning_rate == 1e-4 for p in planned[4:])
+    assert planned[2].output_dir == tmp_path / "loop-k8-seed0"
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
     """The tiny pipeline with world metadata: JPEG (in)compressibility stand in for gold and proxy scores."""
