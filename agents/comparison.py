@@ -58,6 +58,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("dpok-nokl", "dpok", {"kl_beta": 0.0}, "DPOK without its KL term (beta = 0)"),
         Variant("loop", "loop", {"loop_k": 4}, "LOOP with K = 4 trajectories per prompt"),
         Variant("loop-k8", "loop", {"loop_k": 8}, "LOOP with K = 8 trajectories per prompt (half the prompts)"),
+        Variant(
+            "loop-every-step",
+            "loop",
+            {"loop_k": 4, "train_timestep_fraction": 1.0},
+            "LOOP (K = 4) trained on every denoising step, not a random half",
+        ),
         Variant("rwr", "rwr", {}, "RWR: the diffusion loss on the agent's own samples, weighted by exp(A / tau)"),
         Variant("rwr-signed", "rwr", {"rwr_baseline": True}, "RWR with signed weights exp(A / tau) - mean"),
         Variant("herd", "herd", {}, "HERD over LOOP (the default base): 1 batch of relabeled trajectories replayed"),

@@ -7,7 +7,9 @@ trajectory :math:`i` is the mean reward of the other :math:`K-1` trajectories of
 
 scaled by the batch's reward std (a positive constant per batch, so that one learning rate fits every reward
 scale) and clipped; then the PPO clipped surrogate of :mod:`agents.ddpo`. Trajectories are grouped by prompt
-string: HERD's relabeled trajectories form their own groups (a group of one falls back to the batch mean).
+string: HERD's relabeled trajectories form their own groups (a group of one falls back to the batch mean). A
+prompt drawn twice in a batch makes one group of 2K, so on a one-prompt task (the default, ``shapes-long``) the
+group is the whole batch whatever K is.
 """
 
 from __future__ import annotations

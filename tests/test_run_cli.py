@@ -106,6 +106,10 @@ def test_a_variant_overrides_the_command_line_and_keeps_the_agents_learning_rate
     assert [p.config.loop_k for p in planned[:4]] == [4, 4, 8, 8]  # the variant's K, not --loop-k 2
     assert all(p.config.rwr_baseline and p.config.learning_rate == 1e-4 for p in planned[4:])
     assert planned[2].output_dir == tmp_path / "loop-k8-seed0"
+    every_step = run.parse_args(
+        ["--compare", "loop-every-step", "--model", tiny_pipeline, "--output-dir", str(tmp_path)]
+    )
+    assert every_step.variants[0].overrides == {"loop_k": 4, "train_timestep_fraction": 1.0}
 
 
 @pytest.fixture(scope="module")
