@@ -19,8 +19,8 @@ seeds gives the standard error of a 16-image mean, :math:`s/\sqrt{16}`; the mean
 :data:`MARGIN` of those. Everything is seeded, so each run gives the same numbers.
 
 **What the tests catch**, checked by applying each mutation to a copy of the code and running these tests
-(``docs/experiments/2026-12-04-mutation-testing.md``, "Learning tests that bite"); the gain of the test named
-``[agent-brightness]`` under the mutation, in standard errors:
+(``docs/experiments/2026-12-04-mutation-testing.md``, "Third session: learning tests that bite", which gives each
+mutation's gains); each agent's pair of tests fails under:
 
 - ``reinforce``: ``reinforce-loss-sign`` (``loss = +(w A log_prob).mean()``), ``normalize-sign`` (the
   advantage's sign in :func:`agents.math.normalize_advantages`), ``reinforce-detach-logp``;

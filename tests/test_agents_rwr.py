@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,22 +42,19 @@ def test_with_agent_defaults_fills_only_an_unset_learning_rate():
     assert AgentConfig(learning_rate=5e-2).with_agent_defaults("rwr").learning_rate == 5e-2
 
 
-def _rwr_stand_in(seed: int, prediction_type: str, train_timestep_min: int = 0, seen: list | None = None):
-    """What :meth:`RWRAgent.diffusion_loss` reads of an agent: its config, generator, scheduler and ``predict``
-    (here a UNet that predicts 0, recording the timesteps it is called at)."""
-    from types import SimpleNamespace
-
+def _rwr_stand_in(train_timestep_min: int, seen: list[torch.Tensor]) -> SimpleNamespace:
+    """What :meth:`RWRAgent.diffusion_loss` reads of an agent: its config, generator (seed 0), a v-prediction
+    scheduler and ``predict`` (here a UNet that predicts 0, recording in ``seen`` the timesteps it is called at)."""
     from agents.config import AgentConfig
 
     def predict(noisy, timesteps, embeddings):
-        if seen is not None:
-            seen.append(timesteps)
+        seen.append(timesteps)
         return torch.zeros_like(noisy)
 
     return SimpleNamespace(
         config=AgentConfig(train_timestep_min=train_timestep_min),
-        generator=torch.Generator().manual_seed(seed),
-        policy=SimpleNamespace(scheduler=_scheduler(prediction_type), predict=predict),
+        generator=torch.Generator().manual_seed(0),
+        policy=SimpleNamespace(scheduler=_scheduler("v_prediction"), predict=predict),
     )
 
 
@@ -76,7 +74,7 @@ def test_rwr_diffusion_loss_by_hand_from_the_agents_own_draws():
     for global_seed in (10, 11):  # whatever the global RNG holds
         with torch.random.fork_rng():
             torch.manual_seed(global_seed)
-            agent = _rwr_stand_in(0, "v_prediction", train_timestep_min=900, seen=seen)
+            agent = _rwr_stand_in(train_timestep_min=900, seen=seen)
             losses.append(RWRAgent.diffusion_loss(agent, clean, embeddings, weights))
     assert torch.equal(losses[0], losses[1])
     assert all(bool((t >= 900).all()) for t in seen)
