@@ -384,11 +384,13 @@ def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline,
 def test_gold_vs_proxy_is_drawn_against_the_kl_when_the_runs_logged_it(tmp_path, capsys):
     probe = load_script("benchmarks/probes/gold_vs_proxy.py")
 
-    def proxy_run(name: str, kl: bool) -> Path:
-        """A run folder whose held-out gold peaks at its second evaluation (16 samples, KL 3, distance 0.2)."""
+    def proxy_run(name: str, kl: bool, shift: float = 0.0) -> Path:
+        """A run folder whose held-out gold peaks at its second evaluation (16 samples, KL 3, distance 0.2); ``shift``
+        is added to its gold and its KL."""
         folder = tmp_path / name
         folder.mkdir()
         evaluations = [(0.6, 1.5, 0.1, 1.0), (0.7, 2.0, 0.2, 3.0), (0.55, 2.5, 0.3, 9.0)]  # gold, proxy, distance, KL
+        evaluations = [(gold + shift, proxy, distance, kl + shift) for gold, proxy, distance, kl in evaluations]
         lines = []
         for epoch, (gold, proxy, distance, kl_to_base) in enumerate(evaluations, start=1):
             record = {"epoch": epoch, "global_step": 8 * epoch, "eval_gold": gold, "eval_proxy": proxy}
@@ -410,3 +412,10 @@ def test_gold_vs_proxy_is_drawn_against_the_kl_when_the_runs_logged_it(tmp_path,
     with pytest.raises(SystemExit):  # one x axis per figure
         probe.main([str(with_kl), str(without), "--output", str(tmp_path / "mixed.png")])
     assert "evaluate all of them with --eval-kl, or none" in capsys.readouterr().err
+
+    # seeds of one agent: drawn as a group, whose seed mean's peak is printed (gold 0.7 and 0.9, KL 3 and 3.2)
+    seeds = [proxy_run("agent-seed0", kl=True), proxy_run("agent-seed1", kl=True, shift=0.2)]
+    assert probe.main([*map(str, seeds), "--output", str(tmp_path / "group.png")]) == 0
+    output = capsys.readouterr().out
+    assert "agent (mean of 2 runs): gold peaks at 0.8000 after 16 samples (KL to base 3.1000 nats" in output
+    assert (tmp_path / "group.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,20 +12,27 @@ printed with its samples and KL. A run made without ``--eval-kl`` takes the KL t
 at its checkpoints (``checkpoint_kl.jsonl`` in the run folder); with neither, runs are drawn against
 ``eval_distance_from_base`` (the RMS pixel distance from the base model's images, a stand-in) instead; the runs of
 one figure must agree on which.
+
+Runs whose folder names differ only in a trailing ``-seedN`` (``proxy-dpok-seed0``, ``proxy-dpok-seed1``, ...) are
+one group: drawn in one colour, thin per run, with the seed mean drawn thick when the group's runs were evaluated at
+the same sample counts; the peak of that mean is printed with its samples and mean KL (the point of the Gao et al.
+picture: where, on average, more optimisation of the proxy stops helping gold).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
-from agents.plots import held_out_curve  # noqa: E402
+from agents.plots import Curve, held_out_curve  # noqa: E402
 from agents.run_folder import read_history  # noqa: E402
 
 # the second panel's x, by held-out key: axis label, how the peak line names it, panel title
@@ -67,6 +74,22 @@ def base_scores(run_dir: Path) -> dict[str, float] | None:
     return None
 
 
+def group_name(run_dir: Path) -> str:
+    """The run's group: its folder name without a trailing ``-seedN``."""
+    return re.sub(r"-seed\d+$", "", run_dir.name)
+
+
+def print_peak(name: str, gold: Curve, proxy: Curve, away: Curve, axis_key: str) -> None:
+    """Print where held-out gold peaks (samples, KL or distance, proxy there) and where the run ends."""
+    peak = int(gold.values.argmax())
+    where = AXES[axis_key][1].format(away.values[peak])
+    print(
+        f"{name}: gold peaks at {gold.values[peak]:.4f} after {int(gold.steps[peak])} samples "
+        f"({where}, proxy {proxy.values[peak]:.3f}); "
+        f"last: gold {gold.values[-1]:.4f}, proxy {proxy.values[-1]:.3f} at {int(gold.steps[-1])} samples"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders that optimised the proxy")
@@ -88,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     axis_key = "kl_to_base" if with_kl[0] else "distance_from_base"
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     proxy_axes = [axis.twinx() for axis in axes]  # proxy on its own scale, right
-    for index, (run_dir, history) in enumerate(zip(args.runs, histories, strict=True)):
+    groups: dict[str, list[tuple[Curve, Curve, Curve]]] = {}
+    for run_dir, history in zip(args.runs, histories, strict=True):
         base = base_scores(run_dir) or {"gold": args.base_gold, "proxy": args.base_proxy}
         gold = held_out_curve(history, "gold", base.get("gold"))
         proxy = held_out_curve(history, "proxy", base.get("proxy"))
@@ -97,19 +121,47 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{run_dir}: no held-out gold, proxy and {axis_key} in its metrics.jsonl")
         if not len(gold.steps) == len(proxy.steps) == len(away.steps):
             parser.error(f"{run_dir}: its evaluations do not all log gold, proxy and {axis_key}")
-        peak = int(gold.values.argmax())
-        where = AXES[axis_key][1].format(away.values[peak])
-        print(
-            f"{run_dir}: gold peaks at {gold.values[peak]:.4f} after {int(gold.steps[peak])} samples "
-            f"({where}, proxy {proxy.values[peak]:.3f}); "
-            f"last: gold {gold.values[-1]:.4f}, proxy {proxy.values[-1]:.3f} at {int(gold.steps[-1])} samples"
+        print_peak(str(run_dir), gold, proxy, away, axis_key)
+        groups.setdefault(group_name(run_dir), []).append((gold, proxy, away))
+    for index, (name, runs) in enumerate(groups.items()):
+        color = f"C{index}"
+        single = len(runs) == 1
+        for gold, proxy, away in runs:
+            for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, away.values), strict=True):
+                # a lone run is drawn and labelled in full; a group's runs thin and unlabelled, under their mean
+                width, alpha, label = (1.5, 1.0, name) if single else (0.8, 0.35, None)
+                axis.plot(
+                    x, gold.values, "o-", color=color, lw=width, ms=3, alpha=alpha, label=label and f"gold, {label}"
+                )
+                proxy_axis.plot(
+                    x,
+                    proxy.values,
+                    "s--",
+                    color=color,
+                    lw=width,
+                    ms=3,
+                    alpha=alpha * 0.5,
+                    label=label and f"proxy, {label}",
+                )
+        steps = [gold.steps for gold, _, _ in runs]
+        if single or any(not np.array_equal(steps[0], other) for other in steps[1:]):
+            if not single:
+                print(f"{name}: its runs were evaluated at different sample counts; no seed mean")
+            continue
+        gold, proxy, away = (
+            Curve(steps[0], np.mean([run[part].values for run in runs], axis=0))  # (E,) mean over seeds
+            for part in range(3)
         )
+        print_peak(f"{name} (mean of {len(runs)} runs)", gold, proxy, away, axis_key)
         for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, away.values), strict=True):
-            axis.plot(x, gold.values, "o-", color=f"C{index}", label=f"gold, {run_dir.name}")
-            proxy_axis.plot(x, proxy.values, "s--", color=f"C{index}", alpha=0.5, label=f"proxy, {run_dir.name}")
+            axis.plot(x, gold.values, "o-", color=color, lw=2.5, label=f"gold, {name}, mean of {len(runs)}")
+            proxy_axis.plot(x, proxy.values, "s--", color=color, lw=2, alpha=0.6, label=f"proxy, {name}, mean")
     axes[0].set(xlabel="fresh samples", ylabel="held-out gold (solid)", title="gold and proxy against samples")
     xlabel, _, title = AXES[axis_key]
     axes[1].set(xlabel=xlabel, title=title)
+    if axis_key == "kl_to_base":
+        # spaced by sqrt(KL), the distance Gao et al. (2022) fit their over-optimisation curves in; ticks stay in nats
+        axes[1].set_xscale("function", functions=(lambda kl: np.sqrt(np.maximum(kl, 0.0)), np.square))
     for axis, proxy_axis in zip(axes, proxy_axes, strict=True):
         axis.grid(alpha=0.3)
         proxy_axis.set_ylabel("held-out proxy (dashed, right)")
