@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # These machines keep torch 2.14.1 / torchvision 0.29.1 on local disk (the only pairing in which torchvision
 # imports here). On a GPU machine pick your own build, e.g. `make test TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-RUN_ARGS ?= --agent loop
+RUN_ARGS ?= --agent ddpo
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.diffusion-gym-setup

@@ -58,7 +58,7 @@ class AgentConfig:
     loop_k: int = 4  # LOOP: trajectories per prompt
     rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
     rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
-    herd_base: str = "loop"  # the best measured on the default task (docs/experiments/2026-12-04-default-run.md)
+    herd_base: str = "loop"  # ahead of DDPO on 2 of 3 seeds (docs/experiments/2026-12-05-race.md)
     herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
     herd_keep_history: bool = False
     herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)

@@ -9,7 +9,8 @@ scaled by the batch's reward std (a positive constant per batch, so that one lea
 scale) and clipped; then the PPO clipped surrogate of :mod:`agents.ddpo`. Trajectories are grouped by prompt
 string: HERD's relabeled trajectories form their own groups (a group of one falls back to the batch mean). A
 prompt drawn twice in a batch makes one group of 2K, so on a one-prompt task (the default, ``shapes-long``) the
-group is the whole batch whatever K is.
+group is the whole batch whatever K is; there :math:`A_i` is DDPO's per-prompt advantage times
+:math:`N / (N - 1)`, and Adam takes the same step for both (docs/experiments/2026-12-05-default-run.md).
 """
 
 from __future__ import annotations

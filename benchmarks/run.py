@@ -1,6 +1,6 @@
 """Fine-tune the env's diffusion model with an RL agent and write a run folder; or compare agents over seeds.
 
-    python benchmarks/run.py --agent loop                       # the default task (below) = make run
+    python benchmarks/run.py --agent ddpo                       # the default task (below) = make run
     python benchmarks/run.py --agent herd                       # the same task, HERD over LOOP
     python benchmarks/run.py --agent ddpo --prompts shapes-long --epochs 40 --output-dir runs/ddpo-long
     python benchmarks/run.py --compare ddpo,herd,herd-b2 --seeds 0,1,2 --epochs 30
@@ -65,7 +65,7 @@ DEFAULT_MODEL = "shapes"
 DEFAULT_EPOCHS = 24
 # The default task on the default world (see the module docstring); each entry applies where its flag is not
 # given. 40 epochs of 32 samples with an evaluation every 5, in eager float32: see
-# docs/experiments/2026-12-04-default-run.md for the measured minutes and gain of each agent, and
+# docs/experiments/2026-12-05-default-run.md for the measured minutes and gain of each agent, and
 # 2026-12-04-compute-options.md for why the UNet is not compiled by default.
 DEFAULT_TASK = {
     "prompts": "shapes-long",
