@@ -34,7 +34,13 @@ from agents.checkpoint import clone_state
 from agents.config import AgentConfig
 from agents.distributed import Distributed, current
 from agents.herd import HindsightRelabeler
-from agents.math import PerPromptStatTracker, clip_advantages, normalize_advantages, sample_train_timesteps
+from agents.math import (
+    PerPromptStatTracker,
+    clip_advantages,
+    cosine_decay_factor,
+    normalize_advantages,
+    sample_train_timesteps,
+)
 from agents.policy import DiffusionPolicy
 from agents.rollout import Rollout, collect_trajectories
 from diffusion_gym.sampling import PolicyStep
@@ -307,6 +313,7 @@ class Agent:
         """Sample ``batches_per_epoch`` batches through the env, add the relabeler's replay (HERD), compute
         advantages on both together, update the policy, refill the relabeler."""
         start = time.perf_counter()
+        self.schedule_learning_rate()
         batches = self.collect()  # s_t, r_t
         new = Trajectories.cat(batches)
         replay = None if self.relabeler is None else self.relabeler.replay(self.rng, self.policy)  # b_s, b_r
@@ -319,6 +326,17 @@ class Agent:
         if replay is not None:
             result.metrics.update(self.relabeler.replay_metrics(replay))
         return result
+
+    def schedule_learning_rate(self) -> None:
+        """Set the policy optimiser's learning rate for the coming epoch: the config's, times the cosine decay's
+        factor when ``lr_decay_epochs`` is set. It is a function of the epochs done, so a resumed run continues the
+        schedule (the optimiser's state is not its source)."""
+        config = self.config
+        factor = 1.0
+        if config.lr_decay_epochs is not None:
+            factor = cosine_decay_factor(self.epoch, config.lr_decay_epochs, config.lr_final_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * factor
 
     def epoch_result(
         self, batches: list[Trajectories], train: Trajectories, stats: dict[str, float], seconds: float
@@ -334,6 +352,7 @@ class Agent:
             "epoch_seconds": seconds,
             "samples_per_second": len(new) / seconds,
             "num_train_samples": float(len(train)),
+            "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
         }
         if new.gold_scores is not None:
             metrics["gold_score"] = float(new.gold_scores.mean())

@@ -38,6 +38,7 @@ POSITIVE_FIELDS = {
     "stat_buffer_size",
     "stat_min_count",
     "herd_history_batches",
+    "lr_decay_epochs",
 }
 FIELD_CHOICES: dict[str, list[str]] = {
     "herd_base": [name for name in AGENT_NAMES if name != "herd"],

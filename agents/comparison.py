@@ -54,6 +54,21 @@ VARIANTS: dict[str, Variant] = {
     for variant in (
         Variant("reinforce", "reinforce", {}, "REINFORCE (DDPO-SF)"),
         Variant("ddpo", "ddpo", {}, "DDPO-IS: PPO clipping, inner epochs, per-prompt stats"),
+        # knobs of the default agent, measured on the default task's race (docs/experiments/2026-12-05-knobs.md)
+        Variant("ddpo-lr2x", "ddpo", {"learning_rate": 2e-3}, "DDPO at twice the default learning rate (2e-3)"),
+        Variant(
+            "ddpo-cosine",
+            "ddpo",
+            {"lr_decay_epochs": 45, "lr_final_fraction": 0.1},
+            "DDPO with a cosine learning-rate decay to 0.1x over 45 epochs (the race's length)",
+        ),
+        Variant(
+            "ddpo-noisy-half",
+            "ddpo",
+            {"train_timestep_min": 500, "train_timestep_fraction": 1.0},
+            "DDPO trained on every step with t >= 500 (the noisiest half) instead of a random half",
+        ),
+        Variant("ddpo-inner4", "ddpo", {"inner_epochs": 4, "clip_range": 0.1}, "DDPO, 4 inner epochs, clip 0.1"),
         Variant("dpok", "dpok", {}, "DPOK: reward + beta * per-step KL to the base model, value baseline"),
         Variant("dpok-nokl", "dpok", {"kl_beta": 0.0}, "DPOK without its KL term (beta = 0)"),
         Variant("loop", "loop", {"loop_k": 4}, "LOOP with K = 4 trajectories per prompt"),

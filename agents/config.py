@@ -39,6 +39,8 @@ class AgentConfig:
     eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
     lora_rank: int = 8  # 0 -> full fine-tune
     learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
+    lr_decay_epochs: int | None = None  # None: constant; E: cosine decay to lr_final_fraction x lr over E epochs
+    lr_final_fraction: float = 0.1
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     train_batch_size: int | None = 8  # trajectories per optimiser step; None -> batch_size
@@ -81,6 +83,14 @@ class AgentConfig:
             (
                 self.learning_rate is None or self.learning_rate > 0,
                 f"learning_rate must be > 0 or None, got {self.learning_rate}",
+            ),
+            (
+                self.lr_decay_epochs is None or self.lr_decay_epochs >= 1,
+                f"lr_decay_epochs must be >= 1 or None, got {self.lr_decay_epochs}",
+            ),
+            (
+                0 <= self.lr_final_fraction <= 1,
+                f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}",
             ),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
@@ -143,6 +153,11 @@ AGENT_CONFIG_HELP: dict[str, str] = {
         "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
         "(herd: its base's)"
     ),
+    "lr_decay_epochs": (
+        "cosine-decay the policy's learning rate over this many epochs, to lr_final_fraction of it, then hold it "
+        "('none': constant)"
+    ),
+    "lr_final_fraction": "the learning rate's final fraction under lr_decay_epochs",
     "weight_decay": "AdamW weight decay of the policy's optimiser",
     "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
     "max_grad_norm": "gradient-norm clipping of the policy update",

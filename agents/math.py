@@ -27,6 +27,7 @@ __all__ = [
     "check_shapes",
     "PerPromptStatTracker",
     "clip_advantages",
+    "cosine_decay_factor",
     "gaussian_step_kl",
     "leave_one_out_baseline",
     "normalize_advantages",
@@ -206,6 +207,26 @@ def leave_one_out_baseline(rewards: torch.Tensor, groups: list[str] | None = Non
         if len(rows) >= 2:
             baseline[rows] = (rewards[rows].sum() - rewards[rows]) / (len(rows) - 1)
     return baseline
+
+
+# ------------------------------------------------------------------------------------------ learning rate
+def cosine_decay_factor(epoch: int, decay_epochs: int, final_fraction: float) -> float:
+    r"""The learning-rate multiplier of a cosine decay (Loshchilov & Hutter's SGDR, one cycle, no restart) for the
+    epoch after ``epoch`` epochs done:
+
+    .. math:: f(e) = f_{final} + (1 - f_{final}) \, \frac{1 + \cos(\pi \min(e, E) / E)}{2},
+
+    1 at ``e = 0``, ``final_fraction`` from ``e = E = decay_epochs`` on (held there, so a run extended past
+    ``E`` keeps training at the final rate).
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if decay_epochs < 1:
+        raise ValueError(f"decay_epochs must be >= 1, got {decay_epochs}")
+    if not 0.0 <= final_fraction <= 1.0:
+        raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
+    progress = min(epoch, decay_epochs) / decay_epochs  # in [0, 1]
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------------------------------------ timesteps

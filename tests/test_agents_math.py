@@ -10,6 +10,7 @@ import torch
 from agents.math import (
     PerPromptStatTracker,
     clip_advantages,
+    cosine_decay_factor,
     gaussian_step_kl,
     leave_one_out_baseline,
     normalize_advantages,
@@ -225,6 +226,17 @@ def test_shared_math_checks_its_shapes(call, match):
 
 
 # ------------------------------------------------------------------------------------------ timesteps
+def test_cosine_decay_factor_hand_computed():
+    # f(e) = 0.1 + 0.9 * (1 + cos(pi * min(e, 4) / 4)) / 2 for 4 decay epochs to a final fraction 0.1
+    expected = [1.0, 0.1 + 0.45 * (1 + math.sqrt(0.5)), 0.55, 0.1 + 0.45 * (1 - math.sqrt(0.5)), 0.1, 0.1]
+    assert [cosine_decay_factor(e, 4, 0.1) for e in range(6)] == pytest.approx(expected, abs=1e-12)
+    assert expected[1] == pytest.approx(0.868198, abs=1e-6)  # by hand: 0.1 + 0.45 * 1.707107
+    assert cosine_decay_factor(1, 1, 0.0) == 0.0 and cosine_decay_factor(7, 2, 1.0) == 1.0
+    for args, match in [((-1, 4, 0.1), "epoch"), ((0, 0, 0.1), "decay_epochs"), ((0, 4, 1.5), "final_fraction")]:
+        with pytest.raises(ValueError, match=match):
+            cosine_decay_factor(*args)
+
+
 def test_sample_train_timesteps():
     stochastic = torch.tensor([True, True, False, True, True])
     generator = torch.Generator().manual_seed(0)

@@ -134,6 +134,22 @@ def test_state_dict_resumes_exactly(env, name, overrides):
     assert untimed(next_epoch_from(env, name, config, state)) == untimed(expected)
 
 
+def test_learning_rate_schedule_follows_the_epochs_done_and_resumes(env):
+    # cosine over 2 epochs from 1e-3 to 0.5 x 1e-3: epochs 1, 2, 3 train at 1e-3, 0.75e-3, 0.5e-3, then stay
+    config = tiny_config(learning_rate=1e-3, lr_decay_epochs=2, lr_final_fraction=0.5)
+    agent = make_agent("ddpo", env, config)
+    try:
+        rates = [agent.train_epoch().metrics["learning_rate"] for _ in range(2)]
+        state = agent.state_dict()
+        rates += [agent.train_epoch().metrics["learning_rate"] for _ in range(2)]
+    finally:
+        agent.close()
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.5e-3])
+    assert next_epoch_from(env, "ddpo", config, state)["learning_rate"] == pytest.approx(0.5e-3)  # not restarted
+    constant, _ = run(env, "ddpo", epochs=2, learning_rate=1e-3)
+    assert [result.metrics["learning_rate"] for result in constant] == [1e-3, 1e-3]
+
+
 def state_and_next_epoch(env, name: str, config: AgentConfig, epochs: int) -> tuple[dict, dict[str, float]]:
     """An agent's state after ``epochs`` epochs, and the metrics of the epoch it then trains."""
     agent = make_agent(name, env, config)
@@ -177,6 +193,8 @@ def test_generate_pads_chunks_and_is_seeded(env):
         ("ddpo", {"batch_size": 3}, "num_envs"),
         ("loop", {"batch_size": 2, "loop_k": 3}, "multiple of loop_k"),
         ("ddpo", {"learning_rate": -1.0}, "learning_rate"),
+        ("ddpo", {"lr_decay_epochs": 0}, "lr_decay_epochs must be >= 1"),
+        ("ddpo", {"lr_final_fraction": 1.5}, "lr_final_fraction must be in"),
         ("ddpo", {"eta": 0.0}, "eta"),
         ("ddpo", {"train_timestep_fraction": 0.0}, "train_timestep_fraction"),
         ("ddpo", {"train_timestep_min": -1}, "train_timestep_min"),

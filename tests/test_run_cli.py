@@ -110,6 +110,17 @@ def test_a_variant_overrides_the_command_line_and_keeps_the_agents_learning_rate
         ["--compare", "loop-every-step", "--model", tiny_pipeline, "--output-dir", str(tmp_path)]
     )
     assert every_step.variants[0].overrides == {"loop_k": 4, "train_timestep_fraction": 1.0}
+    knobs = run.parse_args(
+        ["--compare", "ddpo-cosine,ddpo-lr2x", "--learning-rate", "5e-4", "--model", tiny_pipeline]
+        + ["--output-dir", str(tmp_path)]
+    )
+    cosine, lr2x = plan_runs(knobs.run, knobs.variants, [0], tmp_path)
+    assert (cosine.config.learning_rate, cosine.config.lr_decay_epochs, cosine.config.lr_final_fraction) == (
+        5e-4,
+        45,
+        0.1,
+    )
+    assert lr2x.config.learning_rate == 2e-3  # the variant's, not --learning-rate 5e-4
 
 
 @pytest.fixture(scope="module")
