@@ -160,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     xlabel, _, title = AXES[axis_key]
     axes[1].set(xlabel=xlabel, title=title)
     if axis_key == "kl_to_base":
-        # spaced by sqrt(KL), the distance Gao et al. (2022) fit their over-optimisation curves in; ticks stay in nats
-        axes[1].set_xscale("function", functions=(lambda kl: np.sqrt(np.maximum(kl, 0.0)), np.square))
+        # logarithmic above 10 nats (linear below, for the base model's 0): a KL-regularised run stays orders of
+        # magnitude closer to the base than an unregularised one, and both must be readable on one axis
+        axes[1].set_xscale("symlog", linthresh=10.0)
     for axis, proxy_axis in zip(axes, proxy_axes, strict=True):
         axis.grid(alpha=0.3)
         proxy_axis.set_ylabel("held-out proxy (dashed, right)")
         lines = axis.get_legend_handles_labels()
         proxy_lines = proxy_axis.get_legend_handles_labels()
-        axis.legend(lines[0] + proxy_lines[0], lines[1] + proxy_lines[1], fontsize=7, loc="lower right")
+        axis.legend(lines[0] + proxy_lines[0], lines[1] + proxy_lines[1], fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(args.output, dpi=110)
     print(f"figure: {args.output}")
