@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for index, (name, runs) in enumerate(groups.items()):
         color = f"C{index}"
         single = len(runs) == 1
+        # a lone run is drawn and labelled in full; a group's runs thin and unlabelled, under their mean
+        width, alpha, label = (1.5, 1.0, name) if single else (0.8, 0.35, None)
         for gold, proxy, away in runs:
             for axis, proxy_axis, x in zip(axes, proxy_axes, (gold.steps, away.values), strict=True):
-                # a lone run is drawn and labelled in full; a group's runs thin and unlabelled, under their mean
-                width, alpha, label = (1.5, 1.0, name) if single else (0.8, 0.35, None)
                 axis.plot(
                     x, gold.values, "o-", color=color, lw=width, ms=3, alpha=alpha, label=label and f"gold, {label}"
                 )
@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                     label=label and f"proxy, {label}",
                 )
         steps = [gold.steps for gold, _, _ in runs]
-        if single or any(not np.array_equal(steps[0], other) for other in steps[1:]):
-            if not single:
-                print(f"{name}: its runs were evaluated at different sample counts; no seed mean")
+        if single:
+            continue
+        if any(not np.array_equal(steps[0], other) for other in steps[1:]):
+            print(f"{name}: its runs were evaluated at different sample counts; no seed mean")
             continue
         gold, proxy, away = (
             Curve(steps[0], np.mean([run[part].values for run in runs], axis=0))  # (E,) mean over seeds
