@@ -97,9 +97,24 @@ class DPOKAgent(Agent):
         )
 
     def optimizer_step(self) -> None:
-        self.distributed.sync_gradients(self.value.parameters())  # V's gradients too: mean over the processes
-        super().optimizer_step()
-        self.value_optimizer.step()
+        """Average, unscale (float16) and clip the gradients of the policy and of V (each to ``max_grad_norm``, on
+        its own), then step both, or, when the float16 loss scaler finds an overflowed gradient in either (both
+        come from the one scaled loss), neither: the scaler skips the step and lowers its scale."""
+        value_parameters = list(self.value.parameters())
+        self.distributed.sync_gradients(self.parameters)  # mean over the processes (no-op for one)
+        self.distributed.sync_gradients(value_parameters)
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.value_optimizer)
+        policy_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        value_norm = torch.nn.utils.clip_grad_norm_(value_parameters, self.config.max_grad_norm)
+        # a total norm is inf/NaN exactly when one of its gradients is: what the scaler's own check finds
+        overflowed = self.scaler.is_enabled() and not bool(torch.isfinite(policy_norm) & torch.isfinite(value_norm))
+        if not overflowed:
+            self.scaler.step(self.optimizer)  # optimizer.step() (the scaler found no overflow either)
+            self.scaler.step(self.value_optimizer)
+        self.scaler.update()  # lowers the scale after an overflow (no-op without float16)
+        self.optimizer.zero_grad(set_to_none=True)
         self.value_optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:

@@ -316,6 +316,62 @@ def test_dpok_value_network_regresses_on_the_normalised_reward(env):
         agent.close()
 
 
+def test_dpok_a_step_the_loss_scaler_skips_moves_neither_network(env):
+    """With float16's loss scaler, an overflowed gradient (inf in the policy's) skips the whole step: neither the
+    policy nor the value network V moves, and the scale is halved; the next, finite step moves both.
+
+    Catches: V's optimiser stepped after a skipped policy step (issue 30: it was)."""
+    agent = make_agent("dpok", env, one_update_config())
+    try:
+        agent.scaler = torch.amp.GradScaler("cpu", init_scale=4.0, enabled=True)  # as a float16 model has
+        agent.scaler.scale(torch.tensor(1.0))  # the scaler starts with the first scaled loss
+
+        def set_gradients(policy_value: float) -> None:
+            for parameter in agent.parameters:
+                parameter.grad = torch.full_like(parameter, policy_value)
+            for parameter in agent.value.parameters():
+                parameter.grad = torch.ones_like(parameter)  # finite
+
+        def snapshot() -> list[torch.Tensor]:
+            return [p.detach().clone() for p in [*agent.parameters, *agent.value.parameters()]]
+
+        before = snapshot()
+        set_gradients(float("inf"))
+        agent.optimizer_step()
+        assert all(torch.equal(a, b) for a, b in zip(before, snapshot(), strict=True))
+        assert agent.scaler.get_scale() == 2.0
+        assert all(p.grad is None for p in [*agent.parameters, *agent.value.parameters()])
+        set_gradients(1.0)
+        agent.optimizer_step()
+        after = snapshot()
+        moved = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        assert all(moved[: len(agent.parameters)]) and all(moved[len(agent.parameters) :])
+    finally:
+        agent.close()
+
+
+def test_dpok_clips_the_value_networks_gradients_by_hand(env):
+    r"""V's gradients are clipped to ``max_grad_norm`` on their own: every gradient entry 3 over :math:`n` entries
+    has norm :math:`3\sqrt n`, clipped to 0.5 each entry becomes :math:`0.5/\sqrt n`; with plain SGD at lr 1 each
+    weight moves by exactly that.
+
+    Catches: V's gradients not clipped (issue 30: each weight moved by 3)."""
+    agent = make_agent("dpok", env, one_update_config(max_grad_norm=0.5))
+    try:
+        agent.value_optimizer = torch.optim.SGD(agent.value.parameters(), lr=1.0)
+        parameters = list(agent.value.parameters())
+        count = sum(p.numel() for p in parameters)
+        before = [p.detach().clone() for p in parameters]
+        for parameter in parameters:
+            parameter.grad = torch.full_like(parameter, 3.0)
+        agent.optimizer_step()
+        expected = 0.5 / count**0.5
+        for old, parameter in zip(before, parameters, strict=True):
+            torch.testing.assert_close(old - parameter.detach(), torch.full_like(old, expected), rtol=1e-4, atol=1e-7)
+    finally:
+        agent.close()
+
+
 # ------------------------------------------------------------------------------------------ RWR
 def diffusion_losses(agent, samples: Trajectories, generator_state: torch.Tensor) -> torch.Tensor:
     r"""Each sample's unweighted diffusion loss :math:`\lVert f_\theta(x_t, t, c) - y_t\rVert^2` (mean over latent
