@@ -1,6 +1,6 @@
 """A tiny seeded training run that checkpoints every epoch: the subject of the kill-and-resume test.
 
-    python tests/_resume_worker.py RUN_DIR --epochs 5 [--resume] [--step-sleep 0.05]
+    python tests/_resume_worker.py RUN_DIR --epochs 5 [--resume] [--step-sleep 0.05] [--stop-at-step 9]
 
 Each epoch: ``STEPS`` Adam steps on a 3-layer MLP with inputs from torch's global RNG, a numpy-drawn noise scale and
 a Python-``random`` dropout of one input column (so all three global RNGs matter); one line per step in
@@ -39,6 +39,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds per step (to kill mid-epoch)")
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="after this global step (its metrics line written), print 'stopped at step N' and wait to be killed",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = {"seed": args.seed, "epochs": args.epochs, "hidden": 16, "lr": 1e-2}
@@ -83,6 +89,10 @@ def main() -> None:
                 metrics.flush()
                 os.fsync(metrics.fileno())
                 time.sleep(args.step_sleep)
+                if global_step == args.stop_at_step:  # a kill point the test waits for, however slow the machine
+                    print(f"stopped at step {global_step}", flush=True)
+                    while True:
+                        time.sleep(1)
             epoch += 1
             state = {
                 "model": model.state_dict(),

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -236,30 +235,44 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _wait_for_line(process: subprocess.Popen, timeout: float) -> str:
+    """The next line ``process`` prints, waiting up to ``timeout`` seconds (a generous bound: the wait ends as soon
+    as the line comes); fails with the process's stderr if it exits or stays silent."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout)
+    if not ready:
+        process.kill()
+        raise AssertionError(f"no output from the worker in {timeout} s: {process.communicate()[1]}")
+    line = process.stdout.readline()
+    assert line, f"the worker exited ({process.wait()}): {process.stderr.read()}"
+    return line
+
+
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     reference = _worker(reference_dir)
-    victim = _worker(run_dir, "--step-sleep", "0.1")
-    deadline = time.monotonic() + 60
-    while True:  # wait for the 2nd checkpoint and the first step of the 3rd epoch, then kill mid-epoch
-        assert victim.poll() is None, victim.stderr.read()
-        assert time.monotonic() < deadline, "the worker never reached its 3rd epoch"
-        metrics = run_dir / "metrics.jsonl"
-        if len(list_checkpoints(run_dir)) >= 2 and metrics.exists() and '"epoch": 2' in metrics.read_text():
-            break
-        time.sleep(0.01)
+    # the worker stops after the first step of its 3rd epoch (2 checkpoints saved) and waits there to be killed:
+    # no race with a busy machine (the kill point is a condition, not a deadline)
+    victim = _worker(run_dir, "--stop-at-step", "9")
+    assert _wait_for_line(victim, timeout=900) == "stopped at step 9\n"
+    assert len(list_checkpoints(run_dir)) == 2 and '"epoch": 2' in (run_dir / "metrics.jsonl").read_text()
     os.kill(victim.pid, signal.SIGKILL)
-    assert victim.wait(timeout=30) == -signal.SIGKILL
+    assert victim.wait(timeout=900) == -signal.SIGKILL
+    victim.stdout.close()
+    victim.stderr.close()
     before = _records(run_dir)
     checkpoint = load_checkpoint(run_dir)
     assert before[-1]["global_step"] - checkpoint["global_step"] <= 4  # at most the epoch in progress (4 steps) lost
     assert checkpoint["epoch"] >= before[-1]["epoch"]  # every finished epoch is in the checkpoint
 
     resumed = _worker(run_dir, "--resume")
-    assert resumed.wait(timeout=60) == 0, resumed.stderr.read()
-    assert reference.wait(timeout=60) == 0, reference.stderr.read()
+    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()  # generous: only a hang reaches it
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()
     records, expected = _records(run_dir), _records(reference_dir)
     assert [r["global_step"] for r in records] == list(range(1, 21))  # the same curve, no gap, no repeat
     assert records == expected  # losses equal bitwise (JSON floats round-trip exactly)
