@@ -36,6 +36,7 @@ from agents.plots import (
     smoothing_window,
 )
 from agents.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
+from agents.run_lock import RunFolderLock
 from agents.stats import MeanCI, mean_ci, paired_difference
 
 
@@ -172,7 +173,8 @@ def run_comparison(
 
 
 def continue_or_start(run: RunSettings) -> RunSettings | None:
-    """``None`` if ``run`` already finished in its folder, ``run`` to resume if it was interrupted, else ``run``.
+    """``None`` if ``run`` already finished in its folder, ``run`` to resume if it was interrupted, else ``run`` (a
+    folder the run stopped in before its first checkpoint is set aside first: :func:`set_aside_folder`).
 
     ``ValueError`` if the folder holds a run with other settings (a different comparison in the same folder).
     """
@@ -188,7 +190,23 @@ def continue_or_start(run: RunSettings) -> RunSettings | None:
         result = read_run_result(folder)
         if result.finished and result.epochs == run.epochs:
             return None
-    return replace(run, resume=True) if latest_checkpoint(folder) is not None else run
+    if latest_checkpoint(folder) is not None:
+        return replace(run, resume=True)
+    # stopped before its first checkpoint: nothing to resume; the run starts over in its folder (a Trainer refuses a
+    # folder that is not empty), the stopped session's files are kept beside it
+    with RunFolderLock(folder):  # not while another process writes it
+        moved = set_aside_folder(folder)
+    print(f"{folder}: stopped before its first checkpoint; starting it over (its files moved to {moved})", flush=True)
+    return run
+
+
+def set_aside_folder(folder: Path) -> Path:
+    """Rename ``folder`` to ``<name>.stopped-<n>`` beside it (the first free ``n``); returns the new path."""
+    n = 1
+    while (target := folder.with_name(f"{folder.name}.stopped-{n}")).exists():
+        n += 1
+    folder.rename(target)
+    return target
 
 
 # ----------------------------------------------------------------------------------------------- summary

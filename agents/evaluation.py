@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from agents.base import Agent
+from agents.envs import EnvSettings
 
 RUN_EVAL_SEED = 1_000_000  # a run's held-out sample i uses noise seed RUN_EVAL_SEED + i, in every run
 REEVAL_SEED = 2_000_000  # a re-evaluation's sample i: REEVAL_SEED + i, new to every run
@@ -95,18 +97,77 @@ def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None, k
 
 _BASE_EVALUATIONS: dict[Hashable, Evaluation] = {}
 
+# AgentConfig fields that cannot change an untrained agent's samples on the evaluation seeds: they steer training only
+# (the LoRA rank too: the adapter starts at zero, so the untrained policy computes exactly the pretrained model's
+# steps; the seed draws the training batches and LoRA's A, never the evaluation's noise). Every other field (the
+# sampler's guidance and eta, the UNet's attention, autocast, channels_last, compile...) is part of the base key.
+TRAINING_ONLY_FIELDS = frozenset(
+    {
+        "seed",
+        "batches_per_epoch",
+        "lora_rank",
+        "learning_rate",
+        "lr_decay_epochs",
+        "lr_final_fraction",
+        "weight_decay",
+        "max_grad_norm",
+        "train_batch_size",
+        "train_timestep_fraction",
+        "train_timestep_min",
+        "inner_epochs",
+        "clip_range",
+        "dual_clip",
+        "adv_clip_max",
+        "per_prompt_stats",
+        "stat_buffer_size",
+        "stat_min_count",
+        "reinforce_baseline",
+        "kl_beta",
+        "reward_alpha",
+        "value_learning_rate",
+        "loop_k",
+        "rwr_temperature",
+        "rwr_baseline",
+        "herd_base",
+        "herd_buffer_batches",
+        "herd_keep_history",
+        "herd_history_batches",
+        "herd_off_policy_correction",
+        "gradient_checkpointing",
+        "async_reward",
+    }
+)
 
-def evaluate_base_model(agent: Agent, prompts: list[str], key: Hashable, kl_to_base: bool = False) -> Evaluation:
-    """:func:`evaluate` of an untrained agent, cached per process under ``key``: the runs of a comparison share one
-    base model.
+
+def base_evaluation_key(agent: Agent, env: EnvSettings, prompts: list[str], kl_to_base: bool) -> tuple:
+    """What the base model's evaluation depends on: every env argument (a model folder by its resolved path), every
+    field of the agent's config but :data:`TRAINING_ONLY_FIELDS`, the number of envs (a chunk of ``num_envs``
+    samples draws its action noise together), the prompts and whether the KL to the base was asked for."""
+    env_values = dataclasses.asdict(env)
+    model = env_values["model"]
+    env_values["model"] = str(Path(model).resolve()) if Path(model).exists() else model
+    config = {k: v for k, v in asdict(agent.config).items() if k not in TRAINING_ONLY_FIELDS}
+    return (
+        tuple(sorted(env_values.items())),
+        tuple(sorted(config.items())),
+        agent.env.num_envs,
+        tuple(prompts),
+        kl_to_base,
+    )
+
+
+def evaluate_base_model(agent: Agent, prompts: list[str], env: EnvSettings, kl_to_base: bool = False) -> Evaluation:
+    """:func:`evaluate` of an untrained agent, cached per process: the runs of a comparison share one base model.
 
     Every agent starts exactly at the pretrained model (a zero-initialised adapter), so its samples on the fixed
-    evaluation seeds depend only on the model, the reward, the prompts and the sampler settings, which ``key``
-    must name; with ``kl_to_base``, its KL to the pretrained model is 0 by definition (not computed). An agent that
-    trained already (``agent.epoch > 0``) is evaluated as it is (its KL computed), and not cached.
+    evaluation seeds depend only on the settings :func:`base_evaluation_key` collects (``env``: the arguments the
+    agent's env was made with), the cache's key; with ``kl_to_base``, its KL to the pretrained model is 0 by
+    definition (not computed). An agent that trained already (``agent.epoch > 0``) is evaluated as it is (its KL
+    computed), and not cached.
     """
     if agent.epoch > 0:
         return evaluate(agent, prompts, kl_to_base=kl_to_base)
+    key = base_evaluation_key(agent, env, prompts, kl_to_base)
     if key not in _BASE_EVALUATIONS:
         _BASE_EVALUATIONS[key] = evaluate(agent, prompts)
     evaluation = _BASE_EVALUATIONS[key]
@@ -119,8 +180,10 @@ __all__ = [
     "GRID_SIZE",
     "REEVAL_SEED",
     "RUN_EVAL_SEED",
+    "TRAINING_ONLY_FIELDS",
     "Evaluation",
     "Scores",
+    "base_evaluation_key",
     "eval_prompt_set",
     "evaluate",
     "evaluate_base_model",

@@ -31,6 +31,7 @@ from typing import Any
 from agents.config import AgentConfig
 from agents.envs import EnvSettings
 from agents.evaluation import Scores
+from agents.run_lock import LOCK_FILE
 
 RUN_SETTINGS_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -105,6 +106,29 @@ class RunSettings:
 def default_output_dir(name: str) -> Path:
     """A new run folder's default: ``runs/<name>-<timestamp>``."""
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunFolderWarning(UserWarning):
+    """A run folder's file was rebuilt on resume (``metrics.jsonl`` missing or damaged: from the checkpoint)."""
+
+
+def new_run_folder_problem(output_dir: str | Path) -> str | None:
+    """Why a new run may not start in ``output_dir``, or None if it may (the folder does not exist, or holds nothing
+    but a lock file). The command line's ``--output-dir`` and :meth:`agents.trainer.Trainer.train` share this rule:
+    a run folder is only ever continued (a resume), never overwritten or mixed with another run."""
+    path = Path(output_dir)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if all(child.name == LOCK_FILE for child in path.iterdir()):
+        return None
+    if (path / RUN_SETTINGS_FILE).is_file():
+        return (
+            f"{path} is not empty: it holds a run ({RUN_SETTINGS_FILE}), which a new run would overwrite; continue it "
+            f"with Trainer.resume({str(path)!r}) (command line: --resume {path}), or pick a new folder"
+        )
+    return f"{path} is not empty; pick a new folder (or continue a run there with --resume)"
 
 
 def write_settings(settings: RunSettings, output_dir: Path) -> None:
@@ -313,10 +337,12 @@ __all__ = [
     "RESULTS_FILE",
     "REWARD_CURVE_FILE",
     "RUN_SETTINGS_FILE",
+    "RunFolderWarning",
     "RunResult",
     "RunSettings",
     "default_output_dir",
     "json_safe",
+    "new_run_folder_problem",
     "read_history",
     "read_run_result",
     "read_settings",

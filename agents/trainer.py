@@ -29,6 +29,8 @@ counters, the RNGs, the TensorBoard curves and ``metrics.jsonl`` continue where 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -66,16 +68,20 @@ from agents.run_folder import (
     BEFORE_AFTER_FILE,
     METRICS_FILE,
     REWARD_CURVE_FILE,
+    RUN_SETTINGS_FILE,
     Generalisation,
+    RunFolderWarning,
     RunResult,
     RunSettings,
     default_output_dir,
-    read_history,
+    json_safe,
+    new_run_folder_problem,
     read_run_result,
     read_settings,
     write_results,
     write_settings,
 )
+from agents.run_lock import RunFolderInUse, RunFolderLock
 from agents.run_log import RunLog
 from diffusion_gym.prompts import resolve_prompts
 
@@ -246,6 +252,10 @@ class Trainer:
         from the settings (on this process's GPU when data-parallel), closed by :meth:`close`; an env given must
         have been made with the same arguments (``ValueError`` listing those that differ; the device may)."""
         started = time.perf_counter()
+        if settings.resume:  # before building anything: run.json against the checkpoint (train() checks it again)
+            with warnings.catch_warnings():  # train() warns about skipped checkpoints
+                warnings.simplefilter("ignore", CheckpointWarning)
+                check_resume_settings(settings, resume_point(settings.output_dir, settings.resume_from))
         owned = None
         if env is not None and env.unwrapped.spec is not None:
             keys = [key for key in EnvSettings.fields() if key != "device"]
@@ -302,12 +312,12 @@ class Trainer:
         for folder in point.newer:  # out of the way of the new saves (which would replace or prune them); kept
             moved = set_aside(folder, "corrupt" if folder in point.corrupt else "set-aside")
             tqdm.write(f"{self.settings.name}: {folder.name}, newer than the checkpoint resumed from, moved to {moved}")
-        trim_jsonl(output_dir / METRICS_FILE, state.samples_seen)
+        history = restore_metrics(output_dir, point)
         tqdm.write(
             f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples) from "
             f"{point.path.name}"
         )
-        progress = _Progress(state, base, read_history(output_dir), latest=base)
+        progress = _Progress(state, base, history, latest=base)
         saved = checkpoint.get("generalisation_base")  # absent in checkpoints of runs without the second set
         if saved is not None:
             prompts = self.generalisation_prompts()
@@ -356,21 +366,10 @@ class Trainer:
         return progress, False
 
     def _evaluate_base(self, eval_prompts: list[str]) -> Evaluation:
-        """The base model's evaluation, shared by the runs of this process on the same env and sampler."""
-        settings, config = self.settings, self.agent.config
-        model = settings.model
-        key = (
-            str(Path(model).resolve()) if Path(model).exists() else model,
-            settings.reward,
-            tuple(eval_prompts),
-            settings.num_inference_steps,
-            settings.device,
-            settings.dtype,
-            settings.latent_bound,
-            config.guidance_scale,
-            config.eta,
-        )
-        return evaluate_base_model(self.agent, eval_prompts, key, kl_to_base=settings.eval_kl)
+        """The base model's evaluation, shared by the runs of this process whose evaluations are the same
+        (:func:`~agents.evaluation.base_evaluation_key`)."""
+        settings = self.settings
+        return evaluate_base_model(self.agent, eval_prompts, settings.env_settings(), kl_to_base=settings.eval_kl)
 
     def train(self, epochs: int | None = None) -> RunResult | None:
         """Train up to ``epochs`` epochs in all (default: ``settings.epochs``; a resumed or second call continues
@@ -379,13 +378,53 @@ class Trainer:
         A resumed or second call: fewer epochs than already trained is a ``ValueError`` (nothing written); as many
         returns ``results.json``'s result if it records them (nothing written), else evaluates the checkpoint and
         writes the run folder (the session that trained them ended before it did).
+
+        The run folder is locked while ``train`` runs (:mod:`agents.run_lock`): another process writing it is a
+        :class:`~agents.run_lock.RunFolderInUse`. A new run (neither resumed nor a second call) refuses a folder
+        that is not empty (``ValueError``: it holds a run to resume, or other files), before anything is written.
         """
+        lock = self._lock_output_dir()
+        try:
+            return self._train(epochs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_output_dir(self) -> RunFolderLock | None:
+        """Lock the run folder (main process), first refusing a new run in a folder that is not empty
+        (:func:`~agents.run_folder.new_run_folder_problem`); every process raises the main process's refusal."""
+        output_dir = Path(self.settings.output_dir)
+        new_run = self._progress is None and not self.settings.resume
+        lock, refusal = None, None
+        if self.distributed.is_main_process:
+            try:
+                problem = new_run_folder_problem(output_dir) if new_run else None
+                if problem is not None:
+                    raise ValueError(f"refusing to start a new run: {problem}")
+                output_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunFolderLock(output_dir).acquire()
+                problem = new_run_folder_problem(output_dir) if new_run else None  # a run that started meanwhile
+                if problem is not None:
+                    raise ValueError(f"refusing to start a new run: {problem}")
+            except (ValueError, RunFolderInUse) as error:
+                if lock is not None:
+                    lock.release()
+                refusal = error
+        refusal = self.distributed.broadcast_object(None if refusal is None else (type(refusal).__name__, str(refusal)))
+        if refusal is not None:
+            kind, message = refusal
+            raise (RunFolderInUse if kind == RunFolderInUse.__name__ else ValueError)(message)
+        return lock
+
+    def _train(self, epochs: int | None) -> RunResult | None:
+        """:meth:`train`, with the run folder locked."""
         started = self._started if self._started is not None else time.perf_counter()
         self._started = None
         settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
         point = None
         if self._progress is None and settings.resume:
             point = resume_point(settings.output_dir, settings.resume_from)
+            check_resume_settings(settings, point)
         done = self._progress.state if self._progress is not None else point.state if point is not None else None
         if done is not None and settings.epochs <= done.epoch:
             check_epochs(settings.output_dir, settings.epochs, done.epoch)
@@ -438,7 +477,10 @@ class Trainer:
                 if settings.checkpoint_due(epoch) or stop_reason is not None:
                     elapsed = progress.history[-1]["elapsed_seconds"] if main else 0.0
                     self._save_checkpoint(
-                        dataclasses.replace(state, elapsed_seconds=elapsed), progress.base, progress.generalisation_base
+                        dataclasses.replace(state, elapsed_seconds=elapsed),
+                        progress.base,
+                        progress.generalisation_base,
+                        progress.history,
                     )
                 if stop_reason is not None:
                     tqdm.write(f"{settings.name}: stopped after epoch {epoch}: {stop_reason}")
@@ -544,9 +586,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(
-        self, state: RunState, base: Evaluation | None, generalisation_base: Evaluation | None = None
+        self,
+        state: RunState,
+        base: Evaluation | None,
+        generalisation_base: Evaluation | None = None,
+        history: list[dict[str, float]] | None = None,
     ) -> Path | None:
-        """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluations; plus the LoRA.
+        """A checkpoint of the agent, the run's counters, the global RNGs and the base evaluations, the settings a
+        resume must share (:func:`resume_checked_settings`) and the history so far (``metrics.jsonl``'s lines, to
+        rebuild it on resume); plus the LoRA export, written into the checkpoint before it appears.
 
         Data-parallel, every process's agent state is gathered (``processes``: ranks 1..N-1; their RNGs and HERD
         buffers differ), so a resume continues each process where it stopped; the main process saves.
@@ -564,14 +612,23 @@ class Trainer:
             if generalisation_base is None
             else {"scores": asdict(generalisation_base.scores), "images": generalisation_base.images},
             "rng": capture_rng_state(),
+            "settings": resume_checked_settings(self.settings),
+            "history": json_safe(history or []),  # as metrics.jsonl holds it (NaN as null)
         }
-        path = save_checkpoint(
-            self.settings.output_dir, f"epoch-{state.epoch:04d}", checkpoint, keep_last=self.settings.keep_checkpoints
-        )
         policy = self.agent.policy
+        export_lora = None
         if policy.adapter_name is not None:  # LoRA: loadable with pipeline.load_lora_weights(path / "lora")
-            export_lora_diffusers(policy.unet, path / "lora", adapter_name=policy.adapter_name)
-        return path
+
+            def export_lora(folder: Path) -> None:  # into the checkpoint's temp folder, before it is renamed into place
+                export_lora_diffusers(policy.unet, folder / "lora", adapter_name=policy.adapter_name)
+
+        return save_checkpoint(
+            self.settings.output_dir,
+            f"epoch-{state.epoch:04d}",
+            checkpoint,
+            keep_last=self.settings.keep_checkpoints,
+            write_extra=export_lora,
+        )
 
     # ------------------------------------------------------------------------------ cleanup
     def close(self) -> None:
@@ -605,6 +662,8 @@ class ResumePoint:
     state: RunState
     newer: list[Path]
     corrupt: dict[Path, str]
+    settings: dict | None = None  # resume_checked_settings() at the save (None: a checkpoint of an older version)
+    history: list[dict] | None = None  # metrics.jsonl's records up to the save (None: an older version's)
 
 
 def resume_point(run_dir: str | Path, checkpoint: str | Path | None = None) -> ResumePoint:
@@ -635,7 +694,119 @@ def resume_point(run_dir: str | Path, checkpoint: str | Path | None = None) -> R
     if not isinstance(run, dict):
         raise ValueError(f"{path} is not a training checkpoint of agents.Trainer (no run counters)")
     newer = found[found.index(path) + 1 :]
-    return ResumePoint(path, RunState(**run), newer, dict(refused))
+    tree = manifest["tree"]
+    return ResumePoint(path, RunState(**run), newer, dict(refused), tree.get("settings"), tree.get("history"))
+
+
+# the settings a resume must share with its checkpoint (besides the agent's config): the agent, the env's arguments
+# (not the device: a run may move to another) and what the base evaluations saved in it were made on
+RESUME_CHECKED_FIELDS = (
+    "agent",
+    *(name for name in EnvSettings.fields() if name != "device"),
+    "eval_prompts",
+    "eval_samples",
+    "generalisation_prompts",
+)
+
+
+def resume_checked_settings(settings: RunSettings) -> dict:
+    """:data:`RESUME_CHECKED_FIELDS` and the agent's ``config`` of ``settings``, as JSON values (what ``run.json``
+    records; a checkpoint records them too, so that a resume can check ``run.json`` against it)."""
+    values: dict = {name: getattr(settings, name) for name in RESUME_CHECKED_FIELDS}
+    values["config"] = asdict(settings.config)
+    return json.loads(json.dumps(values))  # tuples as lists, as in run.json
+
+
+def check_resume_settings(settings: RunSettings, point: ResumePoint) -> None:
+    """``ValueError`` naming every field whose value in ``settings`` (``run.json``) differs from the one the
+    checkpoint ``point`` was saved with (e.g. ``run.json`` edited since): the env, the agent's config and the
+    held-out sets must be the checkpoint's. A checkpoint of an older version records none: nothing to check."""
+    saved = point.settings
+    if saved is None:
+        return
+    current = resume_checked_settings(settings)
+    pairs = [(name, current[name], saved.get(name, _UNRECORDED)) for name in RESUME_CHECKED_FIELDS]
+    saved_config = saved.get("config") or {}
+    pairs += [
+        (f"config.{key}", value, saved_config[key]) for key, value in current["config"].items() if key in saved_config
+    ]
+    differ = [
+        f"{name}: run.json {value!r}, checkpoint {recorded!r}" for name, value, recorded in pairs if value != recorded
+    ]
+    if differ:
+        run_file = Path(settings.output_dir) / RUN_SETTINGS_FILE
+        raise ValueError(
+            f"refusing to resume: {run_file} does not match the checkpoint {point.path.name} it resumes from (changed "
+            f"after the checkpoint was saved): {'; '.join(differ)}. Put these values back in {RUN_SETTINGS_FILE} to "
+            "resume the run, or start a new run with the new settings"
+        )
+
+
+_UNRECORDED = "<not recorded>"
+
+
+def restore_metrics(output_dir: str | Path, point: ResumePoint) -> list[dict]:
+    """``metrics.jsonl`` as at the checkpoint ``point``, and its records.
+
+    Intact (every line JSON but a last one a kill tore, and its records up to the checkpoint the checkpoint's own
+    copy of the history): trimmed to the checkpoint's step. Missing, damaged or not the checkpoint's: rebuilt from
+    the checkpoint's copy, with a :class:`~agents.run_folder.RunFolderWarning` (a damaged file is kept beside, as
+    ``metrics.jsonl.damaged-<n>``). ``ValueError`` when it would have to be rebuilt from a checkpoint of an older
+    version, which holds no copy (nothing is written then).
+    """
+    path = Path(output_dir) / METRICS_FILE
+    step, saved = point.state.samples_seen, point.history
+    records, problem = read_metrics_until(path, step)
+    if problem is None and saved is not None and records != saved:
+        problem = f"does not hold the {len(saved)} epochs the checkpoint {point.path.name} recorded"
+    if problem is None:
+        trim_jsonl(path, step)
+        return records
+    if saved is None:
+        raise ValueError(
+            f"refusing to resume: {path} {problem}, and the checkpoint {point.path.name} (saved by an older version) "
+            "holds no copy of the history to rebuild it from: put the file back to resume"
+        )
+    kept = set_aside_file(path, "damaged") if path.exists() else None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in saved))
+    os.replace(tmp, path)
+    beside = f"; the file found is kept as {kept.name}" if kept is not None else ""
+    message = f"{path} {problem}: rebuilt from the checkpoint {point.path.name} ({len(saved)} epochs){beside}"
+    warnings.warn(message, RunFolderWarning, stacklevel=3)
+    return saved
+
+
+def read_metrics_until(path: Path, step: int) -> tuple[list[dict], str | None]:
+    """The records of a ``metrics.jsonl`` up to ``global_step`` ``step``, and what is wrong with the file (None:
+    nothing; a torn last line is what a kill leaves, not a problem)."""
+    if not path.is_file():
+        return [], "is missing"
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue  # the line a kill tore
+            return records, f"is damaged (line {number} is not JSON)"
+        if not isinstance(record, dict) or not isinstance(record.get("global_step"), int):
+            return records, f"is damaged (line {number} is not an epoch's record)"
+        if record["global_step"] <= step:
+            records.append(record)
+    return records, None
+
+
+def set_aside_file(path: Path, label: str) -> Path:
+    """Rename ``path`` to ``<name>.<label>-<n>`` beside it (the first free ``n``); returns the new path."""
+    n = 1
+    while (target := path.with_name(f"{path.name}.{label}-{n}")).exists():
+        n += 1
+    os.replace(path, target)
+    return target
 
 
 def check_epochs(run_dir: str | Path, epochs: int, done: int) -> None:

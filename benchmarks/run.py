@@ -56,8 +56,14 @@ from agents.cli import (
 from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
 from agents.distributed import Distributed
 from agents.presets import apply_preset, preset_names
-from agents.run_folder import RUN_SETTINGS_FILE, default_output_dir, read_settings, results_table
-from agents.trainer import check_epochs, resume_point
+from agents.run_folder import (
+    RUN_SETTINGS_FILE,
+    default_output_dir,
+    new_run_folder_problem,
+    read_settings,
+    results_table,
+)
+from agents.trainer import check_epochs, check_resume_settings, resume_point
 from diffusion_gym.prompts import registered_prompt_sets
 from diffusion_gym.rewards import registered_rewards
 
@@ -281,12 +287,10 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
             config = config.with_agent_defaults(args.agent)
     except (ValueError, TypeError) as error:
         parser.error(f"invalid agent configuration: {error}")
-    existing = args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir())
-    if existing and args.compare is None:  # a comparison continues in its own folder
-        parser.error(
-            f"argument --output-dir: {args.output_dir} is not empty; pick a new folder "
-            "(or continue a run there with --resume)"
-        )
+    if args.output_dir is not None and args.compare is None:  # a comparison continues in its own folder
+        problem = new_run_folder_problem(args.output_dir)  # the rule Trainer.train applies too
+        if problem is not None:
+            parser.error(f"argument --output-dir: {problem}")
     model = args.model or DEFAULT_MODEL
     try:
         model_name(model)
@@ -350,6 +354,10 @@ def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, a
         parser.error(f"argument --resume: {error}: nothing to resume from")
     except ValueError as error:
         parser.error(f"argument {'--resume' if args.resume_from is None else '--resume-from'}: {error}")
+    try:
+        check_resume_settings(settings, point)  # run.json edited since the checkpoint was saved
+    except ValueError as error:
+        parser.error(f"argument --resume: {error}")
     epochs = args.epochs if "--epochs" in given else settings.epochs
     try:
         check_epochs(args.resume, epochs, point.state.epoch)
