@@ -25,7 +25,7 @@ from gymnasium.error import ResetNeeded
 from diffusion_gym.goals import GoalCodec
 from diffusion_gym.images import to_uint8
 from diffusion_gym.models import DiffusionModel, load_model
-from diffusion_gym.prompts import resolve_prompts
+from diffusion_gym.prompts import check_prompt_list, check_prompt_text, resolve_prompts
 from diffusion_gym.rewards import RewardFn, check_reward_prompt, make_reward, reward_can_score, validate_reward
 
 
@@ -119,10 +119,28 @@ def check_reset_options(options: object, known: dict[str, str], hint: str = "") 
 
 
 def check_prompt_option(where: str, prompt: object) -> str:
-    """A prompt given in the ``reset`` options (``where``: e.g. ``"options['prompt']"``) must be a ``str``."""
-    if not isinstance(prompt, str):
-        raise TypeError(f"{where} must be a str, got {type(prompt).__name__}: {prompt!r}")
-    return prompt
+    """A prompt given in the ``reset`` options (``where``: e.g. ``"options['prompt']"``) must be a ``str`` of Unicode
+    text (:func:`~diffusion_gym.prompts.check_prompt_text`)."""
+    return check_prompt_text(prompt, where)
+
+
+SEED_FORMS = "an int >= 0 or None"
+
+
+def check_seed(seed: object, where: str = "seed", forms: str = SEED_FORMS) -> int | None:
+    """``seed`` as an ``int`` (or ``None``) if it is an integer >= 0 (a numpy integer too, a bool not); else an error.
+
+    The single and the vector env check every seed here, so both refuse the same seeds with the same message:
+    ``TypeError`` for a non-integer (``True``, ``1.5``, ``"3"``), ``ValueError`` for a negative one. ``where`` names
+    the seed (``"seed"``, ``"seed[1]"``), ``forms`` says what the env's ``reset`` takes.
+    """
+    if seed is None:
+        return None
+    if not _is_int(seed):
+        raise TypeError(f"{where} must be {forms}; got {type(seed).__name__}: {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{where} must be {forms}; got {type(seed).__name__}: {seed!r}")
+    return int(seed)
 
 
 class TerminalOutcome(NamedTuple):
@@ -536,11 +554,13 @@ class DiffusionHandle:
     def prompt_pool(self) -> tuple[str, ...]:
         return tuple(self._mdp.prompt_pool)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """The frozen text encoder's hidden states ``(B, S, D)`` for goal prompts (each checked as ``reset`` does)."""
+    def encode_prompts(self, prompts: list[str] | tuple[str, ...]) -> torch.Tensor:
+        """The frozen text encoder's hidden states ``(B, S, D)`` for a list or tuple of ``B`` goal prompts (each checked
+        as ``reset`` does). A bare ``str`` is a ``TypeError``: one prompt goes in a list."""
+        prompts = check_prompt_list(prompts, "prompts")
         for prompt in prompts:
             self._mdp.check_prompt(prompt)
-        return self._mdp.encode_text(list(prompts))
+        return self._mdp.encode_text(prompts)
 
     @property
     def unconditional_embedding(self) -> torch.Tensor:
@@ -563,8 +583,8 @@ class DiffusionHandle:
     def score_images(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The terminal scores of images ``(B, 3, H, W)`` in [0, 1]: ``"reward"`` and the world's extra scores
         (``gold_score``, ``proxy_score``), each ``(B,)`` float32 on the CPU; an extra score is NaN for a prompt its
-        scorer cannot score (the reward refuses such a prompt)."""
-        prompts = list(prompts)
+        scorer cannot score (the reward refuses such a prompt). A bare ``str`` is a ``TypeError``."""
+        prompts = check_prompt_list(prompts, "prompts")
         scores = {key: fn(images, prompts).float().cpu() for key, fn in self._mdp.terminal_scorers().items()}
         outcome = self._mdp.terminal_outcome(images, scores, prompts)
         return {"reward": outcome.rewards, **outcome.scores}

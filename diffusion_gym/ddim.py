@@ -34,6 +34,7 @@ Conventions
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,25 @@ def check_scheduler_config(scheduler) -> None:
         )
 
 
+def check_eta(eta: object) -> float:
+    r"""``eta`` as a float if it is a real number in [0, 1]; else ``TypeError`` (not a number, or a bool) or
+    ``ValueError`` (NaN, below 0, above 1).
+
+    :math:`\sigma_t` grows with :math:`\eta`, and above 1 :math:`\sigma_t^2` can exceed :math:`1 - \bar\alpha_{t-1}`:
+    the "direction pointing to :math:`x_t`" then has no real coefficient (with a zero-terminal-SNR schedule, at every
+    step from :math:`t = T`). :math:`\eta = 1` is DDPM's variance; :math:`\eta = 0` is deterministic DDIM.
+    """
+    if not isinstance(eta, numbers.Real) or isinstance(eta, bool):
+        raise TypeError(f"eta must be a number in [0, 1] (DDIM's noise scale), got {type(eta).__name__}: {eta!r}")
+    if not 0 <= eta <= 1:  # NaN fails too
+        raise ValueError(
+            f"eta must be a number in [0, 1] (DDIM's noise scale: 1 is DDPM's variance, 0 deterministic DDIM), got "
+            f"{eta!r}; above 1 the step's noise variance exceeds 1 - alpha_bar_prev and DDIM's direction term has no "
+            "real coefficient"
+        )
+    return float(eta)
+
+
 def previous_timestep(scheduler, timestep: torch.Tensor | int) -> torch.Tensor:
     """``prev_t = t - num_train_timesteps // num_inference_steps``, as ``DDIMScheduler.step`` computes it."""
     step_ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
@@ -93,8 +113,7 @@ def ddim_step_coefficients(
     scheduler, timestep: torch.Tensor | int, eta: float, device: torch.device | None = None
 ) -> DDIMStepCoefficients:
     """The step's :math:`\\bar\\alpha_t`, :math:`\\bar\\alpha_{t-1}`, :math:`\\sigma_t`; ``t`` is 0-d or ``(B,)``."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    check_eta(eta)
     timestep = torch.as_tensor(timestep, dtype=torch.long).cpu()
     prev_t = previous_timestep(scheduler, timestep)
     alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ from diffusion_gym.core import (
     check_prompt_option,
     check_render_mode,
     check_reset_options,
+    check_seed,
 )
 from diffusion_gym.images import to_uint8_hwc
 
@@ -83,7 +85,9 @@ class DiffusionT2IEnv(gym.Env):
     :math:`x_T \sim \mathcal N(0, \sigma_{init}^2 I)` drawn from the env's seeded RNG; the goal prompt drawn
     uniformly from the prompt set, or given by ``reset(options={"prompt": ...})``. ``options`` is a dict (or
     ``None``) whose only key is ``"prompt"`` (a ``str``); any other key (e.g. the vector env's ``"prompts"``) or
-    type is an error, and the prompt is checked before anything is drawn.
+    type is an error, and the prompt is checked before anything is drawn. ``seed`` is an int >= 0 (a numpy integer
+    too) or ``None``; ``True``, ``1.5``, ``"3"`` (``TypeError``) and ``-1`` (``ValueError``) are refused with the
+    vector env's message (:func:`diffusion_gym.core.check_seed`).
 
     ## Episode End
 
@@ -140,10 +144,18 @@ class DiffusionT2IEnv(gym.Env):
     ``UnknownRewardError``/``UnknownModelError``; a model folder that does not exist, ``FileNotFoundError``.
     Models load once per process (``diffusion_gym.models.load_model``).
 
-    Checkers: ``gymnasium.utils.env_checker.check_env(env.unwrapped)`` and Stable-Baselines3's
-    ``stable_baselines3.common.env_checker.check_env(env.unwrapped)`` pass (with warnings about the latent's
-    scale and the unbounded prompt embedding). Pass ``env.unwrapped``: SB3's goal-env checks call
-    ``env.compute_reward``, which Gymnasium's ``OrderEnforcing`` wrapper (added by ``gym.make``) does not forward.
+    Every prompt (the prompt set, a reset option, ``diffusion.encode_prompts``, a goal) is a ``str`` of Unicode text:
+    one with a lone surrogate code point (``"\ud800"``, which UTF-8 cannot encode) is a ``ValueError`` naming the
+    prompt, and a bare ``str`` where a list of prompts is expected (``diffusion.encode_prompts("a cat")``) is a
+    ``TypeError``: one prompt goes in a list.
+
+    Checkers: ``gym.make`` returns the env itself (registered without Gymnasium's ``OrderEnforcing`` and
+    ``PassiveEnvChecker`` wrappers: the env raises ``ResetNeeded`` itself), so that
+    ``gymnasium.utils.env_checker.check_env(env)`` and Stable-Baselines3's
+    ``stable_baselines3.common.env_checker.check_env(env)`` pass on what ``gym.make`` returns (with warnings about
+    the latent's scale and the unbounded prompt embedding), and ``env.compute_reward`` is there. Gymnasium 1.x
+    wrappers do not forward attributes: behind a wrapper (your own, or ``gym.make(..., disable_env_checker=False)``)
+    call them on ``env.unwrapped``.
 
     ## Vectorized Environment
 
@@ -174,9 +186,14 @@ class DiffusionT2IEnv(gym.Env):
       ``reset`` changes nothing; every argument, reset option and seed is checked (no default replaces a bad
       value; ``model`` may be a path object); a closed vector env refuses ``step`` and ``reset``;
       ``compute_reward`` checks its goals; the model folder's own scheduler config is read (``clip_sample=True``
-      refused) and its tokenizer checked.
+      refused) and its tokenizer checked. Issue 30: ``gym.make`` adds no wrapper (the env enforces the call order
+      itself; SB3's ``check_env`` and ``env.compute_reward`` work on what it returns); both envs refuse the same
+      seeds (a bool, a float, a negative int); a prompt that is not Unicode text is a ``ValueError`` naming it; a bare
+      ``str`` is no list of prompts; DDIM's eta must be in [0, 1].
     * v0: Initial version (the Shapes world's first to third weights, epsilon-prediction on Stable Diffusion's
-      schedule).
+      schedule; from 2026-11-29 the fourth weights). Since issue 30, ``gym.make("DiffusionT2I-v0")`` (and
+      ``gym.make_vec``) makes the v1 env with a ``UserWarning`` that lists what differs from v0
+      (:data:`V0_WARNING`): v0's own weights are no longer shipped, so v0 cannot keep its behaviour.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -203,6 +220,7 @@ class DiffusionT2IEnv(gym.Env):
         self.action_space = self.mdp.single_action_space()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        seed = check_seed(seed)  # as the vector env checks it: True or 1.5 is no seed
         options = check_reset_options(options, {"prompt": "one goal prompt"}, hint=SINGLE_ENV_OPTIONS_HINT)
         prompt = options.get("prompt")
         if prompt is not None:  # checked before anything is drawn: a refused reset changes nothing
@@ -245,3 +263,29 @@ class DiffusionT2IEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {key: value[0].cpu().numpy().copy() for key, value in self.mdp.observation().items()}
+
+
+V0_WARNING = (
+    "DiffusionT2I-v0 makes the DiffusionT2I-v1 env (v0's own Shapes weights are no longer shipped); make "
+    "'DiffusionT2I-v1' to silence this warning. What differs from v0: (1) the default Shapes world has its fourth "
+    "weights (v-prediction, zero terminal SNR, 'trailing' DDIM steps): the first observation's timestep is 999, not "
+    "951, and no episode is v0's for the same seed; (2) the vector env returns numpy arrays by default (v0: torch "
+    "tensors on the device; pass array_backend='torch'); (3) the vector env's model, scheduler, timesteps, codec, "
+    "prompts, encode_prompts, unconditional_embedding and make_sibling are gone: use env.unwrapped.diffusion "
+    "(make_sibling is diffusion.new_vector_env) and info['prompt']; (4) arguments, seeds, reset options, prompts "
+    "and actions that v0 took or corrected are errors (docs/env.md, 'Registration and versions')."
+)
+
+
+def warn_v0() -> None:
+    """Warn that ``DiffusionT2I-v0`` makes the v1 env, and what differs (called by the v0 entry points)."""
+    warnings.warn(V0_WARNING, UserWarning, stacklevel=4)  # the caller of gym.make / gym.make_vec
+
+
+def make_v0_env(**kwargs: Any) -> DiffusionT2IEnv:
+    """The entry point of ``DiffusionT2I-v0``: :data:`V0_WARNING`, then the v1 env with these arguments."""
+    warn_v0()
+    return DiffusionT2IEnv(**kwargs)
+
+
+make_v0_env.metadata = DiffusionT2IEnv.metadata  # what gym.make reads of an entry point (render modes)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffusion_gym.prompts import check_prompt_list, check_prompt_text
+
 
 @dataclass(frozen=True)
 class GoalCodec:
@@ -40,9 +42,9 @@ class GoalCodec:
         return self.max_prompt_bytes + 1 + math.prod(self.latent_shape)
 
     def prompt_bytes(self, prompt: str) -> bytes:
-        """UTF-8 bytes of a goal prompt; refuses empty prompts, NUL characters and prompts that don't fit."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"a prompt must be a str, got {type(prompt).__name__}")
+        """UTF-8 bytes of a goal prompt; refuses non-text (:func:`~diffusion_gym.prompts.check_prompt_text`), empty
+        prompts, NUL characters and prompts that don't fit."""
+        check_prompt_text(prompt)
         if not prompt.strip():
             raise ValueError(
                 "empty prompt: a goal must say something to score the image against (the unconditional "
@@ -57,11 +59,12 @@ class GoalCodec:
             )
         return data
 
-    def encode(self, prompts: list[str], final_latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Goal vectors ``(B, size)`` float32 on the latents' device (CPU if none).
+    def encode(self, prompts: list[str] | tuple[str, ...], final_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Goal vectors ``(B, size)`` float32 on the latents' device (CPU if none) for a list or tuple of ``B`` prompts.
 
         ``final_latents`` ``(B, C, H, W)``, if given, marks the goals as achieved (flag 1) with that :math:`x_0`.
         """
+        prompts = check_prompt_list(prompts, "prompts")  # a bare str is refused, not iterated
         device = final_latents.device if final_latents is not None else torch.device("cpu")
         goals = torch.zeros(len(prompts), self.size, dtype=torch.float32)
         for row, prompt in enumerate(prompts):

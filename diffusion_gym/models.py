@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_gym.ddim import check_scheduler_config
+from diffusion_gym.ddim import check_eta, check_scheduler_config
+from diffusion_gym.prompts import check_prompt_list
 
 ASSETS = Path(__file__).parent / "assets"
 NAMED_MODELS: dict[str, Path] = {"shapes": ASSETS / "shapes" / "pipeline"}
@@ -61,6 +62,11 @@ class WorldInfo:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path} has unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+        if "eta" in data:
+            try:
+                check_eta(data["eta"])
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}: {error}") from None
         return cls(**data)
 
 
@@ -98,8 +104,9 @@ class DiffusionModel:
         return max(1, math.ceil(num_ids / (self.max_prompt_tokens - 2)))
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], num_chunks: int = 1) -> torch.Tensor:
-        """The frozen text encoder's last hidden states, ``(B, num_chunks * S, D)``.
+    def encode_prompts(self, prompts: list[str] | tuple[str, ...], num_chunks: int = 1) -> torch.Tensor:
+        """The frozen text encoder's last hidden states, ``(B, num_chunks * S, D)``, for a list or tuple of ``B``
+        prompts (a bare ``str`` is a ``TypeError``; ``""`` is allowed: the unconditional embedding).
 
         With ``num_chunks == 1`` this is Stable Diffusion's own encoding (``S = model_max_length`` tokens) and a
         prompt that needs more tokens is refused: truncating it would break the lossless goal. With
@@ -108,6 +115,7 @@ class DiffusionModel:
         A1111 web UI); windows past the end of a prompt are empty (BOS, EOS, padding). The UNet's cross-attention
         takes any sequence length.
         """
+        prompts = check_prompt_list(prompts, "prompts")  # a bare str is refused, not iterated
         window = self.max_prompt_tokens - 2
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from diffusion_gym.ddim import ddim_step_coefficients, ddim_step_log_prob, ddim_step_mean
+from diffusion_gym.ddim import check_eta, ddim_step_coefficients, ddim_step_log_prob, ddim_step_mean
 
 
 def guided_noise_prediction(
@@ -91,7 +91,7 @@ class PretrainedPolicy:
         self.diffusion = vector_env.unwrapped.diffusion  # the env's public interface for policies
         world = self.diffusion.world
         self.guidance_scale = world.guidance_scale if guidance_scale is None else guidance_scale
-        self.eta = world.eta if eta is None else eta
+        self.eta = check_eta(world.eta if eta is None else eta)
         self.generator = torch.Generator().manual_seed(seed)
         self.negative_embeddings = self.diffusion.unconditional_embedding  # (1, S, D)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -24,8 +23,9 @@ from diffusion_gym.core import (
     check_prompt_option,
     check_render_mode,
     check_reset_options,
+    check_seed,
 )
-from diffusion_gym.env import DiffusionT2IEnv
+from diffusion_gym.env import DiffusionT2IEnv, warn_v0
 from diffusion_gym.rewards.async_scoring import AsyncRewardScorer
 
 ARRAY_BACKENDS = ("numpy", "torch")
@@ -194,24 +194,18 @@ class DiffusionT2IVectorEnv(VectorEnv):
         return chosen
 
     def _seeds(self, seed: object) -> list[int | None] | None:
-        """One seed per sub-env from ``reset``'s ``seed`` (``None``: keep the RNGs, if there are any)."""
-        if seed is None:
-            return [None] * self.num_envs if self._rngs is None else None
+        """One seed per sub-env from ``reset``'s ``seed`` (``None``: keep the RNGs, if there are any).
+
+        Each seed is checked by :func:`~diffusion_gym.core.check_seed`, as the single env checks its seed."""
+        forms = f"an int >= 0, a list or tuple of {self.num_envs} such ints (or None), or None"
         if isinstance(seed, (list, tuple)):
             if len(seed) != self.num_envs:
                 raise ValueError(f"expected {self.num_envs} seeds (one per sub-env), got {len(seed)}: {seed!r}")
-            seeds = list(seed)
-        elif _is_seed(seed):
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = [seed]
-        for item in seeds:
-            if item is not None and not _is_seed(item):
-                raise TypeError(
-                    f"seed must be an int >= 0, a list or tuple of {self.num_envs} such ints (or None), or None; "
-                    f"got {seed!r}"
-                )
-        return seeds
+            return [check_seed(item, f"seed[{index}]", forms) for index, item in enumerate(seed)]
+        seed = check_seed(seed, "seed", forms)
+        if seed is None:
+            return [None] * self.num_envs if self._rngs is None else None
+        return [seed + i for i in range(self.num_envs)]
 
     def step(self, actions) -> StepResult:
         """One step of every sub-env; the same as ``step_async(actions)`` then ``step_wait()``, all on this thread."""
@@ -334,8 +328,10 @@ class DiffusionT2IVectorEnv(VectorEnv):
         return self.mdp.render()
 
 
-def _is_seed(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+def make_v0_vector_env(num_envs: int, **kwargs: Any) -> DiffusionT2IVectorEnv:
+    """The vector entry point of ``DiffusionT2I-v0``: its warning, then the v1 vector env with these arguments."""
+    warn_v0()
+    return DiffusionT2IVectorEnv(num_envs, **kwargs)
 
 
 DiffusionT2IVectorEnv.__doc__ += "\n\nThe MDP, spaces and arguments:\n" + (DiffusionT2IEnv.__doc__ or "")

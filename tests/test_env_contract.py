@@ -109,7 +109,8 @@ def test_gymnasium_check_env(tiny_pipeline: str) -> None:
 
 
 def test_passive_checker_through_make(tiny_pipeline: str) -> None:
-    env = make_env(tiny_pipeline, render_mode="rgb_array")
+    env = make_env(tiny_pipeline, render_mode="rgb_array", disable_env_checker=False)  # gym.make adds none by default
+    assert isinstance(env, gym.wrappers.PassiveEnvChecker)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         env.reset(seed=0)
@@ -385,10 +386,11 @@ def test_bad_reward_weights(tiny_pipeline: str, weight: str) -> None:
         make_env(tiny_pipeline, reward=f"jpeg-compressibility:{weight}")
 
 
-def test_v0_is_deprecated_in_favour_of_v1(tiny_pipeline: str) -> None:
-    assert diffusion_gym.ENV_ID == "DiffusionT2I-v1"
-    with pytest.raises(gym.error.DeprecatedEnv, match="DiffusionT2I-v1"):
-        gym.make("DiffusionT2I-v0", model=tiny_pipeline)
+def test_v1_is_the_current_id_and_v0_makes_it_with_a_warning(tiny_pipeline: str) -> None:
+    assert diffusion_gym.ENV_ID == "DiffusionT2I-v1"  # more in tests/test_env_hardening_round3.py
+    with pytest.warns(UserWarning, match="DiffusionT2I-v0 makes the DiffusionT2I-v1 env"):
+        env = gym.make("DiffusionT2I-v0", model=tiny_pipeline, reward="jpeg-compressibility", prompts=PROMPTS)
+    assert type(env.unwrapped) is DiffusionT2IEnv
 
 
 def test_the_public_handle_is_the_same_interface_on_the_single_and_the_vector_env(tiny_pipeline: str) -> None:
