@@ -164,7 +164,7 @@ class AgentConfig:
     batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
     batches_per_epoch: int = 2
     guidance_scale: float | None = None  # None -> the world's (env.unwrapped.diffusion.world.guidance_scale)
-    eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
+    eta: float = 1.0  # DDIM eta in (0, 1]; > 0 makes every step a Gaussian policy
     lora_rank: int = 8  # 0 -> full fine-tune
     learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
     lr_decay_epochs: int | None = None  # None: constant; E: cosine decay to lr_final_fraction x lr over E epochs
@@ -237,7 +237,7 @@ AGENT_CONFIG_BOUNDS: dict[str, Bound] = {
     "batch_size": AT_LEAST_ONE,
     "batches_per_epoch": AT_LEAST_ONE,
     "guidance_scale": NON_NEGATIVE,
-    "eta": Bound(0, low_open=True, note="eta = 0 is deterministic"),
+    "eta": Bound(0, 1, low_open=True, note="eta = 0 is deterministic; DDIM's eta is at most 1"),
     "lora_rank": Bound(0, note="0 = full fine-tune"),
     "learning_rate": POSITIVE,
     "lr_decay_epochs": AT_LEAST_ONE,
@@ -277,7 +277,7 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "batch_size": "trajectories per sampling batch; also the number of parallel envs",
     "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
     "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
-    "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
+    "eta": "DDIM eta in (0, 1]; > 0 makes every denoising step a Gaussian action with an exact log-prob",
     "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
     "learning_rate": (
         "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "

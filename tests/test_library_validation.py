@@ -56,6 +56,7 @@ def trainer(env, output_dir, **options) -> Trainer:
         ({"loop_k": 1}, ValueError, "loop_k must be >= 2 (the leave-one-out baseline needs others), got 1"),
         ({"herd_base": "herd"}, ValueError, "herd_base must be one of ('reinforce', 'ddpo', 'dpok', 'loop', 'rwr')"),
         ({"attention": "flash"}, ValueError, "attention must be one of ('sdpa', 'classic'), got 'flash'"),
+        ({"eta": 5.0}, ValueError, "eta must be in (0, 1] (eta = 0 is deterministic; DDIM's eta is at most 1)"),
     ],
 )
 def test_agent_config_refuses_a_wrong_type_or_range_on_construction(overrides, error, message):
@@ -268,6 +269,7 @@ def cli_flags(tiny_pipeline: str, output_dir: Path) -> list[str]:
         (["--eval-every", "0"], "argument --eval-every: expected a positive integer, got '0'"),
         (["--loop-k", "1"], "argument --loop-k: expected an integer >= 2 (the leave-one-out baseline needs others)"),
         (["--train-timestep-fraction", "1.5"], "--train-timestep-fraction: expected a finite number in (0, 1]"),
+        (["--eta", "5"], "argument --eta: expected a finite number in (0, 1] (eta = 0 is deterministic"),
     ],
 )
 def test_the_command_line_turns_library_errors_into_argparse_errors(tiny_pipeline, tmp_path, capsys, argv, message):
