@@ -122,7 +122,7 @@ def device_name(text: str) -> str:
 def folder_path(text: str) -> Path:
     """A folder to write into (:func:`agents.run_folder.check_output_dir`): not empty, not a file nor inside one."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("the folder is empty")
+        raise argparse.ArgumentTypeError("an empty path (it would write into the current directory): give a folder")
     try:
         check_output_dir(text)
     except ValueError as error:
