@@ -7,70 +7,66 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from agents.comparison import resolve_variants
-from agents.config import AGENT_CONFIG_HELP, ATTENTION_PROCESSORS, AgentConfig
+from agents.config import (
+    AGENT_CONFIG_BOUNDS,
+    AGENT_CONFIG_CHOICES,
+    AGENT_CONFIG_HELP,
+    AgentConfig,
+    Bound,
+    check_value,
+    field_types,
+)
 from agents.registry import AGENT_NAMES
-from agents.run_folder import RUN_SETTINGS_FILE
+from agents.run_folder import RUN_SETTINGS_BOUNDS, RUN_SETTINGS_FILE, check_output_dir
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.rewards import UnknownRewardError, validate_reward
 
-POSITIVE_FIELDS = {
-    "batch_size",
-    "batches_per_epoch",
-    "inner_epochs",
-    "loop_k",
-    "herd_buffer_batches",
-    "learning_rate",
-    "value_learning_rate",
-    "rwr_temperature",
-    "max_grad_norm",
-    "clip_range",
-    "adv_clip_max",
-    "train_timestep_fraction",
-    "train_batch_size",
-    "dual_clip",
-    "stat_buffer_size",
-    "stat_min_count",
-    "herd_history_batches",
-    "lr_decay_epochs",
-}
-FIELD_CHOICES: dict[str, list[str]] = {
-    "herd_base": [name for name in AGENT_NAMES if name != "herd"],
-    "attention": list(ATTENTION_PROCESSORS),
-}
-
 
 # ----------------------------------------------------------------------------------------------- parsing values
-def positive_int(text: str) -> int:
-    return _checked(int, text, lambda value: value >= 1, "a positive integer")
+def number_type(kind: type, bound: Bound | None = None, name: str = "value") -> Callable[[str], int | float]:
+    """An argparse type: text -> ``kind`` (int or float) checked as the library checks field ``name``
+    (:func:`agents.config.check_value` with ``bound``); ``ArgumentTypeError`` saying what is expected."""
+    expected = expected_number(kind, bound)
+
+    def parse(text: str) -> int | float:
+        try:
+            return check_value(name, kind(text), (kind,), bound=bound)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    return _checked(int, text, lambda value: value >= 0, "an integer >= 0")
+def expected_number(kind: type, bound: Bound | None) -> str:
+    """``a positive integer``, ``an integer >= 0``, ``a finite number in (0, 1]``, ..."""
+    if kind is int and bound == Bound(1):
+        return "a positive integer"
+    noun = "an integer" if kind is int else "a finite number"
+    if bound is None:
+        return noun
+    return f"{noun} {bound.text()}" + (f" ({bound.note})" if bound.note else "")
 
 
-def positive_float(text: str) -> float:
-    return _checked(float, text, lambda value: value > 0 and value < float("inf"), "a finite number > 0")
+def setting_type(cls: type, name: str) -> Callable[[str], object]:
+    """The argparse type of the numeric field ``name`` of :class:`AgentConfig` or ``RunSettings``, from its
+    declaration (type and :class:`~agents.config.Bound`), wrapped in :func:`optional` if it may be None."""
+    bounds = AGENT_CONFIG_BOUNDS if cls is AgentConfig else RUN_SETTINGS_BOUNDS
+    (kind, *_), is_optional = field_types(cls)[name]
+    parse = number_type(kind, bounds.get(name), name)
+    return optional(parse) if is_optional else parse
 
 
-def non_negative_float(text: str) -> float:
-    return _checked(float, text, lambda value: 0 <= value < float("inf"), "a finite number >= 0")
-
-
-def _checked(kind: type, text: str, ok, expected: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+positive_int = number_type(int, Bound(1))
+non_negative_int = number_type(int, Bound(0))
+positive_float = number_type(float, Bound(0, low_open=True))
+non_negative_float = number_type(float, Bound(0))
 
 
 def optional(parse):
@@ -124,15 +120,14 @@ def device_name(text: str) -> str:
 
 
 def folder_path(text: str) -> Path:
-    """A folder to write into: it, or its nearest existing parent, must be a folder (not a file)."""
-    path = Path(text)
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                what = "is" if existing == path else f"is inside {existing}, which is"
-                raise argparse.ArgumentTypeError(f"{text} {what} a file, not a folder")
-            break
-    return path
+    """A folder to write into (:func:`agents.run_folder.check_output_dir`): not empty, not a file nor inside one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (it would write into the current directory): give a folder")
+    try:
+        check_output_dir(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return Path(text)
 
 
 def run_folder(text: str) -> Path:
@@ -164,20 +159,17 @@ def variant_list(text: str) -> str:
 
 def agent_config_fields() -> list[tuple[dataclasses.Field, type, bool]]:
     """``(field, value type, optional)`` for each AgentConfig field."""
-    hints = typing.get_type_hints(AgentConfig)
-    described = []
-    for field in dataclasses.fields(AgentConfig):
-        kind = hints[field.name]
-        arguments = typing.get_args(kind)
-        is_optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in arguments
-        if is_optional:
-            kind = next(argument for argument in arguments if argument is not type(None))
-        described.append((field, kind, is_optional))
-    return described
+    described = field_types(AgentConfig)
+    return [(field, *_first(described[field.name])) for field in dataclasses.fields(AgentConfig)]
+
+
+def _first(kinds_optional: tuple[tuple[type, ...], bool]) -> tuple[type, bool]:
+    return kinds_optional[0][0], kinds_optional[1]
 
 
 def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per AgentConfig field: --batch-size, --lora-rank, --herd-keep-history/--no-herd-keep-history, ..."""
+    """One flag per AgentConfig field: --batch-size, --lora-rank, --herd-keep-history/--no-herd-keep-history, ...;
+    values are checked as :meth:`AgentConfig.validate` checks them (the same bounds and choices)."""
     for field, kind, is_optional in agent_config_fields():
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         description = AGENT_CONFIG_HELP.get(field.name, f"AgentConfig.{field.name}")
@@ -192,24 +184,23 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
                 help=f"{description} (default: {state})",
             )
             continue
-        if kind is int:
-            parse = positive_int if field.name in POSITIVE_FIELDS else non_negative_int
-        elif kind is float:
-            parse = positive_float if field.name in POSITIVE_FIELDS else non_negative_float
+        if kind in (int, float):
+            parse = setting_type(AgentConfig, field.name)
         else:
-            parse = prompt_text if kind is str else kind
+            parse = optional(prompt_text) if is_optional else prompt_text
+        choices = AGENT_CONFIG_CHOICES.get(field.name)
         group.add_argument(
             flag,
             dest=field.name,
-            type=optional(parse) if is_optional else parse,
-            choices=FIELD_CHOICES.get(field.name),
+            type=parse,
+            choices=list(choices) if choices is not None else None,
             default=default,
             help=description + " (default: %(default)s)",
         )
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """The :class:`AgentConfig` of parsed :func:`add_agent_config_flags` flags (not validated)."""
+    """The :class:`AgentConfig` of parsed :func:`add_agent_config_flags` flags (validated on construction)."""
     return AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
 
 
@@ -218,10 +209,12 @@ __all__ = [
     "agent_config_fields",
     "config_from_args",
     "device_name",
+    "expected_number",
     "folder_path",
     "model_name",
     "non_negative_float",
     "non_negative_int",
+    "number_type",
     "optional",
     "positive_float",
     "positive_int",
@@ -229,5 +222,6 @@ __all__ = [
     "reward_name",
     "run_folder",
     "seed_list",
+    "setting_type",
     "variant_list",
 ]

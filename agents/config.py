@@ -1,13 +1,141 @@
-"""The agents' one flat configuration (:class:`AgentConfig`) and the per-agent defaults resolved into it."""
+"""The agents' one flat configuration (:class:`AgentConfig`) and the per-agent defaults resolved into it; and the
+field checks every configuration dataclass runs on construction (:class:`Bound`, :func:`check_fields`), which the
+command line's flags reuse (:mod:`agents.cli`), so that Python and the CLI refuse the same values with the same
+words."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 # the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
 ATTENTION_PROCESSORS = ("sdpa", "classic")
+# the agents that HERD can wrap (agents.registry.AGENT_NAMES is these and "herd")
+BASE_AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr")
+# the largest seed: torch.manual_seed takes up to 2**64 - 1 and numpy any int >= 0; 2**63 - 1 also fits every int64
+# reader of run.json and results.json
+MAX_SEED = 2**63 - 1
+
+
+# ============================================================================================== field checks
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric field may take: ``low`` and ``high`` (None: unbounded), inclusive unless ``*_open``;
+    ``note`` says why, in the error."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """The range in words: ``>= 1``, ``> 0``, ``in (0, 1]``."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low}, {self.high}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return "any number"
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
+    """Per field of the dataclass ``cls``: the types its annotation allows (besides None) and whether None is one."""
+    described = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        arguments = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        described[name] = (tuple(a for a in arguments if a is not type(None)), type(None) in arguments)
+    return described
+
+
+def type_text(kinds: tuple[Any, ...], optional: bool) -> str:
+    """``an int``, ``a number``, ``a str or a list of str``, ... (``or None`` if optional)."""
+    names = {int: "an int", float: "a number (int or float)", bool: "a bool", str: "a str", Path: "a path"}
+    words = [names.get(kind) or ("a list of str" if kind == list[str] else _article(kind.__name__)) for kind in kinds]
+    return " or ".join(words + (["None"] if optional else []))
+
+
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def check_value(
+    name: str,
+    value: Any,
+    kinds: tuple[Any, ...],
+    optional: bool = False,
+    bound: Bound | None = None,
+    choices: Sequence[str] | None = None,
+) -> Any:
+    """``value`` of field ``name`` checked against its annotation's types, ``bound`` and ``choices``; returned in
+    its plain form (a numpy integer as ``int``, a numpy float as ``float``, a path as :class:`~pathlib.Path`, a
+    tuple of str as a list). ``TypeError`` for a wrong type (a bool is not an int; an int is a number), ``ValueError``
+    for a value out of range (NaN and inf included) or not among ``choices``; both name the field."""
+    if value is None and optional:
+        return None
+    plain = _plain(value, kinds)
+    if plain is _WRONG:
+        raise TypeError(f"{name} must be {type_text(kinds, optional)}, got {type(value).__name__} {value!r}")
+    if isinstance(plain, float) and not math.isfinite(plain):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if bound is not None and isinstance(plain, (int, float)) and not bound.contains(plain):
+        note = f" ({bound.note})" if bound.note else ""
+        raise ValueError(f"{name} must be {bound.text()}{' or None' if optional else ''}{note}, got {value!r}")
+    if choices is not None and plain not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return plain
+
+
+_WRONG = object()
+
+
+def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
+    """``value`` as the first of ``kinds`` it is (see :func:`check_value`), else ``_WRONG``."""
+    for kind in kinds:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value if type(value) in (int, float) else float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if kind is Path and isinstance(value, (str, os.PathLike)):
+            return Path(value)
+        if kind == list[str] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if isinstance(kind, type) and kind not in (bool, int, float, str, Path) and isinstance(value, kind):
+            return value
+    return _WRONG
+
+
+def check_fields(instance: Any, bounds: Mapping[str, Bound], choices: Mapping[str, Sequence[str]]) -> None:
+    """Check every field of the dataclass ``instance`` (:func:`check_value`), in declaration order, and store the
+    plain forms; ``TypeError`` or ``ValueError`` naming the first bad field."""
+    described = field_types(type(instance))
+    for field in dataclasses.fields(instance):
+        kinds, optional = described[field.name]
+        value = getattr(instance, field.name)
+        plain = check_value(field.name, value, kinds, optional, bounds.get(field.name), choices.get(field.name))
+        if plain is not value:
+            object.__setattr__(instance, field.name, plain)
 
 
 @dataclass
@@ -36,7 +164,7 @@ class AgentConfig:
     batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
     batches_per_epoch: int = 2
     guidance_scale: float | None = None  # None -> the world's (env.unwrapped.diffusion.world.guidance_scale)
-    eta: float = 1.0  # DDIM eta; > 0 makes every step a Gaussian policy
+    eta: float = 1.0  # DDIM eta in (0, 1]; > 0 makes every step a Gaussian policy
     lora_rank: int = 8  # 0 -> full fine-tune
     learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
     lr_decay_epochs: int | None = None  # None: constant; E: cosine decay to lr_final_fraction x lr over E epochs
@@ -72,58 +200,23 @@ class AgentConfig:
     autocast_bf16: bool = False  # every UNet forward under torch.autocast(bfloat16) (a float32 model only)
     compile_unet: bool = False  # torch.compile the UNet the policy calls (compiled on first use of each shape)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        checks: list[tuple[bool, str]] = [
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.batches_per_epoch >= 1, f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}"),
-            (self.guidance_scale is None or self.guidance_scale >= 0, "guidance_scale must be >= 0 or None"),
-            (math.isfinite(self.eta) and self.eta > 0, f"eta must be > 0 (eta = 0 is deterministic), got {self.eta}"),
-            (self.lora_rank >= 0, f"lora_rank must be >= 0 (0 = full fine-tune), got {self.lora_rank}"),
-            (
-                self.learning_rate is None or self.learning_rate > 0,
-                f"learning_rate must be > 0 or None, got {self.learning_rate}",
-            ),
-            (
-                self.lr_decay_epochs is None or self.lr_decay_epochs >= 1,
-                f"lr_decay_epochs must be >= 1 or None, got {self.lr_decay_epochs}",
-            ),
-            (
-                0 <= self.lr_final_fraction <= 1,
-                f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}",
-            ),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
-            (
-                self.train_batch_size is None or self.train_batch_size >= 1,
-                f"train_batch_size must be >= 1 or None, got {self.train_batch_size}",
-            ),
-            (
-                0 < self.train_timestep_fraction <= 1,
-                f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}",
-            ),
-            (self.train_timestep_min >= 0, f"train_timestep_min must be >= 0, got {self.train_timestep_min}"),
-            (self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}"),
-            (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
-            (self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1 or None, got {self.dual_clip}"),
-            (self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}"),
-            (self.stat_buffer_size >= 1, f"stat_buffer_size must be >= 1, got {self.stat_buffer_size}"),
-            (self.stat_min_count >= 1, f"stat_min_count must be >= 1, got {self.stat_min_count}"),
-            (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
-            (self.reward_alpha >= 0, f"reward_alpha must be >= 0, got {self.reward_alpha}"),
-            (self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}"),
-            (self.rwr_temperature > 0, f"rwr_temperature must be > 0, got {self.rwr_temperature}"),
-            (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
-            (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
-            (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),
-            (
-                self.attention in ATTENTION_PROCESSORS,
-                f"attention must be one of {ATTENTION_PROCESSORS}, got {self.attention!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """``TypeError`` (wrong type) or ``ValueError`` (out of range) naming the first bad field; numpy scalars
+        become ``int``/``float``. Runs on construction (and ``dataclasses.replace``); call it again after assigning
+        a field."""
+        check_fields(self, AGENT_CONFIG_BOUNDS, AGENT_CONFIG_CHOICES)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> AgentConfig:
+        """An AgentConfig of a mapping of its fields (missing ones keep their defaults); ``ValueError`` naming
+        unknown keys."""
+        unknown = sorted(str(key) for key in set(values) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown AgentConfig field(s) {unknown} (see agents.AgentConfig for its fields)")
+        return cls(**values)
 
     def with_agent_defaults(self, agent: str) -> AgentConfig:
         """This config with agent ``agent``'s defaults in place of ``None``: today only ``learning_rate``
@@ -132,6 +225,43 @@ class AgentConfig:
             return self
         learner = self.herd_base if agent == "herd" else agent
         return dataclasses.replace(self, learning_rate=AGENT_LEARNING_RATES.get(learner, DEFAULT_LEARNING_RATE))
+
+
+POSITIVE = Bound(0, low_open=True)
+AT_LEAST_ONE = Bound(1)
+NON_NEGATIVE = Bound(0)
+# The range of every numeric AgentConfig field (fields not listed: any value of their type); checked by
+# AgentConfig.validate, and by the CLI's flags (agents.cli) with the same words.
+AGENT_CONFIG_BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, MAX_SEED, note="what numpy and torch take as a seed"),
+    "batch_size": AT_LEAST_ONE,
+    "batches_per_epoch": AT_LEAST_ONE,
+    "guidance_scale": NON_NEGATIVE,
+    "eta": Bound(0, 1, low_open=True, note="eta = 0 is deterministic; DDIM's eta is at most 1"),
+    "lora_rank": Bound(0, note="0 = full fine-tune"),
+    "learning_rate": POSITIVE,
+    "lr_decay_epochs": AT_LEAST_ONE,
+    "lr_final_fraction": Bound(0, 1),
+    "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": POSITIVE,
+    "train_batch_size": AT_LEAST_ONE,
+    "train_timestep_fraction": Bound(0, 1, low_open=True),
+    "train_timestep_min": NON_NEGATIVE,
+    "inner_epochs": AT_LEAST_ONE,
+    "clip_range": POSITIVE,
+    "dual_clip": Bound(1, low_open=True),
+    "adv_clip_max": POSITIVE,
+    "stat_buffer_size": AT_LEAST_ONE,
+    "stat_min_count": AT_LEAST_ONE,
+    "kl_beta": NON_NEGATIVE,
+    "reward_alpha": NON_NEGATIVE,
+    "value_learning_rate": POSITIVE,
+    "loop_k": Bound(2, note="the leave-one-out baseline needs others"),
+    "rwr_temperature": POSITIVE,
+    "herd_buffer_batches": AT_LEAST_ONE,
+    "herd_history_batches": AT_LEAST_ONE,
+}
+AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"herd_base": BASE_AGENT_NAMES, "attention": ATTENTION_PROCESSORS}
 
 
 # The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
@@ -147,7 +277,7 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "batch_size": "trajectories per sampling batch; also the number of parallel envs",
     "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
     "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
-    "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
+    "eta": "DDIM eta in (0, 1]; > 0 makes every denoising step a Gaussian action with an exact log-prob",
     "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
     "learning_rate": (
         "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
@@ -216,4 +346,17 @@ AGENT_CONFIG_HELP: dict[str, str] = {
 }
 
 
-__all__ = ["AGENT_CONFIG_HELP", "AGENT_LEARNING_RATES", "ATTENTION_PROCESSORS", "DEFAULT_LEARNING_RATE", "AgentConfig"]
+__all__ = [
+    "AGENT_CONFIG_BOUNDS",
+    "AGENT_CONFIG_CHOICES",
+    "AGENT_CONFIG_HELP",
+    "AGENT_LEARNING_RATES",
+    "ATTENTION_PROCESSORS",
+    "BASE_AGENT_NAMES",
+    "DEFAULT_LEARNING_RATE",
+    "MAX_SEED",
+    "AgentConfig",
+    "Bound",
+    "check_fields",
+    "check_value",
+]

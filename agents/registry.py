@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from agents.base import Agent
-from agents.config import AgentConfig
+from agents.config import BASE_AGENT_NAMES, AgentConfig
 from agents.herd import HindsightRelabeler
 
-AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
 HERD = "herd"  # not a class: the relabeler composed with the agent config.herd_base
+AGENT_NAMES = (*BASE_AGENT_NAMES, HERD)
 
 
 def agent_class(name: str) -> type[Agent]:
@@ -40,8 +40,9 @@ def make_agent(name: str, env, config: AgentConfig) -> Agent:
 
     ``"herd"`` is the agent ``config.herd_base`` composed with HERD's :class:`~agents.herd.HindsightRelabeler`.
     """
-    if config.herd_base not in AGENT_NAMES or config.herd_base == HERD:
-        raise ValueError(f"herd_base must be one of {AGENT_NAMES[:-1]}, got {config.herd_base!r}")
+    if not isinstance(config, AgentConfig):
+        raise TypeError(f"config must be an agents.AgentConfig, got {type(config).__name__}")
+    config.validate()  # again: a field may have been assigned since construction (herd_base among them)
     if name == HERD:
         return agent_class(config.herd_base)(env, config, relabeler=HindsightRelabeler(config))
     return agent_class(name)(env, config)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import tempfile
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field
@@ -28,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agents.config import AgentConfig
+from agents.config import AgentConfig, Bound, check_fields
 from agents.envs import EnvSettings
 from agents.evaluation import Scores
 from agents.run_lock import LOCK_FILE
@@ -38,6 +40,7 @@ RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
 REWARD_CURVE_FILE = "reward_curve.png"
 BEFORE_AFTER_FILE = "before_after.png"
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # of the frozen model (diffusion_gym.models.DTYPES)
 
 
 @dataclass
@@ -77,6 +80,19 @@ class RunSettings:
     resume_from: str | None = None  # with resume: continue from this checkpoint folder of the run instead
     command: str = ""  # the command line that reproduces the run (recorded in results.json)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """``TypeError`` or ``ValueError`` naming the first bad setting (its config's included): types, ranges,
+        ``dtype``, and an ``output_dir`` that is empty or is (or is inside) a file. Runs on construction (and
+        ``dataclasses.replace``); :meth:`agents.trainer.Trainer.train` runs it again before writing anything."""
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():
+            raise ValueError("output_dir is empty: give the run folder (an empty path would write into the cwd)")
+        check_fields(self, RUN_SETTINGS_BOUNDS, {"dtype": DTYPE_NAMES})
+        self.config.validate()
+        check_output_dir(self.output_dir)
+
     @property
     def name(self) -> str:
         return self.label or self.agent
@@ -94,13 +110,38 @@ class RunSettings:
 
     def eval_every_epochs(self) -> int:
         """Epochs between held-out evaluations: ``eval_every``, else about four per run."""
-        return self.eval_every or max(1, self.epochs // 4)
+        return self.eval_every if self.eval_every is not None else max(1, self.epochs // 4)
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether a checkpoint is saved after ``epoch``: every ``checkpoint_every`` (default: eval) epochs, and
         after the last."""
-        every = self.checkpoint_every or self.eval_every_epochs()
+        every = self.checkpoint_every if self.checkpoint_every is not None else self.eval_every_epochs()
         return epoch % every == 0 or epoch == self.epochs
+
+
+# The range of every numeric RunSettings field (RunSettings.validate; the CLI's flags, benchmarks/run.py).
+RUN_SETTINGS_BOUNDS: dict[str, Bound] = {
+    "epochs": Bound(1),
+    "num_inference_steps": Bound(1),
+    "eval_every": Bound(1),
+    "eval_samples": Bound(1),
+    "latent_bound": Bound(0, low_open=True),
+    "max_prompt_chunks": Bound(1),
+    "threads": Bound(1),
+    "checkpoint_every": Bound(1),
+    "keep_checkpoints": Bound(1),
+}
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """``ValueError`` unless ``path`` can be a run folder: it, or its nearest existing parent, is a folder."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is" if existing == path else f"is inside {existing}, which is"
+                raise ValueError(f"output_dir {path} {where} a file, not a folder")
+            return
 
 
 def default_output_dir(name: str) -> Path:
@@ -132,9 +173,25 @@ def new_run_folder_problem(output_dir: str | Path) -> str | None:
 
 
 def write_settings(settings: RunSettings, output_dir: Path) -> None:
+    """``run.json``, validated first and replaced atomically (a crash leaves the old file or the new one)."""
+    settings.validate()
     data = asdict(settings)
     data["output_dir"] = str(settings.output_dir)
-    (Path(output_dir) / RUN_SETTINGS_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    write_atomically(Path(output_dir) / RUN_SETTINGS_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_settings(output_dir: str | Path) -> RunSettings:
@@ -155,9 +212,15 @@ def read_settings(output_dir: str | Path) -> RunSettings:
     data["output_dir"] = str(output_dir)  # the folder it is in now; checked as recorded otherwise
     _check_fields(RunSettings, data, path, "")
     _check_fields(AgentConfig, data["config"], path, "config.")
-    data["config"] = AgentConfig(**data["config"])
+    try:
+        data["config"] = AgentConfig(**data["config"])
+    except (TypeError, ValueError) as error:  # a value out of range (its type is checked above)
+        raise ValueError(f"corrupt {path}: config.{error}") from error
     data["output_dir"] = Path(output_dir)
-    return RunSettings(**data)
+    try:
+        return RunSettings(**data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"corrupt {path}: {error}") from error
 
 
 def _check_fields(cls: type, data: Any, path: Path, prefix: str) -> None:
@@ -332,14 +395,17 @@ def results_table(result: RunResult) -> str:
 
 __all__ = [
     "BEFORE_AFTER_FILE",
+    "DTYPE_NAMES",
     "Generalisation",
     "METRICS_FILE",
     "RESULTS_FILE",
     "REWARD_CURVE_FILE",
+    "RUN_SETTINGS_BOUNDS",
     "RUN_SETTINGS_FILE",
     "RunFolderWarning",
     "RunResult",
     "RunSettings",
+    "check_output_dir",
     "default_output_dir",
     "json_safe",
     "new_run_folder_problem",
@@ -348,5 +414,6 @@ __all__ = [
     "read_settings",
     "results_table",
     "write_results",
+    "write_atomically",
     "write_settings",
 ]

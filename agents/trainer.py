@@ -33,7 +33,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +63,7 @@ from agents.distributed import Distributed, current
 from agents.envs import EnvSettings
 from agents.evaluation import Evaluation, Scores, eval_prompt_set, evaluate, evaluate_base_model, grid_rows, spread
 from agents.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
-from agents.registry import agent_spec, make_agent
+from agents.registry import AGENT_NAMES, agent_spec, make_agent
 from agents.run_folder import (
     BEFORE_AFTER_FILE,
     METRICS_FILE,
@@ -173,7 +173,8 @@ class Trainer:
 
     ``env``: the vector env (``gym.make_vec("DiffusionT2I-v1", ..., vectorization_mode="vector_entry_point")``,
     possibly wrapped); its arguments are recorded in ``run.json`` (read from ``env.unwrapped.spec``) so that the
-    run can be resumed. ``agent``: an agent name (:data:`agents.AGENT_NAMES`), built with ``config`` (default:
+    run can be resumed (anything else is a ``TypeError`` saying so). ``agent``: an agent name
+    (:data:`agents.AGENT_NAMES`), built with ``config`` (an :class:`AgentConfig` or a dict of its fields; default:
     ``AgentConfig(batch_size=env.num_envs)``; the agent's defaults, e.g. its learning rate, are filled in), or an
     :class:`~agents.base.Agent` (then ``config`` must be None: it has its own; the trainer evaluates it as given as
     the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
@@ -182,7 +183,8 @@ class Trainer:
     four per run), ``eval_kl`` (also the held-out KL to the base policy, ``kl_to_base``: two more UNet passes per
     evaluation step), ``checkpoint_every`` (default: at every evaluation; always after the last epoch),
     ``keep_checkpoints``, ``label`` (the name in progress bars and tables), ``command`` (recorded in
-    ``results.json``); ``callbacks``: :class:`TrainerCallback` hooks.
+    ``results.json``); ``callbacks``: :class:`TrainerCallback` hooks. Every argument is checked here (the settings
+    by :meth:`RunSettings.validate`, the held-out prompts by the env), before anything is built or written.
 
     The trainer closes what it built (the agent it made from a name; the env :meth:`from_settings` made) in
     :meth:`close`; it never closes an env or an agent it was given.
@@ -205,21 +207,21 @@ class Trainer:
         command: str = "",
         callbacks: Sequence[TrainerCallback] = (),
     ):
+        check_vector_env(env)
         env_settings = EnvSettings.of(env)  # what run.json records to rebuild the env (ValueError if unknown)
+        callbacks = checked_callbacks(callbacks)
         if isinstance(agent, Agent):
             if config is not None:
                 raise ValueError("pass config only with an agent name: an Agent instance has its own config")
             name, config = agent_spec(agent)
-            owns_agent = False
+        elif isinstance(agent, str):
+            name, config = agent, agent_config(config, env.num_envs).with_agent_defaults(agent)
         else:
-            name = agent
-            config = (config or AgentConfig(batch_size=env.num_envs)).with_agent_defaults(name)
-            agent, owns_agent = make_agent(name, env, config), True
-        settings = RunSettings(
+            raise TypeError(f"agent must be an agent name (one of {AGENT_NAMES}) or an Agent, got {agent!r}")
+        settings = RunSettings(  # validated here, before an agent is built
             agent=name,
             config=config,
-            # the main process's default (a timestamp) on every process
-            output_dir=Path(output_dir) if output_dir is not None else default_folder(label or name, agent),
+            output_dir=output_dir if output_dir is not None else default_output_dir(label or name),
             label=label,
             eval_prompts=eval_prompts,
             eval_samples=eval_samples,
@@ -228,8 +230,14 @@ class Trainer:
             checkpoint_every=checkpoint_every,
             keep_checkpoints=keep_checkpoints,
             command=command,
-        )
-        self._setup(env, agent, owns_agent, settings.with_env_settings(env_settings), callbacks)
+        ).with_env_settings(env_settings)
+        check_held_out_prompts(env, settings)
+        owns_agent = not isinstance(agent, Agent)
+        if owns_agent:
+            agent = make_agent(name, env, config)
+        if output_dir is None:  # the main process's default (a timestamp) on every process
+            settings = dataclasses.replace(settings, output_dir=default_folder(label or name, agent))
+        self._setup(env, agent, owns_agent, settings, callbacks)
 
     def _setup(
         self, env, agent: Agent, owns_agent: bool, settings: RunSettings, callbacks: Sequence[TrainerCallback]
@@ -257,6 +265,10 @@ class Trainer:
                 warnings.simplefilter("ignore", CheckpointWarning)
                 check_resume_settings(settings, resume_point(settings.output_dir, settings.resume_from))
         owned = None
+        settings.validate()
+        callbacks = checked_callbacks(callbacks)
+        if env is not None:
+            check_vector_env(env)
         if env is not None and env.unwrapped.spec is not None:
             keys = [key for key in EnvSettings.fields() if key != "device"]
             check_compatible(settings.env_settings(), EnvSettings.of(env), keys=keys)
@@ -264,6 +276,7 @@ class Trainer:
             device = current().device(settings.device)  # cuda -> this process's GPU
             env = owned = settings.env_settings().make(settings.config.batch_size, device=device)
         try:
+            check_held_out_prompts(env, settings)
             agent = make_agent(settings.agent, env, settings.config)
         except BaseException:
             if owned is not None:
@@ -332,16 +345,11 @@ class Trainer:
 
     def held_out_prompts(self) -> tuple[str | list[str], list[str]]:
         """The held-out prompt set (as named) and its ``eval_samples`` prompts, spread over it."""
-        settings = self.settings
-        eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, self.world)
-        return eval_set, spread(resolve_prompts(eval_set), settings.eval_samples)
+        return held_out_prompts(self.settings, self.world)
 
     def generalisation_prompts(self) -> list[str]:
         """The ``eval_samples`` prompts spread over ``settings.generalisation_prompts`` (empty without one)."""
-        settings = self.settings
-        if settings.generalisation_prompts is None:
-            return []
-        return spread(resolve_prompts(settings.generalisation_prompts), settings.eval_samples)
+        return generalisation_prompts(self.settings)
 
     def _begin(self, eval_prompts: list[str], point: ResumePoint | None) -> tuple[_Progress, bool]:
         """This call's starting point: in memory (a second ``train``), the checkpoint ``point`` (resume), or a new
@@ -383,9 +391,11 @@ class Trainer:
         :class:`~agents.run_lock.RunFolderInUse`. A new run (neither resumed nor a second call) refuses a folder
         that is not empty (``ValueError``: it holds a run to resume, or other files), before anything is written.
         """
+        settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
+        settings.validate()  # epochs (ValueError/TypeError naming it), and any setting assigned since; nothing written
         lock = self._lock_output_dir()
         try:
-            return self._train(epochs)
+            return self._train(settings)
         finally:
             if lock is not None:
                 lock.release()
@@ -416,11 +426,10 @@ class Trainer:
             raise (RunFolderInUse if kind == RunFolderInUse.__name__ else ValueError)(message)
         return lock
 
-    def _train(self, epochs: int | None) -> RunResult | None:
-        """:meth:`train`, with the run folder locked."""
+    def _train(self, settings: RunSettings) -> RunResult | None:
+        """:meth:`train` to ``settings`` (validated), with the run folder locked."""
         started = self._started if self._started is not None else time.perf_counter()
         self._started = None
-        settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
         point = None
         if self._progress is None and settings.resume:
             point = resume_point(settings.output_dir, settings.resume_from)
@@ -645,6 +654,93 @@ class Trainer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+CALLBACK_HOOKS = ("on_train_begin", "on_evaluation", "on_epoch_end", "on_train_end")
+
+
+def check_vector_env(env) -> None:
+    """``TypeError`` unless ``env`` is a Gymnasium vector env (possibly wrapped), saying how to make one."""
+    import gymnasium as gym
+
+    if isinstance(env, gym.vector.VectorEnv):
+        return
+    make = 'gym.make_vec("DiffusionT2I-v1", num_envs=..., vectorization_mode="vector_entry_point")'
+    if isinstance(env, gym.Env):
+        got = f"a single env ({type(env).__name__}, e.g. from gym.make)"
+    elif isinstance(env, str):
+        got = f"the str {env!r}: make the env first"
+    else:
+        got = f"{type(env).__name__} {env!r}"
+    raise TypeError(f"env must be a vector env from {make} (or agents.EnvSettings(...).make(num_envs)), got {got}")
+
+
+def agent_config(config: AgentConfig | Mapping[str, object] | None, num_envs: int) -> AgentConfig:
+    """The config of :class:`Trainer`'s ``config`` argument: as given, ``AgentConfig(**config)`` for a mapping
+    (unknown keys named), default ``AgentConfig(batch_size=num_envs)`` (also a mapping's default batch size)."""
+    if config is None:
+        return AgentConfig(batch_size=num_envs)
+    if isinstance(config, AgentConfig):
+        return config
+    if isinstance(config, Mapping):
+        return AgentConfig.from_mapping({"batch_size": num_envs, **config})
+    raise TypeError(f"config must be an agents.AgentConfig, a dict of its fields or None, got {type(config).__name__}")
+
+
+def checked_callbacks(callbacks: Sequence[TrainerCallback]) -> list[TrainerCallback]:
+    """``callbacks`` as a list; ``TypeError`` for a single callback or one without :class:`TrainerCallback`'s hooks."""
+    if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
+        raise TypeError(f"callbacks must be a list of TrainerCallback, got {type(callbacks).__name__}")
+    for index, callback in enumerate(callbacks):
+        missing = [hook for hook in CALLBACK_HOOKS if not callable(getattr(callback, hook, None))]
+        if missing:
+            raise TypeError(
+                f"callbacks[{index}] ({type(callback).__name__}) has no {', '.join(missing)}: subclass "
+                "agents.TrainerCallback and override the hooks you need"
+            )
+    return list(callbacks)
+
+
+def held_out_prompts(settings: RunSettings, world) -> tuple[str | list[str], list[str]]:
+    """The held-out prompt set (as named) and its ``eval_samples`` prompts, spread over it."""
+    eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, world)
+    return eval_set, spread(resolve_prompts(eval_set), settings.eval_samples)
+
+
+def generalisation_prompts(settings: RunSettings) -> list[str]:
+    """The ``eval_samples`` prompts spread over ``settings.generalisation_prompts`` (empty without one)."""
+    if settings.generalisation_prompts is None:
+        return []
+    return spread(resolve_prompts(settings.generalisation_prompts), settings.eval_samples)
+
+
+def check_held_out_prompts(env, settings: RunSettings) -> None:
+    """``ValueError`` naming the setting if a held-out or generalisation prompt is one the env's ``reset`` would
+    refuse (e.g. one its reward cannot score, or too long): when the trainer is made, not after the base
+    evaluation has written the run folder. Encodes each distinct prompt once (the env's own check)."""
+    diffusion = env.unwrapped.diffusion
+    for argument, prompts in (
+        ("eval_prompts", held_out_prompts(settings, diffusion.world)[1]),
+        ("generalisation_prompts", generalisation_prompts(settings)),
+    ):
+        try:
+            if prompts:
+                diffusion.encode_prompts(sorted(set(prompts)))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{argument}: {error}") from error
+
+
+def check_settings(settings: RunSettings) -> None:
+    """What :meth:`Trainer.from_settings` checks before it builds an agent, without keeping anything: the settings,
+    the env (built with one episode: the model, the reward, the prompts, the steps) and the held-out prompts;
+    ``ValueError`` naming the problem. For a caller that runs several trainers (a comparison) and wants bad settings
+    refused before the first one writes its folder."""
+    settings.validate()
+    env = settings.env_settings().make(1, device=current().device(settings.device))
+    try:
+        check_held_out_prompts(env, settings)
+    finally:
+        env.close()
 
 
 def default_folder(name: str, agent: Agent) -> Path:
@@ -888,6 +984,9 @@ __all__ = [
     "TrainerCallback",
     "TrainerEvent",
     "check_epochs",
+    "check_held_out_prompts",
+    "check_settings",
+    "check_vector_env",
     "process_agent_state",
     "resume_point",
     "scalar_metrics",

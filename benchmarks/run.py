@@ -45,25 +45,25 @@ from agents.cli import (
     folder_path,
     model_name,
     optional,
-    positive_float,
-    positive_int,
     prompt_text,
     reward_name,
     run_folder,
     seed_list,
+    setting_type,
     variant_list,
 )
 from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
 from agents.distributed import Distributed
 from agents.presets import apply_preset, preset_names
 from agents.run_folder import (
+    DTYPE_NAMES,
     RUN_SETTINGS_FILE,
     default_output_dir,
     new_run_folder_problem,
     read_settings,
     results_table,
 )
-from agents.trainer import check_epochs, check_resume_settings, resume_point
+from agents.trainer import check_epochs, check_resume_settings, check_settings, resume_point
 from diffusion_gym.prompts import registered_prompt_sets
 from diffusion_gym.rewards import registered_rewards
 
@@ -148,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--epochs",
-        type=positive_int,
+        type=setting_type(RunSettings, "epochs"),
         default=DEFAULT_EPOCHS,
         help=f"training epochs (default: {DEFAULT_TASK['epochs']} in the default task, else %(default)s)",
     )
     run.add_argument(
         "--num-inference-steps",
-        type=optional(positive_int),
+        type=setting_type(RunSettings, "num_inference_steps"),
         default=None,
         help="DDIM steps T per trajectory (default: 10 in the default task, else the world's)",
     )
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--dtype",
-        choices=("float32", "float16", "bfloat16"),
+        choices=DTYPE_NAMES,
         default="float32",
         help="dtype of the frozen model (UNet, VAE, text encoder). float16 or bfloat16 is mixed precision: the "
         "trainable LoRA weights, the optimiser, the log-probs and the losses stay float32 (float16 adds a gradient "
@@ -181,20 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-prompt-chunks",
-        type=positive_int,
+        type=setting_type(RunSettings, "max_prompt_chunks"),
         default=1,
         help="encode prompts longer than the text encoder's window (77 tokens for SD) in this many windows "
         "(default: %(default)s)",
     )
     run.add_argument(
         "--threads",
-        type=positive_int,
+        type=setting_type(RunSettings, "threads"),
         default=None,
         help="torch CPU threads (default: torch's, one per core); 1 is much faster when other jobs share the CPU",
     )
     run.add_argument(
         "--latent-bound",
-        type=positive_float,
+        type=setting_type(RunSettings, "latent_bound"),
         default=RunSettings.latent_bound,
         help="the env's bound on latents, a sanity limit (the Shapes model's guided steps reach ~12); raise it for "
         "untrained test models (default: %(default)s)",
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--eval-samples",
-        type=positive_int,
+        type=setting_type(RunSettings, "eval_samples"),
         default=64,
         help="held-out samples per evaluation, spread over the prompt set; fixed seeds: the same noise in every run "
         "(default: %(default)s)",
@@ -232,17 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--checkpoint-every",
-        type=optional(positive_int),
+        type=setting_type(RunSettings, "checkpoint_every"),
         default=None,
         help="save a checkpoint (agent, optimiser, RNGs, HERD buffer; LoRA in the diffusers format) every K "
         "epochs and at the end (default: at every evaluation)",
     )
     evaluation.add_argument(
-        "--keep-checkpoints", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
+        "--keep-checkpoints",
+        type=setting_type(RunSettings, "keep_checkpoints"),
+        default=3,
+        help="checkpoints kept (default: %(default)s)",
     )
     evaluation.add_argument(
         "--eval-every",
-        type=optional(positive_int),
+        type=setting_type(RunSettings, "eval_every"),
         default=None,
         help=f"evaluate (and log an image grid) every K epochs (default: {DEFAULT_TASK['eval_every']} in the default "
         "task, else epochs // 4)",
@@ -266,9 +269,14 @@ class ComparisonSettings:
     run: RunSettings  # the command line's settings, shared by every run
 
 
-def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSettings:
-    """Parse and validate the command line; errors exit with an argparse message naming the problem."""
-    parser = build_parser()
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> RunSettings | ComparisonSettings:
+    """Parse and validate the command line; errors exit with an argparse message naming the problem. Every value
+    is checked by the library's own declarations (``AgentConfig``, ``RunSettings``); what needs the model (the
+    prompts against the reward and the text encoder, the steps against the scheduler) is checked by :func:`main`
+    when it builds the env, before anything is written."""
+    parser = parser or build_parser()
     preset = preset_defaults(argv)
     parser.set_defaults(**preset)  # explicit flags still win
     args = parser.parse_args(argv)
@@ -302,7 +310,19 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
             if "--" + key.replace("_", "-") not in given:
                 setattr(args, key, value)
     default_dir = default_output_dir("compare" if args.compare else args.agent)
-    settings = RunSettings(
+    try:
+        settings = run_settings(args, model, config, default_dir)
+    except (TypeError, ValueError) as error:
+        parser.error(f"invalid run settings: {error}")
+    if args.compare is not None:
+        variants = resolve_variants(args.compare, AGENT_NAMES)
+        return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
+    return dataclasses.replace(settings, command=command_line(settings))
+
+
+def run_settings(args: argparse.Namespace, model: str, config: AgentConfig, default_dir: Path) -> RunSettings:
+    """The :class:`RunSettings` of the parsed flags (validated on construction)."""
+    return RunSettings(
         agent=args.agent or "",
         config=config,
         output_dir=args.output_dir or default_dir,
@@ -324,10 +344,6 @@ def parse_args(argv: list[str] | None = None) -> RunSettings | ComparisonSetting
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
     )
-    if args.compare is not None:
-        variants = resolve_variants(args.compare, AGENT_NAMES)
-        return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
-    return dataclasses.replace(settings, command=command_line(settings))
 
 
 def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> RunSettings:
@@ -427,9 +443,17 @@ def command_line(settings: RunSettings) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- running
-def run_single(settings: RunSettings) -> None:
-    """Train, write the run folder and print the results table (the main process, when data-parallel)."""
-    with Trainer.from_settings(settings) as trainer:
+def run_single(settings: RunSettings, parser: argparse.ArgumentParser | None = None) -> None:
+    """Train, write the run folder and print the results table (the main process, when data-parallel). With
+    ``parser``, a ``ValueError`` while the trainer is built (the env refuses a prompt or the steps, the agent the
+    config; nothing is written yet) is the parser's error (usage, exit status 2)."""
+    try:
+        trainer = Trainer.from_settings(settings)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(f"invalid run settings: {error}")
+    with trainer:
         result = trainer.train()
     if result is not None:
         print(results_table(result))
@@ -443,7 +467,8 @@ def run_comparison_member(settings: RunSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    settings = parse_args(argv)
+    parser = build_parser()
+    settings = parse_args(argv, parser)
     run = settings if isinstance(settings, RunSettings) else settings.run
     if run.threads is not None:
         torch.set_num_threads(run.threads)
@@ -455,11 +480,15 @@ def main(argv: list[str] | None = None) -> int:
             output_dir = distributed.broadcast_object(settings.output_dir)
             command = settings.command.replace("python", launch, 1)
             settings = dataclasses.replace(settings, output_dir=output_dir, command=command)
-        run_single(settings)
+        run_single(settings, parser)
         return 0
     if distributed.enabled:
         print("benchmarks/run.py: --compare runs in one process; launch each run with accelerate instead")
         return 2
+    try:
+        check_settings(settings.run)  # the env and its held-out prompts, once for every run, before any is written
+    except ValueError as error:
+        parser.error(f"invalid run settings: {error}")
     command = shlex.join(["python", "benchmarks/run.py", *argv])
     summary = run_comparison(
         settings.run, settings.variants, settings.seeds, settings.output_dir, run_comparison_member, command=command
