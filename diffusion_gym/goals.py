@@ -55,7 +55,8 @@ class GoalCodec:
             raise ValueError(f"prompt contains a NUL character, which the goal encoding uses as padding: {prompt!r}")
         if len(data) > self.max_prompt_bytes:
             raise ValueError(
-                f"prompt is {len(data)} UTF-8 bytes, more than max_prompt_bytes={self.max_prompt_bytes}: {prompt!r}"
+                f"prompt is {len(data)} UTF-8 bytes, more than max_prompt_bytes={self.max_prompt_bytes}: "
+                f"{prompt[:80]!r}{' (first 80 characters)' if len(prompt) > 80 else ''}"
             )
         return data
 
