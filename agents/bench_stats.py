@@ -37,18 +37,27 @@ class Interval:
 
 def _rliable():
     try:
+        from absl import logging as absl_logging
         from rliable import library, metrics
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("the bench's statistics need rliable: pip install -e '.[bench]' (rliable==1.2.0)") from error
+    absl_logging.set_verbosity(absl_logging.WARNING)  # rliable logs every estimate at INFO
     return library, metrics
 
 
 @contextmanager
-def _quiet_arch():
-    """rliable 1.2 passes ``random_state`` to arch's bootstraps, which arch 7 deprecates with a FutureWarning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        yield
+def _seeded_bootstrap(seed: int):
+    """rliable 1.2's stratified bootstraps draw their indices from numpy's global RNG (``np.random.choice``),
+    whatever ``random_state`` says: seed it for the call and restore it after. rliable also passes
+    ``random_state`` to arch, which arch 7 deprecates with a FutureWarning (silenced here)."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            yield
+    finally:
+        np.random.set_state(state)
 
 
 def _scores_matrix(scores: np.ndarray | Sequence, name: str) -> np.ndarray:
@@ -78,7 +87,7 @@ def iqm_interval(
     percentile confidence interval; one run gives a zero-width interval."""
     library, metrics = _rliable()
     matrix = _scores_matrix(scores, "scores")
-    with _quiet_arch():
+    with _seeded_bootstrap(seed):
         points, intervals = library.get_interval_estimates(
             {"x": matrix},
             lambda x: np.array([metrics.aggregate_iqm(x)]),
@@ -102,7 +111,7 @@ def probability_of_improvement(
     x, y = _scores_matrix(scores_x, "scores_x"), _scores_matrix(scores_y, "scores_y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"scores_x and scores_y must cover the same tasks, got shapes {x.shape} and {y.shape}")
-    with _quiet_arch():
+    with _seeded_bootstrap(seed):
         points, intervals = library.get_interval_estimates(
             {"x,y": (x, y)},
             lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
@@ -135,7 +144,7 @@ def performance_profiles(
         raise ValueError(f"taus must be a 1-D array of at least 2 thresholds, got shape {taus.shape}")
     # rliable's create_performance_profile (score distributions) without a seed argument: the same function,
     # library.run_score_deviation (the fraction of runs above tau), through the seeded interval estimates
-    with _quiet_arch():
+    with _seeded_bootstrap(seed):
         profiles, cis = library.get_interval_estimates(
             matrices,
             lambda x: np.array([library.run_score_deviation(x, tau) for tau in taus]),
