@@ -50,14 +50,14 @@ def _seeded_bootstrap(seed: int):
     """rliable 1.2's stratified bootstraps draw their indices from numpy's global RNG (``np.random.choice``),
     whatever ``random_state`` says: seed it for the call and restore it after. rliable also passes
     ``random_state`` to arch, which arch 7 deprecates with a FutureWarning (silenced here)."""
-    state = np.random.get_state()
-    np.random.seed(seed)
+    state = np.random.get_state()  # noqa: NPY002  (rliable draws from the legacy global RNG)
+    np.random.seed(seed)  # noqa: NPY002
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
             yield
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
 
 
 def _scores_matrix(scores: np.ndarray | Sequence, name: str) -> np.ndarray:
