@@ -232,6 +232,7 @@ def bench(
     jobs: int = 1,
     run_one: Callable[[RunSettings], None] | None = None,
     summarise: bool = True,
+    reps: int | None = None,
 ) -> dict:
     """Run every (task, agent, seed) not finished yet, then summarise; returns the leaderboard (``{}`` with
     ``summarise=False``).
@@ -241,6 +242,7 @@ def bench(
     Finished runs are never rerun; interrupted runs resume from their latest checkpoint. Ctrl-C stops the bench
     after the running runs saved what they trained; rerun the same command to continue. A run that fails is
     reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
+    ``reps``: bootstrap replications of the leaderboard's CIs (default :data:`agents.bench_stats.BOOTSTRAP_REPS`).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
@@ -255,7 +257,7 @@ def bench(
             failed = _run_in_process(pending, run_one or _train_one_thread, bar)
         elif pending:
             failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar)
-    board = summarise_bench(output_dir, tasks, agents, seeds, budget) if summarise else {}
+    board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps) if summarise else {}
     if failed:
         names = ", ".join(f"{run.task}/{run.agent}-seed{run.seed}" for run in failed)
         raise RuntimeError(f"bench runs failed: {names} (logs in {output_dir / 'logs'})")
@@ -394,7 +396,7 @@ def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
 
 
 def leaderboard(
-    output_dir: Path, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int]
+    output_dir: Path, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int], reps: int | None = None
 ) -> tuple[dict, dict]:
     """``(leaderboard, details)`` of the finished runs. The leaderboard has exactly this shape::
 
@@ -410,6 +412,7 @@ def leaderboard(
     scores normalised across tasks.
     """
     from agents.bench_stats import (
+        BOOTSTRAP_REPS,
         iqm_interval,
         minimum_detectable_effect,
         normalised_gold,
@@ -418,15 +421,16 @@ def leaderboard(
     )
     from diffusion_gym.tasks import get_task
 
+    reps = reps or BOOTSTRAP_REPS
     board: dict = {"tasks": {}}
-    details: dict = {"tasks": {}, "across_tasks": {}}
+    details: dict = {"tasks": {}, "across_tasks": {}, "bootstrap_reps": reps}
     for task_name in tasks:
         task = get_task(task_name)
         present = [runs for runs in (finished_runs(output_dir, task_name, a, seeds) for a in agents) if runs.seeds]
         entry: dict = {"mde": None, "agents": {}, "pairs": []}
         detail: dict = {"agents": {}, "pairs": []}
         for runs in present:
-            interval = iqm_interval(runs.gains())
+            interval = iqm_interval(runs.gains(), reps=reps)
             crossing = {c.threshold: c for c in crossings(runs.results, "gold")}
             entry["agents"][runs.agent] = {
                 "iqm": interval.point,
@@ -438,7 +442,7 @@ def leaderboard(
                 "minutes_to_0.10": crossing[0.10].minutes,
             }
             auc = auc_per_seed(runs, task.ceiling)
-            auc_interval = iqm_interval(auc) if np.isfinite(auc).all() else None
+            auc_interval = iqm_interval(auc, reps=reps) if np.isfinite(auc).all() else None
             detail["agents"][runs.agent] = {
                 "seeds": runs.seeds,
                 "base_gold": [r.base.gold for r in runs.results],
@@ -452,7 +456,7 @@ def leaderboard(
             }
         differences = []
         for a, b in itertools.combinations(present, 2):
-            interval = probability_of_improvement(a.gains(), b.gains())
+            interval = probability_of_improvement(a.gains(), b.gains(), reps=reps)
             entry["pairs"].append(
                 {
                     "a": a.agent,
@@ -470,11 +474,11 @@ def leaderboard(
         detail["std_of_paired_differences"] = sd
         board["tasks"][task_name] = entry
         details["tasks"][task_name] = detail
-    details["across_tasks"] = across_tasks(details, tasks, agents)
+    details["across_tasks"] = across_tasks(details, tasks, agents, reps)
     return json_safe(board), json_safe(details)
 
 
-def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str]) -> dict:
+def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str], reps: int) -> dict:
     """Per agent, the IQM (with CI) of the final gold normalised between the base model and each task's ceiling,
     over the seeds finished on every task, stratified by task; and the performance profiles of those scores."""
     from agents.bench_stats import iqm_interval, performance_profiles
@@ -491,9 +495,9 @@ def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str]) -> 
         matrices[agent] = np.array(columns, dtype=float).T  # (seeds, tasks)
     out: dict = {"agents": {}, "profile_taus": PROFILE_TAUS.tolist(), "profiles": {}}
     for agent, matrix in matrices.items():
-        out["agents"][agent] = {"seeds": matrix.shape[0], **dataclasses.asdict(iqm_interval(matrix))}
+        out["agents"][agent] = {"seeds": matrix.shape[0], **dataclasses.asdict(iqm_interval(matrix, reps=reps))}
     if matrices:
-        profile = performance_profiles(matrices, PROFILE_TAUS)
+        profile = performance_profiles(matrices, PROFILE_TAUS, reps=reps)
         out["profiles"] = {
             agent: {
                 "fraction": profile.fractions[agent].tolist(),
@@ -506,13 +510,18 @@ def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str]) -> 
 
 
 def summarise_bench(
-    output_dir: str | Path, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int], budget: str = "full"
+    output_dir: str | Path,
+    tasks: Sequence[str],
+    agents: Sequence[str],
+    seeds: Sequence[int],
+    budget: str = "full",
+    reps: int | None = None,
 ) -> dict:
     """Write ``leaderboard.json``, ``leaderboard.md``, ``bench_summary.json`` and the figures from the finished runs
     in ``output_dir``; returns the leaderboard."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    board, details = leaderboard(output_dir, tasks, agents, seeds)
+    board, details = leaderboard(output_dir, tasks, agents, seeds, reps)
     command = shlex.join(
         [
             "python",
@@ -739,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: write the leaderboard from the runs finished so far",
     )
+    parser.add_argument(
+        "--bootstrap-reps",
+        type=int,
+        default=None,
+        help="bootstrap replications of every confidence interval (default: 2000; rliable's own default is 50000)",
+    )
     parser.add_argument("--run-one", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
     return parser
 
@@ -749,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.jobs < 1:
         parser.error(f"argument --jobs: must be >= 1, got {args.jobs}")
+    if args.bootstrap_reps is not None and args.bootstrap_reps < 10:
+        parser.error(f"argument --bootstrap-reps: must be >= 10, got {args.bootstrap_reps}")
     if args.run_one is not None:
         task, agent, seed = args.run_one
         return run_one_main(task, agent, int(seed), args.output_dir, args.budget)
@@ -758,10 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.summarise_only:
-        board = summarise_bench(args.output_dir, args.tasks, args.agents, args.seeds, args.budget)
+        board = summarise_bench(args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps)
     else:
         try:
-            board = bench(args.tasks, args.agents, args.seeds, args.output_dir, args.budget, args.jobs)
+            board = bench(
+                args.tasks, args.agents, args.seeds, args.output_dir, args.budget, args.jobs, reps=args.bootstrap_reps
+            )
         except RuntimeError as error:
             print(error, file=sys.stderr)
             return 1
