@@ -217,11 +217,6 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
-def is_finished(run: BenchRun) -> bool:
-    """Whether ``run``'s folder holds its finished result (``ValueError`` if it holds a run with other settings)."""
-    return continue_or_start(run.settings) is None
-
-
 # ----------------------------------------------------------------------------------------------- running
 def bench(
     tasks: Sequence[str],
