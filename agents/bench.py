@@ -463,7 +463,16 @@ def leaderboard(
             )
             paired = paired_differences(a, b)
             differences.append(paired)
-            detail["pairs"].append({"a": a.agent, "b": b.agent, "paired_differences": paired.tolist()})
+            pair_sd = float(paired.std(ddof=1)) if len(paired) >= 2 else math.nan
+            detail["pairs"].append(
+                {
+                    "a": a.agent,
+                    "b": b.agent,
+                    "paired_differences": paired.tolist(),
+                    "std": pair_sd,
+                    "mde": minimum_detectable_effect(pair_sd, len(list(seeds))),
+                }  # fmt: skip
+            )
         sd = pooled_std_of_differences(differences) if differences else math.nan
         entry["mde"] = minimum_detectable_effect(sd, len(list(seeds)))
         detail["std_of_paired_differences"] = sd
@@ -558,7 +567,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
         "the seed-mean gain first reaches +0.05 and +0.10. P(a > b): probability of improvement with its 95% CI; "
         "the CI excluding 0.5 is a decision. MDE: the gold-gain difference detected with 80% power (two-sided 5%) "
-        "at this many seeds, from the measured variance of the paired differences.",
+        "at this many seeds, from the measured variance of the paired differences (the task's: pooled over every "
+        "pair; a pair's: from its own).",
         "",
     ]
     for task, entry in board["tasks"].items():
@@ -578,13 +588,19 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
                 f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} |"
             )
         if entry["pairs"]:
-            lines += ["", "| a | b | P(a > b) [95% CI] | decision |", "|---|---|---:|---|"]
-            for pair in entry["pairs"]:
+            lines += [
+                "",
+                "| a | b | P(a > b) [95% CI] | decision | mean paired difference | this pair's MDE |",
+                "|---|---|---:|---|---:|---:|",
+            ]
+            for pair, pair_detail in zip(entry["pairs"], detail["pairs"], strict=True):
+                differences = pair_detail["paired_differences"]
+                mean = float(np.mean(differences)) if differences else None
                 low, high = pair["ci_low"], pair["ci_high"]
                 decision = f"{pair['a']} better" if low > 0.5 else f"{pair['b']} better" if high < 0.5 else "undecided"
                 lines.append(
                     f"| {pair['a']} | {pair['b']} | {pair['prob_improvement']:.3f} [{low:.3f}, {high:.3f}] | "
-                    f"{decision} |"
+                    f"{decision} | {_number(mean)} | {_number(pair_detail['mde'], signed=False)} |"
                 )
         lines.append("")
     across = details["across_tasks"]["agents"]
@@ -690,6 +706,19 @@ def name_list(text: str) -> list[str]:
     return names
 
 
+DESCRIPTION = """\
+Run every (task, agent, seed) of a suite as a run folder <output-dir>/<task>/<agent>-seed<seed>/, then write
+leaderboard.json, leaderboard.md, bench_summary.json and the figures (IQM with CIs, performance profiles, gold
+curves). Rerunning the command continues the bench: finished runs are only summarised, interrupted ones resume
+from their latest checkpoint. Every agent and seed of a task is scored on the same evaluation noise (paired);
+statistics by rliable: IQM of the final gold gain with stratified bootstrap 95% CIs, probability of improvement
+for every pair, the minimum detectable effect at these seeds.
+
+    python -m agents.bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench --jobs 2
+    python -m agents.bench --tasks long --agents ddpo,loop --seeds 2 --budget smoke --output-dir runs/smoke
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffusion_gym.tasks import get_task, task_names
 
@@ -697,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     agents = "\n".join(f"  {agent.name:<18} {agent.description}" for agent in BENCH_AGENTS.values())
     parser = argparse.ArgumentParser(
         prog="diffusion-gym bench",
-        description=__doc__,
+        description=DESCRIPTION,
         epilog=f"tasks:\n{tasks}\n\nagents (besides the plain agent names):\n{agents}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
