@@ -38,21 +38,24 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from agents.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains, train_run
+from agents.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
 from agents.config import AgentConfig
 from agents.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
+from agents.trainer import EvaluationEvent, Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
 BUDGETS = ("full", "smoke")
 AA_SEED_OFFSET = 1000  # the A/A twin's seed stream: seed + 1000
 LEADERBOARD_FILE = "leaderboard.json"
+PER_PROMPT_FILE = "per_prompt_gold.json"  # in a run folder of a per-prompt task
 PROFILE_TAUS = np.linspace(-0.25, 1.0, 51)  # thresholds of the performance profiles (normalised gold)
 
 
@@ -134,6 +137,7 @@ class BenchRun:
     agent: str
     seed: int
     settings: RunSettings
+    definition: object = None  # the Task at the bench's budget
 
 
 def bench_command(task: str, agent: str, seed: int, output_dir: Path, budget: str) -> str:
@@ -197,7 +201,7 @@ def plan_bench(
     resolved_tasks = [budget_task(task, budget) for task in resolve_tasks(tasks)]
     resolved_agents = resolve_agents(agents)
     return [
-        BenchRun(task.name, agent.name, seed, run_settings(task, agent, seed, Path(output_dir), budget))
+        BenchRun(task.name, agent.name, seed, run_settings(task, agent, seed, Path(output_dir), budget), task)
         for task in resolved_tasks
         for agent in resolved_agents
         for seed in seeds
@@ -217,6 +221,52 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+class PerPromptGold(TrainerCallback):
+    """Scores each evaluation's images per prompt with the task's gold scorer: ``gold_prompt<j>`` (``j`` the
+    prompt's index in the evaluation set) joins the evaluation's metrics (``eval_gold_prompt<j>`` in
+    ``metrics.jsonl``), and ``per_prompt_gold.json`` in the run folder keeps every evaluation's values by fresh
+    samples seen, the base model's (0 samples) included."""
+
+    def __init__(self, gold: str, eval_prompts: str, output_dir: Path):
+        from diffusion_gym.prompts import resolve_prompts
+
+        self.gold = gold
+        self.prompts = list(dict.fromkeys(resolve_prompts(eval_prompts)))
+        self.path = Path(output_dir) / PER_PROMPT_FILE
+
+    def on_evaluation(self, trainer: Trainer, event: EvaluationEvent) -> None:
+        import torch
+
+        from diffusion_gym.rewards import make_reward
+
+        evaluation = event.evaluation
+        if evaluation is None:
+            return
+        scores = torch.as_tensor(make_reward(self.gold)(evaluation.images, evaluation.prompts)).float()  # (N,)
+        values: list[float | None] = []
+        for index, prompt in enumerate(self.prompts):
+            rows = [i for i, p in enumerate(evaluation.prompts) if p == prompt]
+            value = float(scores[rows].mean()) if rows else None
+            values.append(value)
+            if value is not None:
+                event.metrics[f"gold_prompt{index}"] = value
+        record = (
+            json.loads(self.path.read_text()) if self.path.exists() else {"prompts": self.prompts, "by_samples": {}}
+        )
+        record["by_samples"][str(event.samples_seen)] = values
+        self.path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_bench_run(settings: RunSettings, task=None) -> None:
+    """One run of a bench in this process: :class:`~agents.trainer.Trainer` from its settings (a resume when
+    ``settings.resume``), with :class:`PerPromptGold` when ``task.per_prompt``."""
+    callbacks = []
+    if task is not None and task.per_prompt:
+        callbacks.append(PerPromptGold(task.gold, task.eval_prompts, Path(settings.output_dir)))
+    with Trainer.from_settings(settings, callbacks=callbacks) as trainer:
+        trainer.train()
+
+
 # ----------------------------------------------------------------------------------------------- running
 def bench(
     tasks: Sequence[str],
@@ -232,8 +282,8 @@ def bench(
     """Run every (task, agent, seed) not finished yet, then summarise; returns the leaderboard (``{}`` with
     ``summarise=False``).
 
-    ``jobs`` 1 trains in this process, one run after the other (``run_one``, default
-    :func:`agents.comparison.train_run`, at one torch thread); more starts up to ``jobs`` subprocesses at once.
+    ``jobs`` 1 trains in this process, one run after the other (``run_one``, default :func:`train_bench_run`, at
+    one torch thread); more starts up to ``jobs`` subprocesses at once.
     Finished runs are never rerun; interrupted runs resume from their latest checkpoint. Ctrl-C stops the bench
     after the running runs saved what they trained; rerun the same command to continue. A run that fails is
     reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
@@ -249,7 +299,7 @@ def bench(
     failed: list[BenchRun] = []
     with tqdm(total=len(runs), initial=len(runs) - len(pending), desc="bench", unit="run") as bar:
         if pending and jobs == 1:
-            failed = _run_in_process(pending, run_one or _train_one_thread, bar)
+            failed = _run_in_process(pending, run_one, bar)
         elif pending:
             failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar)
     board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps) if summarise else {}
@@ -259,18 +309,18 @@ def bench(
     return board
 
 
-def _train_one_thread(settings: RunSettings) -> None:
+def _train_one_thread(settings: RunSettings, task) -> None:
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(settings.threads or previous)
     try:
-        train_run(settings)
+        train_bench_run(settings, task)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], None], bar) -> list[BenchRun]:
+def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], None] | None, bar) -> list[BenchRun]:
     for run in pending:
         settings = continue_or_start(run.settings)
         if settings is None:  # finished meanwhile
@@ -278,7 +328,10 @@ def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], No
             continue
         bar.set_postfix_str(f"{run.task}/{run.agent}-seed{run.seed}")
         try:
-            run_one(settings)
+            if run_one is None:
+                _train_one_thread(settings, run.definition)
+            else:
+                run_one(settings)
         except KeyboardInterrupt:
             logger.warning("bench interrupted; rerun the same command to continue")
             break
@@ -336,7 +389,7 @@ def run_one_main(task: str, agent: str, seed: int, output_dir: Path, budget: str
     (run,) = plan_bench([task], [agent], [seed], output_dir, budget)
     settings = continue_or_start(run.settings)
     if settings is not None:
-        train_run(settings)
+        train_bench_run(settings, run.definition)
     return 0
 
 
@@ -390,6 +443,37 @@ def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
     )
 
 
+def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
+    """Per evaluation prompt, the base model's and the final gold, mean over the seeds whose run folder recorded
+    both (``per_prompt_gold.json``): ``{"prompts", "per_prompt_base", "per_prompt_final", "per_prompt_gain"}``."""
+    prompts: list[str] = []
+    base_rows, final_rows = [], []
+    for seed in runs.seeds:
+        path = output_dir / task / f"{runs.agent}-seed{seed}" / PER_PROMPT_FILE
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        by_samples = record["by_samples"]
+        last = max(by_samples, key=int)
+        if "0" not in by_samples or last == "0":
+            continue
+        prompts = record["prompts"]
+        base_rows.append(by_samples["0"])
+        final_rows.append(by_samples[last])
+    if not base_rows:
+        return {}
+    base = np.array(base_rows, dtype=float)  # (seeds, prompts); None -> nan
+    final = np.array(final_rows, dtype=float)
+    with warnings.catch_warnings():  # a prompt no seed evaluated (a small evaluation): NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            "prompts": prompts,
+            "per_prompt_base": np.nanmean(base, axis=0).tolist(),
+            "per_prompt_final": np.nanmean(final, axis=0).tolist(),
+            "per_prompt_gain": np.nanmean(final - base, axis=0).tolist(),
+        }
+
+
 def leaderboard(
     output_dir: Path, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int], reps: int | None = None
 ) -> tuple[dict, dict]:
@@ -438,17 +522,21 @@ def leaderboard(
             }
             auc = auc_per_seed(runs, task.ceiling)
             auc_interval = iqm_interval(auc, reps=reps) if np.isfinite(auc).all() else None
-            detail["agents"][runs.agent] = {
-                "seeds": runs.seeds,
-                "base_gold": [r.base.gold for r in runs.results],
-                "final_gold": [r.final.gold for r in runs.results],
-                "gain": runs.gains().tolist(),
-                "auc": auc.tolist(),
-                "auc_iqm": None if auc_interval is None else dataclasses.asdict(auc_interval),
-                "normalised_final": normalised_gold(
-                    [r.final.gold for r in runs.results], [r.base.gold for r in runs.results], task.ceiling
-                ).tolist(),
-            }
+            if task.per_prompt:
+                detail["agents"].setdefault(runs.agent, {}).update(per_prompt_gains(output_dir, task_name, runs))
+            detail["agents"].setdefault(runs.agent, {}).update(
+                {
+                    "seeds": runs.seeds,
+                    "base_gold": [r.base.gold for r in runs.results],
+                    "final_gold": [r.final.gold for r in runs.results],
+                    "gain": runs.gains().tolist(),
+                    "auc": auc.tolist(),
+                    "auc_iqm": None if auc_interval is None else dataclasses.asdict(auc_interval),
+                    "normalised_final": normalised_gold(
+                        [r.final.gold for r in runs.results], [r.base.gold for r in runs.results], task.ceiling
+                    ).tolist(),
+                }
+            )
         differences = []
         for a, b in itertools.combinations(present, 2):
             interval = probability_of_improvement(a.gains(), b.gains(), reps=reps)
@@ -587,6 +675,23 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
                 f"{row['samples_to_0.05'] if row['samples_to_0.05'] is not None else 'not reached'} | "
                 f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} |"
             )
+        per_prompt = {agent: row for agent, row in detail["agents"].items() if row.get("per_prompt_gain")}
+        if per_prompt:
+            first = next(iter(per_prompt.values()))
+            lines += [
+                "",
+                "Gold gain per evaluation prompt, mean over seeds (the header: prompt j and its base gold, the same "
+                "model on the same noise for every agent; the prompts are in `bench_summary.json`):",
+                "",
+                "| agent | "
+                + " | ".join(
+                    f"p{j} ({_number(value, 2, signed=False)})" for j, value in enumerate(first["per_prompt_base"])
+                )
+                + " |",
+                "|---|" + "---:|" * len(first["per_prompt_base"]),
+            ]
+            for agent, row in per_prompt.items():
+                lines.append(f"| {agent} | " + " | ".join(_number(v, 3) for v in row["per_prompt_gain"]) + " |")
         if entry["pairs"]:
             lines += [
                 "",

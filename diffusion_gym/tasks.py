@@ -29,7 +29,7 @@ class Task:
     logged as ``gold`` by every evaluation). ``ceiling`` is the best gold the task can reach, the top of the
     normalisation ``(gold - base) / (ceiling - base)`` across tasks. The budget is ``epochs`` x ``batch_size`` x
     ``batches_per_epoch`` fresh samples; ``eval_samples`` held-out samples (spread evenly over ``eval_prompts``) are
-    scored every ``eval_every`` epochs on fixed noise.
+    scored every ``eval_every`` epochs on fixed noise, and with ``per_prompt`` also each prompt's mean gold.
     """
 
     name: str
@@ -48,6 +48,7 @@ class Task:
     eval_every: int = 5
     ceiling: float = 1.0
     calibrated: bool = True  # False: its budget and evaluation size are provisional (not yet sized from variance)
+    per_prompt: bool = False  # also score gold per evaluation prompt (a few prompts, several samples each)
 
     def __post_init__(self) -> None:
         self.validate()

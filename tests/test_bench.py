@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agents import AgentConfig, make_agent
-from agents.bench import AA_SEED_OFFSET, bench, budget_task, main, plan_bench
+from agents.bench import AA_SEED_OFFSET, PER_PROMPT_FILE, bench, budget_task, main, plan_bench
 from agents.evaluation import RUN_EVAL_SEED, Scores, evaluate
 from agents.run_folder import METRICS_FILE, RESULTS_FILE, RunResult, RunSettings, write_results, write_settings
 from diffusion_gym.prompts import resolve_prompts, split_sentences
@@ -227,6 +227,27 @@ def test_the_smoke_bench_trains_and_ranks_two_agents(tmp_path):
     assert set(board["tasks"]["long"]["agents"]) == {"ddpo", "loop"}
     assert board["tasks"]["long"]["mde"] is None  # one seed: no variance of the paired differences
     assert all(set(row) == AGENT_KEYS for row in board["tasks"]["long"]["agents"].values())
+
+
+def test_the_multi_task_scores_gold_per_prompt(tmp_path):
+    """``multi`` (smoke: 4 held-out samples, one each of 4 of its 8 prompts): every evaluation's gold per prompt is
+    logged, and its mean is the evaluation's gold."""
+    board = bench(["multi"], ["ddpo"], [0], tmp_path, budget="smoke", reps=REPS)
+    folder = tmp_path / "multi" / "ddpo-seed0"
+    record = json.loads((folder / PER_PROMPT_FILE).read_text())
+    assert record["prompts"] == resolve_prompts("shapes-multi")
+    assert sorted(record["by_samples"], key=int) == ["0", "4", "8"]  # the base model, then every epoch of 4 samples
+    lines = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
+    for line in lines:
+        per_prompt = [value for key, value in line.items() if key.startswith("eval_gold_prompt")]
+        assert len(per_prompt) == 4 and sum(per_prompt) / 4 == pytest.approx(line["eval_gold"], abs=1e-6)
+        assert [v for v in record["by_samples"][str(line["global_step"])] if v is not None] == pytest.approx(
+            [line[f"eval_gold_prompt{j}"] for j in range(8) if f"eval_gold_prompt{j}" in line]
+        )
+    summary = json.loads((tmp_path / "bench_summary.json").read_text())["tasks"]["multi"]["agents"]["ddpo"]
+    assert len(summary["per_prompt_gain"]) == 8 and summary["per_prompt_gain"].count(None) == 4
+    assert "Gold gain per evaluation prompt" in (tmp_path / "leaderboard.md").read_text()
+    assert board["tasks"]["multi"]["agents"]["ddpo"]["seeds"] == 1
 
 
 @pytest.mark.slow

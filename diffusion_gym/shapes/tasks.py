@@ -3,8 +3,8 @@
 * ``long``: the default task of ``benchmarks/run.py`` (the HERD protocol): one five-sentence prompt, 10 DDIM steps,
   40 epochs of 2 x 16 fresh samples, gold on 64 fresh-noise samples of that prompt every 5 epochs, and the held-out
   prompts before and after as the generalisation figure.
-* ``multi``: the 8 prompts of ``shapes-multi`` (4-5 sentences each, base gold from 0.80 to 0.98) trained together,
-  scored on 8 fresh-noise samples of each.
+* ``multi``: the 8 prompts of ``shapes-multi`` (4-5 sentences each, base gold from 0.70 to 0.98) trained together,
+  scored on 8 fresh-noise samples of each, per prompt too.
 * ``heldout``: train on the 256 ``shapes-train`` prompts (1-3 objects), score the 120 ``shapes-heldout`` prompts
   (new combinations of colour, shape, count, position), one sample each.
 * ``proxy``: optimise the learned CLIP proxy (``shapes-clip``) on the long prompt, score gold: over-optimisation.
@@ -43,6 +43,7 @@ MULTI = Task(
     eval_samples=64,
     eval_every=5,
     calibrated=False,
+    per_prompt=True,
 )
 HELDOUT = Task(
     "heldout",
