@@ -10,8 +10,9 @@
 * ``proxy``: optimise the learned CLIP proxy (``shapes-clip``) on the long prompt, score gold: over-optimisation.
 * ``standard``: the HERD paper's standard prompt (3 sentences), near the ceiling: a sanity task.
 
-Only ``long`` is sized from measured variance (docs/experiments/2026-12-05-race.md); the others are provisional
-(``calibrated=False``) until the bench's calibration (docs/benchmarks.md, "The bench") measures them.
+Only ``long``'s settings have been measured (they are the default run's; docs/experiments/2026-12-05-race.md); the
+others are provisional (``calibrated=False``) until the bench's calibration (docs/benchmarks.md, "The bench")
+measures them.
 """
 
 from __future__ import annotations
