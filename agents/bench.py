@@ -57,6 +57,9 @@ AA_SEED_OFFSET = 1000  # the A/A twin's seed stream: seed + 1000
 LEADERBOARD_FILE = "leaderboard.json"
 PER_PROMPT_FILE = "per_prompt_gold.json"  # in a run folder of a per-prompt task
 PROFILE_TAUS = np.linspace(-0.25, 1.0, 51)  # thresholds of the performance profiles (normalised gold)
+# fewer seeds than this and leaderboard.md calls no pair decided: a bootstrap of 3 runs has 10 distinct resamples
+# and its intervals are too narrow (docs/experiments/2026-12-07-bench.md)
+MIN_SEEDS_FOR_DECISION = 5
 
 
 @dataclass(frozen=True)
@@ -654,9 +657,9 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "over seeds with a stratified bootstrap 95% CI (rliable); AUC: area under the held-out gold curve, "
         "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
         "the seed-mean gain first reaches +0.05 and +0.10. P(a > b): probability of improvement with its 95% CI; "
-        "the CI excluding 0.5 is a decision. MDE: the gold-gain difference detected with 80% power (two-sided 5%) "
-        "at this many seeds, from the measured variance of the paired differences (the task's: pooled over every "
-        "pair; a pair's: from its own).",
+        f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
+        "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
+        "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
         "",
     ]
     for task, entry in board["tasks"].items():
@@ -703,6 +706,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
                 mean = float(np.mean(differences)) if differences else None
                 low, high = pair["ci_low"], pair["ci_high"]
                 decision = f"{pair['a']} better" if low > 0.5 else f"{pair['b']} better" if high < 0.5 else "undecided"
+                if min(len(differences), *(entry["agents"][pair[k]]["seeds"] for k in "ab")) < MIN_SEEDS_FOR_DECISION:
+                    decision = f"too few seeds (< {MIN_SEEDS_FOR_DECISION})"
                 lines.append(
                     f"| {pair['a']} | {pair['b']} | {pair['prob_improvement']:.3f} [{low:.3f}, {high:.3f}] | "
                     f"{decision} | {_number(mean)} | {_number(pair_detail['mde'], signed=False)} |"
