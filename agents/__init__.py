@@ -24,7 +24,8 @@ The modules: ``config`` (AgentConfig), ``buffers`` (Trajectories, StepBatch), ``
 env), ``base`` (the Agent's epoch), ``reinforce``/``ddpo``/``dpok``/``loop``/``rwr`` (the algorithms), ``herd``
 (the hindsight relabeler), ``registry`` (agents by name), ``policy`` (the LoRA diffusion policy), ``math`` (pure
 functions), ``distributed`` (accelerate), ``checkpoint`` (pickle-free files), ``envs`` (the env from settings),
-``trainer``, ``evaluation``, ``run_log``, ``run_folder``, ``plots``, ``comparison``, ``stats``,
+``trainer``, ``evaluation``, ``run_log``, ``run_folder``, ``plots``, ``comparison``, ``stats``, ``bench`` (the task
+suite x agents x seeds and its leaderboard), ``bench_stats`` (rliable's statistics),
 ``reevaluation``, ``presets`` (the HERD paper's experiments) and ``cli`` (the scripts' flags).
 """
 

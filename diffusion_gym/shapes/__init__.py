@@ -4,7 +4,9 @@ Importing this package registers (cheaply; models load only when a reward is bui
 
 * rewards ``shapes-gold`` (the mean of the per-sentence gold scores), ``shapes-gold-per-sentence`` (the
   minimum over sentences: 1 only when every sentence holds) and ``shapes-clip`` (the learned CLIP proxy);
-* prompt sets ``shapes-standard``, ``shapes-long``, ``shapes-train``, ``shapes-heldout``, ``shapes-objects``.
+* prompt sets ``shapes-standard``, ``shapes-long``, ``shapes-train``, ``shapes-heldout``, ``shapes-objects``,
+  ``shapes-multi``;
+* the bench's tasks ``long``, ``multi``, ``heldout``, ``proxy``, ``standard`` (:mod:`diffusion_gym.shapes.tasks`).
 
 The trained pipeline lives in ``diffusion_gym/assets/shapes/pipeline`` (see :data:`PIPELINE_DIR`).
 """
@@ -21,6 +23,7 @@ from diffusion_gym.shapes.prompt_sets import (
     PROMPT_SETS_VERSION,
     STANDARD_PROMPT,
     heldout_prompts,
+    multi_prompts,
     object_prompts,
     train_prompts,
 )
@@ -77,6 +80,9 @@ register_prompt_set("shapes-long", lambda: [LONG_PROMPT])
 register_prompt_set("shapes-train", lambda: list(train_prompts()))
 register_prompt_set("shapes-heldout", lambda: list(heldout_prompts()))
 register_prompt_set("shapes-objects", lambda: list(object_prompts()))
+register_prompt_set("shapes-multi", lambda: list(multi_prompts()))
+
+import diffusion_gym.shapes.tasks  # noqa: E402, F401  (registers the world's bench tasks)
 
 __all__ = [
     "ASSETS_DIR",

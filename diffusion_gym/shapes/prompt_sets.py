@@ -6,6 +6,10 @@
 * ``shapes-heldout``: 120 evaluation prompts (40 each with 1, 2 and 3 objects).
 * ``shapes-objects``: the 18 one-sentence prompts ``A <colour> <shape>.``: every colour-shape binding alone, each
   seen many times in a short run (none is a held-out prompt).
+* ``shapes-multi``: 8 prompts of 4-5 sentences (2-3 objects with size and position, a count, the background),
+  trained together by the bench's ``multi`` task; chosen among :func:`multi_candidate_prompts` so that the base
+  model's gold differs between them (:data:`MULTI_PROMPT_INDICES`, measured by
+  ``benchmarks/probes/multi_base_gold.py``).
 
 Every set is generated from a fixed seed by :mod:`diffusion_gym.shapes.scenes`; bump ``PROMPT_SETS_VERSION``
 whenever the generator or the seeds change. The scenes behind the held-out, standard and long prompts are
@@ -26,6 +30,11 @@ HELDOUT_SEED = 1001
 TRAIN_SEED = 2002
 HELDOUT_PER_COUNT = 40
 NUM_TRAIN_PROMPTS = 256
+MULTI_CANDIDATE_SEED = 3003
+# shapes-multi: these of multi_candidate_prompts(24), measured base gold on 16 samples each (10 DDIM steps)
+# 0.703, 0.800, 0.863, 0.879, 0.909, 0.945, 0.959, 0.980: from hard to easy, 2 and 3 objects alternately
+# (docs/experiments/2026-12-07-bench.md, data/2026-12-07-multi-base-gold.json)
+MULTI_PROMPT_INDICES = (21, 7, 9, 20, 15, 10, 17, 16)
 
 STANDARD_SCENE = Scene(
     "gray",
@@ -99,3 +108,28 @@ def heldout_prompts() -> tuple[str, ...]:
 def object_prompts() -> tuple[str, ...]:
     """``A <colour> <shape>.`` for every object colour and shape (colour-major order)."""
     return tuple(f"A {colour} {shape}." for colour in OBJECT_COLOURS for shape in SHAPES)
+
+
+@lru_cache(maxsize=4)
+def multi_candidate_prompts(count: int = 24) -> tuple[str, ...]:
+    """``count`` long captions (:func:`full_caption`: 4-5 sentences) of scenes of 2 and 3 objects (alternately),
+    drawn from ``MULTI_CANDIDATE_SEED``: the candidates of ``shapes-multi``. None is a training, held-out, standard
+    or long prompt, and the first ``k`` of ``count`` candidates are the same for every ``count >= k``."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    rng = np.random.default_rng(MULTI_CANDIDATE_SEED)
+    training = set(train_prompts())
+    prompts: list[str] = []
+    while len(prompts) < count:
+        scene = sample_scene(rng, 2 + len(prompts) % 2)
+        prompt = full_caption(scene)
+        if is_excluded(scene, prompt) or prompt in training or prompt in prompts:
+            continue
+        prompts.append(prompt)
+    return tuple(prompts)
+
+
+def multi_prompts() -> tuple[str, ...]:
+    """``shapes-multi``: the candidates :data:`MULTI_PROMPT_INDICES`, hardest (lowest base gold) first."""
+    candidates = multi_candidate_prompts(24)
+    return tuple(candidates[i] for i in MULTI_PROMPT_INDICES)

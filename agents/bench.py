@@ -1,0 +1,943 @@
+"""The bench: every (task, agent, seed) of a suite as a run folder, then a leaderboard with rliable's statistics.
+
+    python -m agents.bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench
+    python benchmarks/bench.py --tasks long --agents ddpo,ddpo-aa --seeds 5 --output-dir runs/aa --jobs 2
+    python -m agents.bench --tasks long --agents ddpo,loop --seeds 2 --output-dir runs/smoke --budget smoke
+
+Tasks come from the library's registry (:mod:`diffusion_gym.tasks`; the Shapes world's in
+:mod:`diffusion_gym.shapes.tasks`), agents are the comparison variants (:data:`agents.comparison.VARIANTS`) plus
+the calibration variants of :data:`BENCH_AGENTS`. Run ``(task, agent, seed)`` is an ordinary run folder
+``<output-dir>/<task>/<agent>-seed<seed>/`` made by the same :class:`~agents.trainer.Trainer` path as comparison
+mode, so a bench is resumable like a comparison: a finished run is only summarised, an interrupted one resumes
+from its latest checkpoint, a run folder with other settings is an error. ``jobs > 1`` runs that many at once,
+each as a subprocess (``python -m agents.bench --run-one ...``) at one torch thread, its output in
+``<output-dir>/logs/``.
+
+Paired by design (common random numbers): held-out sample ``i`` draws its noise from seed
+``RUN_EVAL_SEED + i`` in every run (:mod:`agents.evaluation`), so all agents and seeds of a task are scored on
+the same evaluation noise; a seed also fixes the LoRA initialisation, and the first batch's initial noise of the
+agents that draw their prompts the same way (DDPO, DPOK, REINFORCE, RWR, HERD over DDPO; LOOP draws one prompt
+per K samples, so its stream differs). A calibration twin (``ddpo-aa``) runs the same agent on another seed
+stream (``seed + 1000``).
+
+:func:`summarise_bench` writes ``leaderboard.json`` (the shape in :func:`leaderboard`), ``leaderboard.md``,
+``bench_summary.json`` (everything else: per-seed values, AUC, normalised scores across tasks) and three figures:
+``leaderboard_iqm.png``, ``performance_profiles.png``, ``gold_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agents.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
+from agents.config import AgentConfig
+from agents.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
+from agents.trainer import EvaluationEvent, Trainer, TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+BUDGETS = ("full", "smoke")
+AA_SEED_OFFSET = 1000  # the A/A twin's seed stream: seed + 1000
+LEADERBOARD_FILE = "leaderboard.json"
+PER_PROMPT_FILE = "per_prompt_gold.json"  # in a run folder of a per-prompt task
+PROFILE_TAUS = np.linspace(-0.25, 1.0, 51)  # thresholds of the performance profiles (normalised gold)
+# fewer seeds than this and leaderboard.md calls no pair decided: a bootstrap of 3 runs has 10 distinct resamples
+# and its intervals are too narrow (docs/experiments/2026-12-07-bench.md)
+MIN_SEEDS_FOR_DECISION = 5
+
+
+@dataclass(frozen=True)
+class BenchAgent:
+    """An agent of the bench: an agent name with ``AgentConfig`` overrides (over the task's budget), and a seed
+    offset (the A/A twin's other seed stream)."""
+
+    name: str
+    agent: str
+    overrides: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+    seed_offset: int = 0
+
+
+CALIBRATION_AGENTS = (
+    BenchAgent("ddpo-aa", "ddpo", {}, "A/A twin: DDPO on another seed stream (seed + 1000)", AA_SEED_OFFSET),
+    BenchAgent("ddpo-half-lr", "ddpo", {"learning_rate": 5e-4}, "handicap: DDPO at half the learning rate (5e-4)"),
+    BenchAgent(
+        "ddpo-half-batch", "ddpo", {"batches_per_epoch": 1}, "handicap: DDPO on half the fresh samples (1 batch/epoch)"
+    ),
+)
+BENCH_AGENTS: dict[str, BenchAgent] = {
+    **{v.name: BenchAgent(v.name, v.agent, dict(v.overrides), v.description) for v in VARIANTS.values()},
+    **{agent.name: agent for agent in CALIBRATION_AGENTS},
+}
+
+
+def resolve_agents(names: Sequence[str]) -> list[BenchAgent]:
+    """Bench agents by name (:data:`BENCH_AGENTS` or a plain agent name); ``ValueError`` naming an unknown or
+    repeated one."""
+    from agents.registry import AGENT_NAMES
+
+    agents: list[BenchAgent] = []
+    for name in names:
+        if name in BENCH_AGENTS:
+            agents.append(BENCH_AGENTS[name])
+        elif name in AGENT_NAMES:
+            agents.append(BenchAgent(name, name))
+        else:
+            known = sorted(set(BENCH_AGENTS) | set(AGENT_NAMES))
+            raise ValueError(f"unknown bench agent {name!r}; known: {', '.join(known)}")
+    if len({agent.name for agent in agents}) != len(agents):
+        raise ValueError(f"an agent is listed twice in {list(names)}")
+    if not agents:
+        raise ValueError("no agents given")
+    return agents
+
+
+def resolve_tasks(names: Sequence[str]):
+    """Registered tasks by name (``ValueError`` naming an unknown or repeated one)."""
+    from diffusion_gym.tasks import get_task
+
+    tasks = [get_task(name) for name in names]
+    if len({task.name for task in tasks}) != len(tasks):
+        raise ValueError(f"a task is listed twice in {list(names)}")
+    if not tasks:
+        raise ValueError("no tasks given")
+    return tasks
+
+
+def budget_task(task, budget: str):
+    """``task`` at ``budget``: ``full`` is the task as registered; ``smoke`` shrinks it to seconds (2 epochs of 4
+    samples, 3 DDIM steps, 4 held-out samples, an evaluation every epoch) for CI."""
+    if budget == "full":
+        return task
+    if budget == "smoke":
+        return task.replace(
+            epochs=2, batch_size=4, batches_per_epoch=1, num_inference_steps=3, eval_samples=4, eval_every=1
+        )
+    raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One (task, agent, seed) of the suite and the settings of its run folder."""
+
+    task: str
+    agent: str
+    seed: int
+    settings: RunSettings
+    definition: object = None  # the Task at the bench's budget
+
+
+def bench_command(task: str, agent: str, seed: int, output_dir: Path, budget: str) -> str:
+    """The command that (re)runs one run of a bench."""
+    return shlex.join(
+        [
+            "python",
+            "-m",
+            "agents.bench",
+            "--tasks",
+            task,
+            "--agents",
+            agent,
+            "--seeds",
+            f"{seed}-{seed}",
+            "--budget",
+            budget,
+            "--output-dir",
+            str(output_dir),
+        ]  # fmt: skip
+    )
+
+
+def run_settings(task, agent: BenchAgent, seed: int, output_dir: Path, budget: str = "full") -> RunSettings:
+    """The :class:`RunSettings` of ``agent`` with ``seed`` on ``task`` (already at its budget), into
+    ``<output_dir>/<task>/<agent>-seed<seed>``; the agent's overrides win over the task's batch settings."""
+    config = dataclasses.replace(
+        AgentConfig(),
+        seed=seed + agent.seed_offset,
+        batch_size=task.batch_size,
+        batches_per_epoch=task.batches_per_epoch,
+    )
+    config = dataclasses.replace(config, **agent.overrides).with_agent_defaults(agent.agent)
+    config.validate()
+    return RunSettings(
+        agent=agent.agent,
+        config=config,
+        output_dir=output_dir / task.name / f"{agent.name}-seed{seed}",
+        label=agent.name,
+        model=task.model,
+        reward=task.reward,
+        prompts=task.prompts,
+        eval_prompts=task.eval_prompts,
+        epochs=task.epochs,
+        num_inference_steps=task.num_inference_steps,
+        eval_every=task.eval_every,
+        eval_samples=task.eval_samples,
+        generalisation_prompts=task.generalisation_prompts,
+        threads=1,
+        command=bench_command(task.name, agent.name, seed, output_dir, budget),
+    )
+
+
+def plan_bench(
+    tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int], output_dir: Path, budget: str = "full"
+) -> list[BenchRun]:
+    """Every (task, agent, seed), task-major; names are checked before anything is run or written."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    seeds = check_seeds(seeds)
+    resolved_tasks = [budget_task(task, budget) for task in resolve_tasks(tasks)]
+    resolved_agents = resolve_agents(agents)
+    return [
+        BenchRun(task.name, agent.name, seed, run_settings(task, agent, seed, Path(output_dir), budget), task)
+        for task in resolved_tasks
+        for agent in resolved_agents
+        for seed in seeds
+    ]
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list of distinct ints >= 0 (``ValueError`` otherwise)."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("no seeds given")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seeds must be ints >= 0, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed is listed twice in {seeds}")
+    return seeds
+
+
+class PerPromptGold(TrainerCallback):
+    """Scores each evaluation's images per prompt with the task's gold scorer: ``gold_prompt<j>`` (``j`` the
+    prompt's index in the evaluation set) joins the evaluation's metrics (``eval_gold_prompt<j>`` in
+    ``metrics.jsonl``), and ``per_prompt_gold.json`` in the run folder keeps every evaluation's values by fresh
+    samples seen, the base model's (0 samples) included."""
+
+    def __init__(self, gold: str, eval_prompts: str, output_dir: Path):
+        from diffusion_gym.prompts import resolve_prompts
+
+        self.gold = gold
+        self.prompts = list(dict.fromkeys(resolve_prompts(eval_prompts)))
+        self.path = Path(output_dir) / PER_PROMPT_FILE
+
+    def on_evaluation(self, trainer: Trainer, event: EvaluationEvent) -> None:
+        import torch
+
+        from diffusion_gym.rewards import make_reward
+
+        evaluation = event.evaluation
+        if evaluation is None:
+            return
+        scores = torch.as_tensor(make_reward(self.gold)(evaluation.images, evaluation.prompts)).float()  # (N,)
+        values: list[float | None] = []
+        for index, prompt in enumerate(self.prompts):
+            rows = [i for i, p in enumerate(evaluation.prompts) if p == prompt]
+            value = float(scores[rows].mean()) if rows else None
+            values.append(value)
+            if value is not None:
+                event.metrics[f"gold_prompt{index}"] = value
+        record = (
+            json.loads(self.path.read_text()) if self.path.exists() else {"prompts": self.prompts, "by_samples": {}}
+        )
+        record["by_samples"][str(event.samples_seen)] = values
+        self.path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_bench_run(settings: RunSettings, task=None) -> None:
+    """One run of a bench in this process: :class:`~agents.trainer.Trainer` from its settings (a resume when
+    ``settings.resume``), with :class:`PerPromptGold` when ``task.per_prompt``."""
+    callbacks = []
+    if task is not None and task.per_prompt:
+        callbacks.append(PerPromptGold(task.gold, task.eval_prompts, Path(settings.output_dir)))
+    with Trainer.from_settings(settings, callbacks=callbacks) as trainer:
+        trainer.train()
+
+
+# ----------------------------------------------------------------------------------------------- running
+def bench(
+    tasks: Sequence[str],
+    agents: Sequence[str],
+    seeds: Sequence[int],
+    output_dir: str | Path,
+    budget: str = "full",
+    jobs: int = 1,
+    run_one: Callable[[RunSettings], None] | None = None,
+    summarise: bool = True,
+    reps: int | None = None,
+) -> dict:
+    """Run every (task, agent, seed) not finished yet, then summarise; returns the leaderboard (``{}`` with
+    ``summarise=False``).
+
+    ``jobs`` 1 trains in this process, one run after the other (``run_one``, default :func:`train_bench_run`, at
+    one torch thread); more starts up to ``jobs`` subprocesses at once.
+    Finished runs are never rerun; interrupted runs resume from their latest checkpoint. Ctrl-C stops the bench
+    after the running runs saved what they trained; rerun the same command to continue. A run that fails is
+    reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
+    ``reps``: bootstrap replications of the leaderboard's CIs (default :data:`agents.bench_stats.BOOTSTRAP_REPS`).
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    output_dir = Path(output_dir)
+    runs = plan_bench(tasks, agents, seeds, output_dir, budget)
+    pending = [run for run in runs if continue_or_start(run.settings) is not None]  # checks every folder first
+    from tqdm.auto import tqdm
+
+    failed: list[BenchRun] = []
+    with tqdm(total=len(runs), initial=len(runs) - len(pending), desc="bench", unit="run") as bar:
+        if pending and jobs == 1:
+            failed = _run_in_process(pending, run_one, bar)
+        elif pending:
+            failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar)
+    board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps) if summarise else {}
+    if failed:
+        names = ", ".join(f"{run.task}/{run.agent}-seed{run.seed}" for run in failed)
+        raise RuntimeError(f"bench runs failed: {names} (logs in {output_dir / 'logs'})")
+    return board
+
+
+def _train_one_thread(settings: RunSettings, task) -> None:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or previous)
+    try:
+        train_bench_run(settings, task)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], None] | None, bar) -> list[BenchRun]:
+    for run in pending:
+        settings = continue_or_start(run.settings)
+        if settings is None:  # finished meanwhile
+            bar.update(1)
+            continue
+        bar.set_postfix_str(f"{run.task}/{run.agent}-seed{run.seed}")
+        try:
+            if run_one is None:
+                _train_one_thread(settings, run.definition)
+            else:
+                run_one(settings)
+        except KeyboardInterrupt:
+            logger.warning("bench interrupted; rerun the same command to continue")
+            break
+        if (Path(settings.output_dir) / RESULTS_FILE).exists() and read_run_result(settings.output_dir).interrupted:
+            logger.warning("bench interrupted; rerun the same command to continue")
+            break
+        bar.update(1)
+    return []
+
+
+def _run_in_subprocesses(pending: list[BenchRun], output_dir: Path, budget: str, jobs: int, bar) -> list[BenchRun]:
+    logs = output_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    root = str(Path(__file__).resolve().parent.parent)  # the agents package's checkout, first on the path
+    environment["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    queue, running, failed = list(pending), [], []
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run = queue.pop(0)
+                command = [sys.executable, "-m", "agents.bench", "--run-one", run.task, run.agent, str(run.seed),
+                           "--budget", budget, "--output-dir", str(output_dir)]  # fmt: skip
+                log = (logs / f"{run.task}-{run.agent}-seed{run.seed}.log").open("a")
+                running.append(
+                    (run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment), log)
+                )
+            time.sleep(0.5)
+            for entry in list(running):
+                run, process, log = entry
+                if process.poll() is None:
+                    continue
+                running.remove(entry)
+                log.close()
+                if process.returncode != 0:
+                    failed.append(run)
+                    logger.error("bench run %s/%s-seed%d failed (exit %d)", run.task, run.agent, run.seed,
+                                 process.returncode)  # fmt: skip
+                bar.update(1)
+    except KeyboardInterrupt:
+        logger.warning("bench interrupted: stopping the running runs (they save what they trained)")
+        for _, process, _ in running:
+            process.send_signal(2)  # SIGINT: the trainer evaluates and saves what it trained
+        for _, process, log in running:
+            process.wait()
+            log.close()
+    return failed
+
+
+def run_one_main(task: str, agent: str, seed: int, output_dir: Path, budget: str) -> int:
+    """One run of a bench in this process (what ``--jobs`` starts): resumes or starts it, at one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    (run,) = plan_bench([task], [agent], [seed], output_dir, budget)
+    settings = continue_or_start(run.settings)
+    if settings is not None:
+        train_bench_run(settings, run.definition)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- summary
+@dataclass
+class AgentOnTask:
+    """The finished runs of one agent on one task, by seed."""
+
+    agent: str
+    seeds: list[int]
+    results: list[RunResult]
+
+    def gains(self) -> np.ndarray:
+        """Final minus base held-out gold, per seed ``(S,)``."""
+        return np.array([r.final.gold - r.base.gold for r in self.results], dtype=float)
+
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.gains().tolist(), strict=True))
+
+
+def finished_runs(output_dir: Path, task: str, agent: str, seeds: Sequence[int]) -> AgentOnTask:
+    """The finished runs among ``seeds`` of ``agent`` on ``task`` (missing or unfinished ones are left out)."""
+    kept_seeds, results = [], []
+    for seed in seeds:
+        folder = output_dir / task / f"{agent}-seed{seed}"
+        if not (folder / RESULTS_FILE).exists():
+            continue
+        result = read_run_result(folder)
+        if result.finished and result.base.gold is not None and result.final.gold is not None:
+            kept_seeds.append(seed)
+            results.append(result)
+    return AgentOnTask(agent, kept_seeds, results)
+
+
+def paired_differences(a: AgentOnTask, b: AgentOnTask) -> np.ndarray:
+    """``a``'s gain minus ``b``'s on the seeds both finished ``(S,)``."""
+    ga, gb = a.by_seed(), b.by_seed()
+    return np.array([ga[s] - gb[s] for s in sorted(ga.keys() & gb.keys())], dtype=float)
+
+
+def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
+    """The normalised area under each seed's held-out gold curve ``(S,)`` (:func:`normalised_auc`)."""
+    from agents.bench_stats import normalised_auc
+
+    found = held_out_gains(runs.results, "gold")
+    if found is None:
+        return np.full(len(runs.results), math.nan)
+    steps, gains, _ = found  # (P,), (S, P)
+    return np.array(
+        [normalised_auc(steps, gains[i] + r.base.gold, r.base.gold, ceiling) for i, r in enumerate(runs.results)]
+    )
+
+
+def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
+    """Per evaluation prompt, the base model's and the final gold, mean over the seeds whose run folder recorded
+    both (``per_prompt_gold.json``): ``{"prompts", "per_prompt_base", "per_prompt_final", "per_prompt_gain"}``."""
+    prompts: list[str] = []
+    base_rows, final_rows = [], []
+    for seed in runs.seeds:
+        path = output_dir / task / f"{runs.agent}-seed{seed}" / PER_PROMPT_FILE
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        by_samples = record["by_samples"]
+        last = max(by_samples, key=int)
+        if "0" not in by_samples or last == "0":
+            continue
+        prompts = record["prompts"]
+        base_rows.append(by_samples["0"])
+        final_rows.append(by_samples[last])
+    if not base_rows:
+        return {}
+    base = np.array(base_rows, dtype=float)  # (seeds, prompts); None -> nan
+    final = np.array(final_rows, dtype=float)
+    with warnings.catch_warnings():  # a prompt no seed evaluated (a small evaluation): NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            "prompts": prompts,
+            "per_prompt_base": np.nanmean(base, axis=0).tolist(),
+            "per_prompt_final": np.nanmean(final, axis=0).tolist(),
+            "per_prompt_gain": np.nanmean(final - base, axis=0).tolist(),
+        }
+
+
+def leaderboard(
+    output_dir: Path, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int], reps: int | None = None
+) -> tuple[dict, dict]:
+    """``(leaderboard, details)`` of the finished runs. The leaderboard has exactly this shape::
+
+        {"tasks": {TASK: {"mde": float | null, "agents": {AGENT: {"iqm", "ci_low", "ci_high", "seeds",
+         "samples_to_0.05", "samples_to_0.10", "minutes_to_0.10"}}, "pairs": [{"a", "b", "prob_improvement",
+         "ci_low", "ci_high"}]}}}
+
+    ``iqm`` and its CI: the final held-out gold gain over the base model, IQM over seeds with a stratified
+    bootstrap 95% CI. ``pairs``: every pair of agents (in the order given), P(a's gain > b's) with its CI.
+    ``mde``: the minimum detectable gold-gain difference at ``len(seeds)`` seeds (80% power, two-sided 5%), from
+    the pooled per-seed variance of the pairs' paired differences (null with fewer than 2 paired seeds).
+    An agent without finished runs is left out. ``details`` holds the per-seed gains, the normalised AUC and the
+    scores normalised across tasks.
+    """
+    from agents.bench_stats import (
+        BOOTSTRAP_REPS,
+        iqm_interval,
+        minimum_detectable_effect,
+        normalised_gold,
+        pooled_std_of_differences,
+        probability_of_improvement,
+    )
+    from diffusion_gym.tasks import get_task
+
+    reps = reps or BOOTSTRAP_REPS
+    board: dict = {"tasks": {}}
+    details: dict = {"tasks": {}, "across_tasks": {}, "bootstrap_reps": reps}
+    for task_name in tasks:
+        task = get_task(task_name)
+        present = [runs for runs in (finished_runs(output_dir, task_name, a, seeds) for a in agents) if runs.seeds]
+        entry: dict = {"mde": None, "agents": {}, "pairs": []}
+        detail: dict = {"agents": {}, "pairs": []}
+        for runs in present:
+            interval = iqm_interval(runs.gains(), reps=reps)
+            crossing = {c.threshold: c for c in crossings(runs.results, "gold")}
+            entry["agents"][runs.agent] = {
+                "iqm": interval.point,
+                "ci_low": interval.low,
+                "ci_high": interval.high,
+                "seeds": len(runs.seeds),
+                "samples_to_0.05": crossing[0.05].samples,
+                "samples_to_0.10": crossing[0.10].samples,
+                "minutes_to_0.10": crossing[0.10].minutes,
+            }
+            auc = auc_per_seed(runs, task.ceiling)
+            auc_interval = iqm_interval(auc, reps=reps) if np.isfinite(auc).all() else None
+            if task.per_prompt:
+                detail["agents"].setdefault(runs.agent, {}).update(per_prompt_gains(output_dir, task_name, runs))
+            detail["agents"].setdefault(runs.agent, {}).update(
+                {
+                    "seeds": runs.seeds,
+                    "base_gold": [r.base.gold for r in runs.results],
+                    "final_gold": [r.final.gold for r in runs.results],
+                    "gain": runs.gains().tolist(),
+                    "auc": auc.tolist(),
+                    "auc_iqm": None if auc_interval is None else dataclasses.asdict(auc_interval),
+                    "normalised_final": normalised_gold(
+                        [r.final.gold for r in runs.results], [r.base.gold for r in runs.results], task.ceiling
+                    ).tolist(),
+                }
+            )
+        differences = []
+        for a, b in itertools.combinations(present, 2):
+            interval = probability_of_improvement(a.gains(), b.gains(), reps=reps)
+            entry["pairs"].append(
+                {
+                    "a": a.agent,
+                    "b": b.agent,
+                    "prob_improvement": interval.point,
+                    "ci_low": interval.low,
+                    "ci_high": interval.high,
+                }  # fmt: skip
+            )
+            paired = paired_differences(a, b)
+            differences.append(paired)
+            pair_sd = float(paired.std(ddof=1)) if len(paired) >= 2 else math.nan
+            detail["pairs"].append(
+                {
+                    "a": a.agent,
+                    "b": b.agent,
+                    "paired_differences": paired.tolist(),
+                    "std": pair_sd,
+                    "mde": minimum_detectable_effect(pair_sd, len(list(seeds))),
+                }  # fmt: skip
+            )
+        sd = pooled_std_of_differences(differences) if differences else math.nan
+        entry["mde"] = minimum_detectable_effect(sd, len(list(seeds)))
+        detail["std_of_paired_differences"] = sd
+        board["tasks"][task_name] = entry
+        details["tasks"][task_name] = detail
+    details["across_tasks"] = across_tasks(details, tasks, agents, reps)
+    return json_safe(board), json_safe(details)
+
+
+def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str], reps: int) -> dict:
+    """Per agent, the IQM (with CI) of the final gold normalised between the base model and each task's ceiling,
+    over the seeds finished on every task, stratified by task; and the performance profiles of those scores."""
+    from agents.bench_stats import iqm_interval, performance_profiles
+
+    matrices: dict[str, np.ndarray] = {}
+    for agent in agents:
+        per_task = [details["tasks"][task]["agents"].get(agent) for task in tasks]
+        if any(entry is None for entry in per_task):
+            continue
+        common = sorted(set.intersection(*(set(entry["seeds"]) for entry in per_task)))
+        if not common:
+            continue
+        columns = [[entry["normalised_final"][entry["seeds"].index(s)] for s in common] for entry in per_task]
+        matrices[agent] = np.array(columns, dtype=float).T  # (seeds, tasks)
+    out: dict = {"agents": {}, "profile_taus": PROFILE_TAUS.tolist(), "profiles": {}}
+    for agent, matrix in matrices.items():
+        out["agents"][agent] = {"seeds": matrix.shape[0], **dataclasses.asdict(iqm_interval(matrix, reps=reps))}
+    if matrices:
+        profile = performance_profiles(matrices, PROFILE_TAUS, reps=reps)
+        out["profiles"] = {
+            agent: {
+                "fraction": profile.fractions[agent].tolist(),
+                "low": profile.low[agent].tolist(),
+                "high": profile.high[agent].tolist(),
+            }  # fmt: skip
+            for agent in matrices
+        }
+    return out
+
+
+def summarise_bench(
+    output_dir: str | Path,
+    tasks: Sequence[str],
+    agents: Sequence[str],
+    seeds: Sequence[int],
+    budget: str = "full",
+    reps: int | None = None,
+) -> dict:
+    """Write ``leaderboard.json``, ``leaderboard.md``, ``bench_summary.json`` and the figures from the finished runs
+    in ``output_dir``; returns the leaderboard."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    board, details = leaderboard(output_dir, tasks, agents, seeds, reps)
+    command = shlex.join(
+        [
+            "python",
+            "-m",
+            "agents.bench",
+            "--tasks",
+            ",".join(tasks),
+            "--agents",
+            ",".join(agents),
+            "--seeds",
+            ",".join(str(s) for s in seeds),
+            "--budget",
+            budget,
+            "--output-dir",
+            str(output_dir),
+        ]  # fmt: skip
+    )
+    (output_dir / LEADERBOARD_FILE).write_text(json.dumps(board, indent=2) + "\n")
+    details["command"] = command
+    (output_dir / "bench_summary.json").write_text(json.dumps(details, indent=2) + "\n")
+    (output_dir / "leaderboard.md").write_text(leaderboard_markdown(board, details, command) + "\n")
+    plot_bench(output_dir, board, details, tasks, agents, seeds)
+    return board
+
+
+def _number(value: float | None, digits: int = 4, signed: bool = True) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
+    """``leaderboard.md``: per task the agents' IQM gold gain with CI, AUC, crossings; the pairs; the MDE."""
+    lines = [
+        "# Leaderboard",
+        "",
+        "Final held-out gold gain over the base model (fresh noise, the same noise for every agent and seed): IQM "
+        "over seeds with a stratified bootstrap 95% CI (rliable); AUC: area under the held-out gold curve, "
+        "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
+        "the seed-mean gain first reaches +0.05 and +0.10. P(a > b): probability of improvement with its 95% CI; "
+        f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
+        "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
+        "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
+        "",
+    ]
+    for task, entry in board["tasks"].items():
+        detail = details["tasks"][task]
+        lines += [f"## {task} (MDE {_number(entry['mde'], signed=False)})", ""]
+        lines += [
+            "| agent | seeds | IQM gold gain [95% CI] | AUC (IQM) | samples to +0.05 | samples (min) to +0.10 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for agent, row in entry["agents"].items():
+            auc = detail["agents"][agent]["auc_iqm"]
+            minutes = "" if row["minutes_to_0.10"] is None else f" ({row['minutes_to_0.10']:.1f})"
+            lines.append(
+                f"| {agent} | {row['seeds']} | {_number(row['iqm'])} [{_number(row['ci_low'])}, "
+                f"{_number(row['ci_high'])}] | {_number(auc['point'] if auc else None, 3)} | "
+                f"{row['samples_to_0.05'] if row['samples_to_0.05'] is not None else 'not reached'} | "
+                f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} |"
+            )
+        per_prompt = {agent: row for agent, row in detail["agents"].items() if row.get("per_prompt_gain")}
+        if per_prompt:
+            first = next(iter(per_prompt.values()))
+            lines += [
+                "",
+                "Gold gain per evaluation prompt, mean over seeds (the header: prompt j and its base gold, the same "
+                "model on the same noise for every agent; the prompts are in `bench_summary.json`):",
+                "",
+                "| agent | "
+                + " | ".join(
+                    f"p{j} ({_number(value, 2, signed=False)})" for j, value in enumerate(first["per_prompt_base"])
+                )
+                + " |",
+                "|---|" + "---:|" * len(first["per_prompt_base"]),
+            ]
+            for agent, row in per_prompt.items():
+                lines.append(f"| {agent} | " + " | ".join(_number(v, 3) for v in row["per_prompt_gain"]) + " |")
+        if entry["pairs"]:
+            lines += [
+                "",
+                "| a | b | P(a > b) [95% CI] | decision | mean paired difference | this pair's MDE |",
+                "|---|---|---:|---|---:|---:|",
+            ]
+            for pair, pair_detail in zip(entry["pairs"], detail["pairs"], strict=True):
+                differences = pair_detail["paired_differences"]
+                mean = float(np.mean(differences)) if differences else None
+                low, high = pair["ci_low"], pair["ci_high"]
+                decision = f"{pair['a']} better" if low > 0.5 else f"{pair['b']} better" if high < 0.5 else "undecided"
+                if min(len(differences), *(entry["agents"][pair[k]]["seeds"] for k in "ab")) < MIN_SEEDS_FOR_DECISION:
+                    decision = f"too few seeds (< {MIN_SEEDS_FOR_DECISION})"
+                lines.append(
+                    f"| {pair['a']} | {pair['b']} | {pair['prob_improvement']:.3f} [{low:.3f}, {high:.3f}] | "
+                    f"{decision} | {_number(mean)} | {_number(pair_detail['mde'], signed=False)} |"
+                )
+        lines.append("")
+    across = details["across_tasks"]["agents"]
+    if across:
+        lines += [
+            "## Across tasks",
+            "",
+            "Final gold normalised between the base model (0) and each task's ceiling (1): IQM over seeds x tasks, "
+            "stratified bootstrap 95% CI.",
+            "",
+            "| agent | seeds | IQM normalised gold [95% CI] |",
+            "|---|---:|---:|",
+        ]
+        for agent, row in across.items():
+            lines.append(f"| {agent} | {row['seeds']} | {row['point']:.4f} [{row['low']:.4f}, {row['high']:.4f}] |")
+        lines.append("")
+    lines.append(f"Regenerate with: `{command}`")
+    return "\n".join(lines)
+
+
+def plot_bench(
+    output_dir: Path, board: dict, details: dict, tasks: Sequence[str], agents: Sequence[str], seeds: Sequence[int]
+) -> None:
+    """``leaderboard_iqm.png`` (IQM with CIs per task), ``performance_profiles.png`` (across tasks) and
+    ``gold_curves.png`` (held-out gold against samples, mean over seeds with its 95% band, per task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agents.plots import plot_comparison
+
+    names = list(board["tasks"])
+    figure, axes = plt.subplots(1, max(1, len(names)), figsize=(max(6, 4.5 * len(names)), 0.6 * len(agents) + 2),
+                                squeeze=False)  # fmt: skip
+    for axis, task in zip(axes[0], names, strict=False):
+        rows = board["tasks"][task]["agents"]
+        labels = list(rows)
+        points = np.array([rows[a]["iqm"] for a in labels], dtype=float)
+        errors = np.array([[rows[a]["iqm"] - rows[a]["ci_low"], rows[a]["ci_high"] - rows[a]["iqm"]] for a in labels],
+                          dtype=float).T.reshape(2, len(labels))  # fmt: skip
+        axis.errorbar(points, np.arange(len(labels)), xerr=errors, fmt="o", capsize=4)
+        axis.set_yticks(np.arange(len(labels)), labels)
+        axis.axvline(0, color="gray", linewidth=0.8)
+        axis.set(xlabel="IQM final gold gain (95% CI)", title=task)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output_dir / "leaderboard_iqm.png", dpi=120)
+    plt.close(figure)
+
+    profiles = details["across_tasks"]["profiles"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    taus = np.array(details["across_tasks"]["profile_taus"])
+    for agent, profile in profiles.items():
+        (line,) = axis.plot(taus, profile["fraction"], label=agent)
+        axis.fill_between(taus, profile["low"], profile["high"], color=line.get_color(), alpha=0.15, linewidth=0)
+    axis.set(xlabel="normalised final gold tau (0: base model, 1: ceiling)", ylabel="fraction of runs > tau",
+             title="performance profiles across " + ", ".join(names))  # fmt: skip
+    axis.grid(alpha=0.3)
+    if profiles:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(output_dir / "performance_profiles.png", dpi=120)
+    plt.close(figure)
+
+    panels: dict = {}
+    for task in names:
+        for agent in agents:
+            runs = finished_runs(output_dir, task, agent, seeds)
+            band = held_out_band(runs.results, "gold") if runs.results else None
+            if band is not None:
+                panels.setdefault(f"{task}: held-out gold", {})[agent] = band
+    plot_comparison(panels, output_dir / "gold_curves.png", title="held-out gold on fresh noise")
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def seed_spec(text: str) -> list[int]:
+    """``"5"`` -> seeds 0..4; ``"0,3,7"`` -> those; ``"5-9"`` -> 5..9 (argparse type)."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text:
+            first, last = (int(part) for part in text.split("-"))
+            if last < first:
+                raise ValueError
+            seeds = list(range(first, last + 1))
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            seeds = list(range(count))
+        return check_seeds(seeds)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a count N (seeds 0..N-1), a list 0,3,7 or a range 5-9 of seeds >= 0, got {text!r}"
+        ) from error
+
+
+def name_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+DESCRIPTION = """\
+Run every (task, agent, seed) of a suite as a run folder <output-dir>/<task>/<agent>-seed<seed>/, then write
+leaderboard.json, leaderboard.md, bench_summary.json and the figures (IQM with CIs, performance profiles, gold
+curves). Rerunning the command continues the bench: finished runs are only summarised, interrupted ones resume
+from their latest checkpoint. Every agent and seed of a task is scored on the same evaluation noise (paired);
+statistics by rliable: IQM of the final gold gain with stratified bootstrap 95% CIs, probability of improvement
+for every pair, the minimum detectable effect at these seeds.
+
+    python -m agents.bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench --jobs 2
+    python -m agents.bench --tasks long --agents ddpo,loop --seeds 2 --budget smoke --output-dir runs/smoke
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffusion_gym.tasks import get_task, task_names
+
+    tasks = "\n".join(f"  {name:<10} {get_task(name).description}" for name in task_names())
+    agents = "\n".join(f"  {agent.name:<18} {agent.description}" for agent in BENCH_AGENTS.values())
+    parser = argparse.ArgumentParser(
+        prog="diffusion-gym bench",
+        description=DESCRIPTION,
+        epilog=f"tasks:\n{tasks}\n\nagents (besides the plain agent names):\n{agents}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tasks", type=name_list, default=["long"], help="comma-separated registered tasks (default: long)"
+    )
+    parser.add_argument(
+        "--agents",
+        type=name_list,
+        default=["ddpo", "loop", "herd"],
+        help="comma-separated agents or variants; every pair is compared (default: ddpo,loop,herd)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=seed_spec,
+        default=seed_spec("5"),
+        help="a count N (seeds 0..N-1), a list 0,3,7 or a range 5-9; the same seeds for every task and agent, "
+        "paired (default: 5)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("runs/bench"),
+        help="the bench folder: <task>/<agent>-seed<seed>/ run folders, logs/, leaderboard.json and .md, figures; "
+        "rerunning into it continues the bench (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="full",
+        help="full: each task's registered sample budget; smoke: 2 epochs of 4 samples, 3 DDIM steps, 4 held-out "
+        "samples, seconds per run (CI) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once: 1 trains in this process one run after the other; N > 1 starts N subprocesses of one "
+        "torch thread each (one per core) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="train nothing: write the leaderboard from the runs finished so far",
+    )
+    parser.add_argument(
+        "--bootstrap-reps",
+        type=int,
+        default=None,
+        help="bootstrap replications of every confidence interval (default: 2000; rliable's own default is 50000)",
+    )
+    parser.add_argument("--run-one", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``diffusion-gym bench``: see :func:`build_parser`'s help."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.jobs < 1:
+        parser.error(f"argument --jobs: must be >= 1, got {args.jobs}")
+    if args.bootstrap_reps is not None and args.bootstrap_reps < 10:
+        parser.error(f"argument --bootstrap-reps: must be >= 10, got {args.bootstrap_reps}")
+    if args.run_one is not None:
+        task, agent, seed = args.run_one
+        return run_one_main(task, agent, int(seed), args.output_dir, args.budget)
+    try:
+        plan_bench(args.tasks, args.agents, args.seeds, args.output_dir, args.budget)  # names checked up front
+    except ValueError as error:
+        parser.error(str(error))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.summarise_only:
+        board = summarise_bench(args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps)
+    else:
+        try:
+            board = bench(
+                args.tasks, args.agents, args.seeds, args.output_dir, args.budget, args.jobs, reps=args.bootstrap_reps
+            )
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
+            return 1
+    print((args.output_dir / "leaderboard.md").read_text())
+    print(f"leaderboard: {args.output_dir / LEADERBOARD_FILE}")
+    return 0 if board is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "BENCH_AGENTS",
+    "BUDGETS",
+    "BenchAgent",
+    "BenchRun",
+    "bench",
+    "budget_task",
+    "leaderboard",
+    "main",
+    "plan_bench",
+    "resolve_agents",
+    "run_settings",
+    "summarise_bench",
+]
