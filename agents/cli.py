@@ -15,7 +15,7 @@ import torch
 
 from agents.comparison import resolve_variants
 from agents.config import AGENT_CONFIG_HELP, ATTENTION_PROCESSORS, AgentConfig
-from agents.registry import AGENT_NAMES
+from agents.registry import agent_names
 from agents.run_folder import RUN_SETTINGS_FILE
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.rewards import UnknownRewardError, validate_reward
@@ -41,7 +41,7 @@ POSITIVE_FIELDS = {
     "lr_decay_epochs",
 }
 FIELD_CHOICES: dict[str, list[str]] = {
-    "herd_base": [name for name in AGENT_NAMES if name != "herd"],
+    "herd_base": [name for name in agent_names() if name != "herd"],
     "attention": list(ATTENTION_PROCESSORS),
 }
 
@@ -156,7 +156,7 @@ def seed_list(text: str) -> list[int]:
 
 def variant_list(text: str) -> str:
     try:
-        resolve_variants(text, AGENT_NAMES)
+        resolve_variants(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
