@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import warnings
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -172,8 +173,12 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        if point.name not in _registered:
+        if point.name in _registered:
+            continue
+        try:
             register_agent(point.name, point.value)
+        except ValueError as error:  # one broken plugin must not stop every agent (and the CLI) from loading
+            warnings.warn(f"skipped the {ENTRY_POINT_GROUP} entry point {point.name!r}: {error}", stacklevel=2)
 
 
 __all__ = [

@@ -139,10 +139,14 @@ def test_an_installed_packages_entry_point_registers_its_agent(tmp_path, monkeyp
     info = tmp_path / "plugin_agents-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-agents\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[diffusion_gym.agents]\nplugin-ddpo = plugin_agents:PluginAgent\n")
+    (info / "entry_points.txt").write_text(
+        "[diffusion_gym.agents]\nplugin-ddpo = plugin_agents:PluginAgent\nddpo = plugin_agents:PluginAgent\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry._entry_points_loaded = False
-    assert "plugin-ddpo" in agent_names() and "plugin_agents" not in sys.modules
+    with pytest.warns(UserWarning, match="skipped the diffusion_gym.agents entry point 'ddpo': 'ddpo' is a built-in"):
+        names = agent_names()  # a plugin claiming a built-in's name is skipped, the others load
+    assert "plugin-ddpo" in names and "plugin_agents" not in sys.modules
     cls = registry.agent_class("plugin-ddpo")
     assert cls.__module__ == "plugin_agents" and cls.name == "plugin-ddpo"
     sys.modules.pop("plugin_agents", None)
