@@ -22,10 +22,11 @@ Or the epoch loop by hand: every agent drives the env (possibly wrapped) through
 
 The modules: ``config`` (AgentConfig), ``buffers`` (Trajectories, StepBatch), ``rollout`` (episodes through the
 env), ``base`` (the Agent's epoch), ``reinforce``/``ddpo``/``dpok``/``loop``/``rwr`` (the algorithms), ``herd``
-(the hindsight relabeler), ``registry`` (agents by name; :func:`register_agent` adds one of your own), ``policy`` (the LoRA diffusion policy), ``math`` (pure
-functions), ``distributed`` (accelerate), ``checkpoint`` (pickle-free files), ``envs`` (the env from settings),
-``trainer``, ``evaluation``, ``run_log``, ``run_folder``, ``plots``, ``comparison``, ``stats``,
-``reevaluation``, ``presets`` (the HERD paper's experiments) and ``cli`` (the scripts' flags).
+(the hindsight relabeler), ``registry`` (agents by name; :func:`register_agent` adds one of your own),
+``policy`` (the LoRA diffusion policy), ``math`` (pure functions), ``distributed`` (accelerate), ``checkpoint``
+(pickle-free files), ``envs`` (the env from settings), ``trainer``, ``evaluation``, ``run_log``, ``run_folder``,
+``plots``, ``comparison``, ``stats``, ``reevaluation``, ``presets`` (the HERD paper's experiments) and ``cli``
+(the scripts' flags).
 """
 
 from __future__ import annotations
