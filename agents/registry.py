@@ -133,7 +133,21 @@ def make_agent(name: str, env, config: AgentConfig) -> Agent:
 
 def agent_spec(agent: Agent) -> tuple[str, AgentConfig]:
     """The :func:`make_agent` name and config that rebuild ``agent``: ``"herd"`` (with ``herd_base`` set to the
-    agent's algorithm) when it has a relabeler, else its own name."""
+    agent's algorithm) when it has a relabeler, else its own name.
+
+    Warns when that name would not rebuild ``agent``'s class (a class not registered, or a subclass that kept its
+    parent's ``name``): a run of it trains, but its resume would fail or build another agent."""
+    try:
+        rebuilt = agent_class(agent.name)
+    except ValueError:
+        rebuilt = None
+    if rebuilt is not type(agent):
+        what = f"builds {rebuilt.__qualname__}" if rebuilt is not None else "is not registered"
+        warnings.warn(
+            f"agent name {agent.name!r} {what}, not {type(agent).__qualname__}: a run of this agent cannot be resumed "
+            f"as it is; give the class its own name and register_agent(name, {type(agent).__qualname__})",
+            stacklevel=2,
+        )
     if agent.relabeler is None:
         return agent.name, agent.config
     return HERD, dataclasses.replace(agent.config, herd_base=agent.name)

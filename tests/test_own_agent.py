@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,35 @@ def test_an_installed_packages_entry_point_registers_its_agent(tmp_path, monkeyp
     cls = registry.agent_class("plugin-ddpo")
     assert cls.__module__ == "plugin_agents" and cls.name == "plugin-ddpo"
     sys.modules.pop("plugin_agents", None)
+
+
+class Tweaked(DDPOAgent):  # a subclass that kept its parent's name, "ddpo"
+    pass
+
+
+class OwnDDPO(DDPOAgent):
+    name = "own-ddpo"
+
+
+def test_an_agent_its_name_would_not_rebuild_is_warned_about(env):
+    """A trainer given an agent instance records the agent's name; a subclass that kept its parent's name, or an
+    unregistered class, would resume as another agent or not at all: agent_spec says so (a registered one is
+    silent)."""
+    from agents import agent_spec
+
+    tweaked, own = Tweaked(env, tiny_config()), OwnDDPO(env, tiny_config())
+    try:
+        with pytest.warns(UserWarning, match="agent name 'ddpo' builds DDPOAgent, not Tweaked"):
+            assert agent_spec(tweaked)[0] == "ddpo"
+        with pytest.warns(UserWarning, match="agent name 'own-ddpo' is not registered"):
+            agent_spec(own)
+        register_agent("own-ddpo", OwnDDPO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert agent_spec(own)[0] == "own-ddpo"
+    finally:
+        tweaked.close()
+        own.close()
 
 
 # ------------------------------------------------------------------------------------------ a user's file
