@@ -90,16 +90,16 @@ BENCH_AGENTS: dict[str, BenchAgent] = {
 def resolve_agents(names: Sequence[str]) -> list[BenchAgent]:
     """Bench agents by name (:data:`BENCH_AGENTS` or a plain agent name); ``ValueError`` naming an unknown or
     repeated one."""
-    from agents.registry import AGENT_NAMES
+    from agents.registry import agent_names
 
     agents: list[BenchAgent] = []
     for name in names:
         if name in BENCH_AGENTS:
             agents.append(BENCH_AGENTS[name])
-        elif name in AGENT_NAMES:
+        elif name in agent_names():
             agents.append(BenchAgent(name, name))
         else:
-            known = sorted(set(BENCH_AGENTS) | set(AGENT_NAMES))
+            known = sorted(set(BENCH_AGENTS) | set(agent_names()))
             raise ValueError(f"unknown bench agent {name!r}; known: {', '.join(known)}")
     if len({agent.name for agent in agents}) != len(agents):
         raise ValueError(f"an agent is listed twice in {list(names)}")

@@ -15,14 +15,13 @@ import torch
 from agents.comparison import resolve_variants
 from agents.config import (
     AGENT_CONFIG_BOUNDS,
-    AGENT_CONFIG_CHOICES,
     AGENT_CONFIG_HELP,
     AgentConfig,
     Bound,
+    agent_config_choices,
     check_value,
     field_types,
 )
-from agents.registry import AGENT_NAMES
 from agents.run_folder import RUN_SETTINGS_BOUNDS, RUN_SETTINGS_FILE, check_output_dir
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.rewards import UnknownRewardError, validate_reward
@@ -151,7 +150,7 @@ def seed_list(text: str) -> list[int]:
 
 def variant_list(text: str) -> str:
     try:
-        resolve_variants(text, AGENT_NAMES)
+        resolve_variants(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
@@ -188,7 +187,7 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
             parse = setting_type(AgentConfig, field.name)
         else:
             parse = optional(prompt_text) if is_optional else prompt_text
-        choices = AGENT_CONFIG_CHOICES.get(field.name)
+        choices = agent_config_choices().get(field.name)
         group.add_argument(
             flag,
             dest=field.name,

@@ -19,6 +19,7 @@ folders, :func:`summarise` writes:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,8 @@ from agents.plots import (
 from agents.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
 from agents.run_lock import RunFolderLock
 from agents.stats import MeanCI, mean_ci, paired_difference
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,14 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def resolve_variants(names: str, agent_names: Sequence[str]) -> list[Variant]:
-    """``"ddpo,herd,herd-b2"`` -> variants; a plain agent name is a variant without overrides."""
+def resolve_variants(names: str, agent_names: Sequence[str] | None = None) -> list[Variant]:
+    """``"ddpo,herd,herd-b2"`` -> variants; a plain agent name is a variant without overrides. ``agent_names``:
+    default, every agent of the registry (:func:`agents.registry.agent_names`, a registered agent of your own
+    included)."""
+    if agent_names is None:
+        from agents.registry import agent_names as registered_agent_names
+
+        agent_names = registered_agent_names()
     variants: list[Variant] = []
     for name in (part.strip() for part in names.split(",")):
         if name in VARIANTS:
@@ -157,9 +166,9 @@ def run_comparison(
         run = continue_or_start(planned)
         where = f"{planned.name} seed {planned.config.seed} -> {planned.output_dir}"
         if run is None:
-            print(f"[{index}/{len(runs)}] {where}: already finished", flush=True)
+            logger.info("[%d/%d] %s: already finished", index, len(runs), where)
         else:
-            print(f"[{index}/{len(runs)}] {where}" + (" (resuming)" if run.resume else ""), flush=True)
+            logger.info("[%d/%d] %s%s", index, len(runs), where, " (resuming)" if run.resume else "")
             try:
                 run_one(run)
             except KeyboardInterrupt:
@@ -168,7 +177,7 @@ def run_comparison(
                 break
         completed.append(planned)
     if len(completed) < len(runs):
-        print("comparison interrupted; summarising the finished runs (rerun the command to continue)", flush=True)
+        logger.warning("comparison interrupted; summarising the finished runs (rerun the command to continue)")
     return summarise(completed, output_dir, {v.name: v.description for v in variants}, command)
 
 
@@ -196,7 +205,7 @@ def continue_or_start(run: RunSettings) -> RunSettings | None:
     # folder that is not empty), the stopped session's files are kept beside it
     with RunFolderLock(folder):  # not while another process writes it
         moved = set_aside_folder(folder)
-    print(f"{folder}: stopped before its first checkpoint; starting it over (its files moved to {moved})", flush=True)
+    logger.warning("%s: stopped before its first checkpoint; starting it over (its files moved to %s)", folder, moved)
     return run
 
 

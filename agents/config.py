@@ -20,7 +20,6 @@ from typing import Any
 # the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
 ATTENTION_PROCESSORS = ("sdpa", "classic")
 # the agents that HERD can wrap (agents.registry.AGENT_NAMES is these and "herd")
-BASE_AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr")
 # the largest seed: torch.manual_seed takes up to 2**64 - 1 and numpy any int >= 0; 2**63 - 1 also fits every int64
 # reader of run.json and results.json
 MAX_SEED = 2**63 - 1
@@ -207,7 +206,7 @@ class AgentConfig:
         """``TypeError`` (wrong type) or ``ValueError`` (out of range) naming the first bad field; numpy scalars
         become ``int``/``float``. Runs on construction (and ``dataclasses.replace``); call it again after assigning
         a field."""
-        check_fields(self, AGENT_CONFIG_BOUNDS, AGENT_CONFIG_CHOICES)
+        check_fields(self, AGENT_CONFIG_BOUNDS, agent_config_choices())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AgentConfig:
@@ -261,7 +260,20 @@ AGENT_CONFIG_BOUNDS: dict[str, Bound] = {
     "herd_buffer_batches": AT_LEAST_ONE,
     "herd_history_batches": AT_LEAST_ONE,
 }
-AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"herd_base": BASE_AGENT_NAMES, "attention": ATTENTION_PROCESSORS}
+AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"attention": ATTENTION_PROCESSORS}
+
+
+def herd_bases() -> tuple[str, ...]:
+    """The agents HERD can wrap: every agent of the registry (a registered one of your own included) but HERD."""
+    from agents.registry import HERD, agent_names
+
+    return tuple(name for name in agent_names() if name != HERD)
+
+
+def agent_config_choices() -> dict[str, tuple[str, ...]]:
+    """The fields of :class:`AgentConfig` with a fixed set of values, and those values (``herd_base``: the
+    registry's agents, read when asked)."""
+    return {**AGENT_CONFIG_CHOICES, "herd_base": herd_bases()}
 
 
 # The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
@@ -352,7 +364,6 @@ __all__ = [
     "AGENT_CONFIG_HELP",
     "AGENT_LEARNING_RATES",
     "ATTENTION_PROCESSORS",
-    "BASE_AGENT_NAMES",
     "DEFAULT_LEARNING_RATE",
     "MAX_SEED",
     "AgentConfig",

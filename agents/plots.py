@@ -1,5 +1,6 @@
 """Figures of a run folder (``reward_curve.png``, ``before_after.png``) and of a comparison (``comparison.png``);
-matplotlib with the Agg backend: no display needed.
+matplotlib figures drawn without pyplot (no display, no global backend; matplotlib is imported on the first
+figure).
 
 Reward curves follow the HERD paper's figures: the raw per-epoch values faded, a running average over them
 drawn solid.
@@ -11,13 +12,13 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
 
 MAX_SMOOTHING_WINDOW = 25  # the HERD paper smooths its curves "with a scale of 25"
 
@@ -92,12 +93,21 @@ def setting_summary(model: str, reward: str, prompts: str) -> str:
     return f"{model} · {reward} · {textwrap.shorten(prompts, 40, placeholder='…')}"
 
 
+def new_figure(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A matplotlib figure and its ``(rows, columns)`` array of axes, outside pyplot: nothing to close, and the
+    caller's backend is left alone."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
 def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None:
     """``reward_curve.png``: one panel per metric (e.g. training reward, gold score), raw faded + smoothed, and the
     held-out evaluations on fresh noise as markers."""
     panels = {name: curve for name, curve in curves.items() if np.isfinite(curve.values).any()}
     width = max(7.0, 5.5 * len(panels))
-    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(width, 4.2), squeeze=False)
+    figure, axes = new_figure(1, max(1, len(panels)), figsize=(width, 4.2))
     for axis, (name, curve) in zip(axes[0], panels.items(), strict=False):
         window = smoothing_window(len(curve.values))
         (line,) = axis.plot(curve.steps, curve.values, alpha=0.3, linewidth=1)
@@ -128,7 +138,6 @@ def plot_reward_curves(curves: dict[str, Curve], path: Path, title: str) -> None
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 @dataclass
@@ -145,7 +154,7 @@ class BandCurve:
 def plot_comparison(panels: dict[str, dict[str, BandCurve]], path: Path, title: str) -> None:
     """Overlaid curves: a panel per metric; per agent the smoothed mean, its CI band and the raw mean faded."""
     width = max(7.5, 6 * len(panels))
-    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(width, 4.6), squeeze=False)
+    figure, axes = new_figure(1, max(1, len(panels)), figsize=(width, 4.6))
     for axis, (metric, by_agent) in zip(axes[0], panels.items(), strict=False):
         for agent, band in by_agent.items():
             (line,) = axis.plot(band.steps, band.smoothed_mean, linewidth=2, label=agent, zorder=3)
@@ -157,13 +166,12 @@ def plot_comparison(panels: dict[str, dict[str, BandCurve]], path: Path, title: 
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_before_after(before: torch.Tensor, after: torch.Tensor, prompts: Sequence[str], path: Path) -> None:
     """Two rows of images ``(N, 3, H, W)`` in [0, 1] on the same seeds and prompts: base model, fine-tuned."""
     count = len(prompts)
-    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 5.2), squeeze=False)
+    figure, axes = new_figure(2, count, figsize=(2.2 * count, 5.2))
     for column, prompt in enumerate(prompts):
         for row, (images, label) in enumerate(((before, "base model"), (after, "fine-tuned"))):
             axis = axes[row][column]
@@ -175,4 +183,3 @@ def plot_before_after(before: torch.Tensor, after: torch.Tensor, prompts: Sequen
         axes[0][column].set_title(textwrap.fill(prompt, 28), fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

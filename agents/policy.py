@@ -39,8 +39,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch._dynamo.exc
-import torch._inductor.exc
 import torch.utils.checkpoint
 
 from agents.buffers import Trajectories
@@ -51,6 +49,17 @@ from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_pr
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def is_compile_failure(error: BaseException) -> bool:
+    """Whether ``error`` is torch.compile failing to build the UNet (a backend or C++ compiler error). Imports
+    torch's compiler modules, which only a compiled UNet has loaded already (they take seconds to import)."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+
+    return isinstance(error, (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.CppCompileError))
+
+
 _ADAPTER_IDS = itertools.count()
 
 
@@ -212,7 +221,9 @@ class DiffusionPolicy:
         try:
             with self._autocast(unet):
                 noise = guided_noise_prediction(model, *args, **kwargs)  # (B, C, H, W), float32
-        except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.CppCompileError) as error:
+        except Exception as error:
+            if model is unet or not is_compile_failure(error):
+                raise
             raise RuntimeError(
                 "torch.compile of the UNet failed (compile_unet; on a CPU it needs a C++ compiler and the Python "
                 "headers); run without it (drop --compile-unet: the same math, about 20% slower per epoch): "

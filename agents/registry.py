@@ -1,48 +1,135 @@
-"""The agents by name: :data:`AGENT_NAMES`, :func:`make_agent` and the name that rebuilds an agent."""
+"""The agents by name: the built-in ones, the ones a user registers, and the name that rebuilds an agent.
+
+The registry is open (like Gymnasium's env registry): an agent class defined anywhere joins it with
+:func:`register_agent`, or, for an installed package, through the ``diffusion_gym.agents`` entry-point group::
+
+    # pyproject.toml of the package that defines the agent
+    [project.entry-points."diffusion_gym.agents"]
+    mine = "my_package.my_agent:MyAgent"
+
+A registered agent is built by :func:`make_agent`, trained by the :class:`~agents.trainer.Trainer`, compared
+(:func:`agents.comparison.resolve_variants` takes :func:`agent_names`) and resumed. ``run.json`` records the agent
+by its name only, so the process that resumes a run must know the name too: either the agent's module registers
+it on import (import that module before ``Trainer.resume``) or its package declares the entry point, which every
+process loads on the first lookup of a name it does not know.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
+import warnings
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from agents.base import Agent
-from agents.config import BASE_AGENT_NAMES, AgentConfig
-from agents.herd import HindsightRelabeler
+if TYPE_CHECKING:
+    from agents.base import Agent
+    from agents.config import AgentConfig
 
 HERD = "herd"  # not a class: the relabeler composed with the agent config.herd_base
-AGENT_NAMES = (*BASE_AGENT_NAMES, HERD)
+
+# The built-in algorithms: name -> "module:class", imported on first use (``import agents`` stays light).
+# A new built-in agent is one line here (its class's ``name`` must be the key).
+BUILTIN_AGENTS: dict[str, str] = {
+    "reinforce": "agents.reinforce:ReinforceAgent",
+    "ddpo": "agents.ddpo:DDPOAgent",
+    "dpok": "agents.dpok:DPOKAgent",
+    "loop": "agents.loop:LOOPAgent",
+    "rwr": "agents.rwr:RWRAgent",
+}
+
+# The built-in agent names, HERD last (a fixed tuple, for the callers that list the package's own agents);
+# :func:`agent_names` also lists the registered ones.
+AGENT_NAMES: tuple[str, ...] = (*BUILTIN_AGENTS, HERD)
+
+ENTRY_POINT_GROUP = "diffusion_gym.agents"
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # lowercase: also a run folder's and a variant's name
+
+_registered: dict[str, type[Agent] | str] = {}  # name -> class, or "module:class" not imported yet
+_entry_points_loaded = False
+
+
+def register_agent(name: str, cls: type[Agent] | str, *, overwrite: bool = False) -> None:
+    """Make agent class ``cls`` (an :class:`~agents.base.Agent` subclass, or ``"module:Class"`` imported on first
+    use) available as ``name`` to :func:`make_agent`, the trainer, its resume and comparisons.
+
+    ``cls.name`` must be ``name`` (checkpoints record it). ``ValueError`` for a malformed name, a built-in's name,
+    or a name registered to another class (``overwrite=True`` replaces it); ``TypeError`` if ``cls`` is not an
+    Agent subclass. Registering the same class (same module and qualified name) again is a no-op, so that a module
+    that registers its agent on import can be imported twice.
+    """
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"agent name must be lowercase letters, digits, '_', '.' or '-' (a run folder's name), got {name!r}"
+        )
+    if name in AGENT_NAMES:
+        raise ValueError(f"{name!r} is a built-in agent; register yours under another name")
+    if isinstance(cls, str):
+        if cls.count(":") != 1 or not all(cls.split(":")):
+            raise ValueError(f"an agent's import path is 'module:Class', got {cls!r}")
+    else:
+        _check_agent_class(name, cls)
+    previous = _registered.get(name)
+    if previous is not None and not overwrite and _import_path(previous) != _import_path(cls):
+        raise ValueError(
+            f"agent {name!r} is already registered to {_import_path(previous)}; pass overwrite=True to replace it"
+        )
+    _registered[name] = cls
+
+
+def unregister_agent(name: str) -> None:
+    """Remove a registered agent (``KeyError`` if ``name`` is not one; built-ins cannot be removed)."""
+    if name not in _registered:
+        raise KeyError(f"no registered agent {name!r} (built-ins cannot be unregistered)")
+    del _registered[name]
+
+
+def agent_names() -> tuple[str, ...]:
+    """Every agent name :func:`make_agent` accepts: the built-ins (:data:`AGENT_NAMES`, ``"herd"`` included), then
+    the registered ones (by :func:`register_agent` or the ``diffusion_gym.agents`` entry points) in order."""
+    _load_entry_points()
+    return (*AGENT_NAMES, *(name for name in _registered if name not in AGENT_NAMES))
 
 
 def agent_class(name: str) -> type[Agent]:
     """The class of algorithm ``name`` (``"herd"``: not one; see :func:`make_agent`); ``ValueError`` listing
-    :data:`AGENT_NAMES` for an unknown name."""
-    from agents.ddpo import DDPOAgent
-    from agents.dpok import DPOKAgent
-    from agents.loop import LOOPAgent
-    from agents.reinforce import ReinforceAgent
-    from agents.rwr import RWRAgent
-
-    classes: dict[str, type[Agent]] = {
-        "reinforce": ReinforceAgent,
-        "ddpo": DDPOAgent,
-        "dpok": DPOKAgent,
-        "loop": LOOPAgent,
-        "rwr": RWRAgent,
-    }
+    :func:`agent_names` for an unknown name."""
     if name == HERD:
         raise ValueError("'herd' is a relabeler composed with another agent: make_agent('herd', ...) builds it")
-    if name not in classes:
-        raise ValueError(f"unknown agent {name!r}; expected one of {AGENT_NAMES}")
-    return classes[name]
+    if name in BUILTIN_AGENTS:
+        return _load(BUILTIN_AGENTS[name])
+    if name not in _registered:
+        _load_entry_points()
+    if name not in _registered:
+        raise ValueError(
+            f"unknown agent {name!r}; expected one of {agent_names()}. An agent of your own: "
+            f"agents.register_agent({name!r}, YourAgent) in this process (e.g. import the module that registers it, "
+            f"also before resuming its runs), or a {ENTRY_POINT_GROUP!r} entry point in your package"
+        )
+    entry = _registered[name]
+    if isinstance(entry, str):
+        entry = _load(entry)
+        _check_agent_class(name, entry)
+        _registered[name] = entry
+    return entry
 
 
 def make_agent(name: str, env, config: AgentConfig) -> Agent:
     """Build agent ``name`` on ``env`` (the object ``gym.make_vec`` returned, possibly wrapped).
 
-    ``"herd"`` is the agent ``config.herd_base`` composed with HERD's :class:`~agents.herd.HindsightRelabeler`.
+    ``"herd"`` is the agent ``config.herd_base`` composed with HERD's :class:`~agents.herd.HindsightRelabeler`
+    (any agent but ``"herd"``, a registered one included).
     """
+    from agents.config import AgentConfig
+    from agents.herd import HindsightRelabeler
+
     if not isinstance(config, AgentConfig):
         raise TypeError(f"config must be an agents.AgentConfig, got {type(config).__name__}")
-    config.validate()  # again: a field may have been assigned since construction (herd_base among them)
+    config.validate()  # again: a field may have been assigned since construction
+    if config.herd_base == HERD or config.herd_base not in agent_names():
+        bases = tuple(name for name in agent_names() if name != HERD)
+        raise ValueError(f"herd_base must be one of {bases}, got {config.herd_base!r}")
     if name == HERD:
         return agent_class(config.herd_base)(env, config, relabeler=HindsightRelabeler(config))
     return agent_class(name)(env, config)
@@ -50,10 +137,76 @@ def make_agent(name: str, env, config: AgentConfig) -> Agent:
 
 def agent_spec(agent: Agent) -> tuple[str, AgentConfig]:
     """The :func:`make_agent` name and config that rebuild ``agent``: ``"herd"`` (with ``herd_base`` set to the
-    agent's algorithm) when it has a relabeler, else its own name."""
+    agent's algorithm) when it has a relabeler, else its own name.
+
+    Warns when that name would not rebuild ``agent``'s class (a class not registered, or a subclass that kept its
+    parent's ``name``): a run of it trains, but its resume would fail or build another agent."""
+    try:
+        rebuilt = agent_class(agent.name)
+    except ValueError:
+        rebuilt = None
+    if rebuilt is not type(agent):
+        what = f"builds {rebuilt.__qualname__}" if rebuilt is not None else "is not registered"
+        warnings.warn(
+            f"agent name {agent.name!r} {what}, not {type(agent).__qualname__}: a run of this agent cannot be resumed "
+            f"as it is; give the class its own name and register_agent(name, {type(agent).__qualname__})",
+            stacklevel=2,
+        )
     if agent.relabeler is None:
         return agent.name, agent.config
     return HERD, dataclasses.replace(agent.config, herd_base=agent.name)
 
 
-__all__ = ["AGENT_NAMES", "agent_class", "agent_spec", "make_agent"]
+# ----------------------------------------------------------------------------------------------- helpers
+def _check_agent_class(name: str, cls: object) -> None:
+    from agents.base import Agent
+
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise TypeError(f"agent {name!r} must be a subclass of agents.base.Agent, got {cls!r}")
+    if cls.name != name:
+        raise ValueError(
+            f"{cls.__qualname__}.name is {cls.name!r}, not {name!r}: set the class attribute name = {name!r} "
+            "(checkpoints record it)"
+        )
+
+
+def _import_path(entry: type | str) -> str:
+    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
+
+
+def _load(path: str) -> type[Agent]:
+    """The class at ``"module:Qualified.name"``."""
+    module_name, _, qualname = path.partition(":")
+    target: object = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[return-value]
+
+
+def _load_entry_points() -> None:
+    """Register the ``diffusion_gym.agents`` entry points of the installed packages (once per process; a name
+    already registered in this process keeps its class)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in _registered:
+            continue
+        try:
+            register_agent(point.name, point.value)
+        except ValueError as error:  # one broken plugin must not stop every agent (and the CLI) from loading
+            warnings.warn(f"skipped the {ENTRY_POINT_GROUP} entry point {point.name!r}: {error}", stacklevel=2)
+
+
+__all__ = [
+    "AGENT_NAMES",
+    "BUILTIN_AGENTS",
+    "ENTRY_POINT_GROUP",
+    "agent_class",
+    "agent_names",
+    "agent_spec",
+    "make_agent",
+    "register_agent",
+    "unregister_agent",
+]

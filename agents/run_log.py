@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
 from agents.evaluation import Evaluation, grid_rows
 from agents.run_folder import METRICS_FILE, json_safe
 
@@ -27,6 +25,8 @@ class RunLog:
 
     def __init__(self, output_dir: str | Path, continue_after: int | None = None):
         self.output_dir = Path(output_dir)
+        from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard's import is heavy
+
         purge_step = None if continue_after is None else continue_after + 1
         self.writer = SummaryWriter(log_dir=str(self.output_dir), purge_step=purge_step)
         self.metrics_file = (self.output_dir / METRICS_FILE).open("w" if continue_after is None else "a")

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass
@@ -33,6 +32,8 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
         return MeanCI(math.nan, math.nan, 0)
     if len(present) == 1:
         return MeanCI(float(present[0]), math.nan, 1)
+    from scipy import stats  # imported here: scipy is only needed for a comparison's tables
+
     sem = present.std(ddof=1) / math.sqrt(len(present))
     return MeanCI(float(present.mean()), float(stats.t.ppf((1 + confidence) / 2, len(present) - 1) * sem), len(present))
 

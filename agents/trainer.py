@@ -63,7 +63,7 @@ from agents.distributed import Distributed, current
 from agents.envs import EnvSettings
 from agents.evaluation import Evaluation, Scores, eval_prompt_set, evaluate, evaluate_base_model, grid_rows, spread
 from agents.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
-from agents.registry import AGENT_NAMES, agent_spec, make_agent
+from agents.registry import agent_names, agent_spec, make_agent
 from agents.run_folder import (
     BEFORE_AFTER_FILE,
     METRICS_FILE,
@@ -217,7 +217,7 @@ class Trainer:
         elif isinstance(agent, str):
             name, config = agent, agent_config(config, env.num_envs).with_agent_defaults(agent)
         else:
-            raise TypeError(f"agent must be an agent name (one of {AGENT_NAMES}) or an Agent, got {agent!r}")
+            raise TypeError(f"agent must be an agent name (one of {agent_names()}) or an Agent, got {agent!r}")
         settings = RunSettings(  # validated here, before an agent is built
             agent=name,
             config=config,

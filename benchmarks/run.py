@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import shlex
 import sys
 import warnings
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from agents import AGENT_NAMES, AgentConfig, RunSettings, Trainer
+from agents import AgentConfig, RunSettings, Trainer, agent_names
 from agents.checkpoint import CheckpointWarning
 from agents.cli import (
     add_agent_config_flags,
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--agent", choices=AGENT_NAMES, help="the agent to train (or take it from --preset)")
+    mode.add_argument("--agent", choices=agent_names(), help="the agent to train (or take it from --preset)")
     mode.add_argument(
         "--compare",
         type=variant_list,
@@ -315,7 +316,7 @@ def parse_args(
     except (TypeError, ValueError) as error:
         parser.error(f"invalid run settings: {error}")
     if args.compare is not None:
-        variants = resolve_variants(args.compare, AGENT_NAMES)
+        variants = resolve_variants(args.compare)
         return ComparisonSettings(variants, args.seeds or seed_list(DEFAULT_SEEDS), settings.output_dir, settings)
     return dataclasses.replace(settings, command=command_line(settings))
 
@@ -465,6 +466,14 @@ def run_comparison_member(settings: RunSettings) -> None:
     run_single(dataclasses.replace(settings, command=command_line(settings)))
 
 
+def configure_logging() -> None:
+    """The library's messages (the ``agents`` and ``diffusion_gym`` loggers, INFO and up) on stderr, as plain lines;
+    other packages' loggers stay at Python's default (WARNING)."""
+    logging.basicConfig(format="%(message)s")
+    for name in ("agents", "diffusion_gym"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -499,4 +508,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    configure_logging()
     sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shlex
 import shutil
@@ -235,7 +236,7 @@ def test_a_resumed_run_continues_exactly_where_it_stopped(tiny_pipeline, tmp_pat
     assert [event.step for event in events.Scalars("eval/kl_to_base")] == [0, 4, 6]  # the base model's 0 first
 
 
-def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
+def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, caplog):
     folder = tmp_path / "comparison"
     argv = ["--compare", "ddpo,herd-b2", "--seeds", "0,1", "--epochs", "1", *tiny_flags(tiny_pipeline, folder)]
     assert run.main(argv) == 0
@@ -258,8 +259,9 @@ def test_comparison_mode_writes_table_and_plot(tiny_pipeline, tmp_path, capsys):
     herd_b2 = json.loads((folder / "herd-b2-seed1" / "results.json").read_text())
     assert herd_b2["config"]["herd_buffer_batches"] == 2 and herd_b2["config"]["seed"] == 1
 
+    caplog.set_level(logging.INFO, logger="agents")  # the comparison's messages (benchmarks/run.py shows them)
     assert run.main(argv) == 0  # the same command again continues the comparison: nothing left to run
-    assert capsys.readouterr().out.count("already finished") == 4
+    assert caplog.text.count("already finished") == 4
     assert (folder / "comparison.md").read_text() == table
 
 
@@ -306,8 +308,10 @@ def test_statistics_and_smoothing_by_hand():
     assert spread(["a", "b", "c", "d"], 2) == ["a", "c"] and spread(["a", "b"], 3) == ["a", "b", "a"]
 
 
-def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path, monkeypatch, capsys):
+def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path, monkeypatch, caplog):
     from agents import trainer
+
+    caplog.set_level(logging.INFO, logger="agents")
 
     folder = tmp_path / "comparison"
     argv = ["--compare", "ddpo", "--seeds", "0,1", "--epochs", "2", "--checkpoint-every", "1"]
@@ -331,11 +335,12 @@ def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path,
     monkeypatch.setattr(trainer, "make_agent", make_agent_interrupted_at_second_epoch)
     assert run.main(argv) == 0
     assert json.loads((folder / "ddpo-seed0" / "results.json").read_text())["interrupted"]
-    assert not (folder / "ddpo-seed1").exists() and "comparison interrupted" in capsys.readouterr().out
+    assert not (folder / "ddpo-seed1").exists() and "comparison interrupted" in caplog.text
+    caplog.clear()
 
     monkeypatch.setattr(trainer, "make_agent", make_agent)
     assert run.main(argv) == 0
-    assert "(resuming)" in capsys.readouterr().out
+    assert "(resuming)" in caplog.text
     records = [json.loads(line) for line in (folder / "ddpo-seed0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert "| ddpo | 2 |" in (folder / "comparison.md").read_text()

@@ -200,7 +200,7 @@ def installed_package(tmp_path_factory) -> Path:
     """``pip install --no-deps --target SITE`` of a copy of the repository's package files (a regular, non-editable
     install: a wheel is built and unpacked into SITE); returns SITE."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     for package in ("agents", "diffusion_gym"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ from diffusion_gym.shapes.gold import gold_score
 from diffusion_gym.shapes.prompt_sets import is_excluded
 from diffusion_gym.shapes.proxy import ProxyConfig, build_model, save_proxy, tokenize
 from diffusion_gym.shapes.scenes import caption, render, sample_scene
+
+logger = logging.getLogger(__name__)
 
 MODEL_MAX_LENGTH = 48  # tokens; the longest generated caption has 48 with <start> and <end>
 NUM_TRAIN_TIMESTEPS = 1000
@@ -516,6 +519,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("diffusion_gym").setLevel(logging.INFO)
     config, refine_only = parse_args(argv)
     scheduler = build_scheduler(config)  # checked here, before the training that uses its schedule
     torch.set_num_threads(config.threads)
@@ -548,10 +553,11 @@ def main(argv: list[str] | None = None) -> None:
     refine_decoder(vae, data, means, config)
     recon_gold = reconstruction_gold(vae, data)
     timings["vae"] = time.perf_counter() - started - sum(timings.values())
-    print(
-        f"VAE: scaling_factor={scaling:.4f}, reconstruction gold={recon_gold_before:.3f} -> {recon_gold:.3f} "
-        "after decoder refinement",
-        flush=True,
+    logger.info(
+        "VAE: scaling_factor=%.4f, reconstruction gold=%.3f -> %.3f after decoder refinement",
+        scaling,
+        recon_gold_before,
+        recon_gold,
     )
 
     if refine_only:
