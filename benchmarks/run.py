@@ -26,6 +26,14 @@ The agent flags are generated from the fields of ``agents.config.AgentConfig``, 
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads its OpenMP runtime, which reads this once: threads that wait for work sleep instead of
+# spinning. Spinning cost 17x the epoch time beside one busy process on 2 cores and saved nothing alone
+# (docs/experiments/2026-12-07-cpu-under-load.md). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 import argparse
 import dataclasses
 import shlex
@@ -433,12 +441,17 @@ def run_comparison_member(settings: RunSettings) -> None:
     run_single(dataclasses.replace(settings, command=command_line(settings)))
 
 
+def set_threads(run: RunSettings) -> None:
+    """torch's CPU threads for the run: ``--threads``, else torch's default (one per core)."""
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = parse_args(argv)
     run = settings if isinstance(settings, RunSettings) else settings.run
-    if run.threads is not None:
-        torch.set_num_threads(run.threads)
+    set_threads(run)
     device = run.device
     distributed = Distributed.from_environment(cpu=torch.device(device).type == "cpu")  # accelerate launch
     if isinstance(settings, RunSettings):
