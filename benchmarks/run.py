@@ -26,14 +26,6 @@ The agent flags are generated from the fields of ``agents.config.AgentConfig``, 
 
 from __future__ import annotations
 
-import os
-
-# Before torch loads its OpenMP runtime, which reads this once: threads that wait for work sleep instead of
-# spinning. Spinning cost 17x the epoch time beside one busy process on 2 cores and saved nothing alone
-# (docs/experiments/2026-12-07-cpu-under-load.md). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
-if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
 import argparse
 import dataclasses
 import shlex
@@ -192,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=positive_int,
         default=None,
-        help="torch CPU threads (default: torch's, one per core); 1 is much faster when other jobs share the CPU",
+        help="torch CPU threads (default: 1: about as fast alone as one per core, and many times faster when other "
+        "jobs share the CPU; see docs/benchmarks.md)",
     )
     run.add_argument(
         "--latent-bound",
@@ -441,10 +434,15 @@ def run_comparison_member(settings: RunSettings) -> None:
     run_single(dataclasses.replace(settings, command=command_line(settings)))
 
 
+DEFAULT_THREADS = 1  # alone ~11% slower than 2 on 2 cores, but 3x-20x faster beside a busy process (below)
+
+
 def set_threads(run: RunSettings) -> None:
-    """torch's CPU threads for the run: ``--threads``, else torch's default (one per core)."""
-    if run.threads is not None:
-        torch.set_num_threads(run.threads)
+    """torch's intra-op CPU threads for the run: ``--threads``, else :data:`DEFAULT_THREADS`. Two threads of torch's
+    OpenMP runtime (libgomp) spin while they wait: beside one busy process an epoch took 3x to 17x as long (one
+    thread: 1.2x), and a passive wait policy made them slower alone than one thread
+    (docs/experiments/2026-12-07-cpu-under-load.md)."""
+    torch.set_num_threads(run.threads if run.threads is not None else DEFAULT_THREADS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,12 @@ run's agent (``agent.train_epoch()`` of ``Trainer.from_settings`` on ``benchmark
   starts with its own default wait policy (libgomp: spin 300000 times before sleeping), torch's default thread
   count (one per core);
 * ``threads1``: ``before`` with ``torch.set_num_threads(1)`` (``--threads 1``);
-* ``after``: the run as it is now: ``benchmarks/run.py``'s module loaded first (it sets ``OMP_WAIT_POLICY=PASSIVE``
-  when neither it nor ``GOMP_SPINCOUNT`` is set), then torch, then the threads as ``main`` sets them;
+* ``spin1000``: ``before`` with ``GOMP_SPINCOUNT=1000`` when torch loads (libgomp's spin before sleeping cut
+  300-fold; not in the default list);
+* ``passive``: ``before`` with ``OMP_WAIT_POLICY=PASSIVE`` when torch loads (waiting threads sleep at once; not
+  in the default list);
+* ``after``: the run as it is now: ``benchmarks/run.py``'s module loaded before torch, then the threads as
+  ``main`` sets them (``set_threads``: ``--threads``, else 1);
 
 under each condition: ``alone``, and ``busy``: beside ``python -c "while True: pass"`` (one core busy), started
 before the child and killed after it. The children run without ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` in
@@ -42,7 +46,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ("before", "threads1", "after")
+VARIANTS = ("before", "threads1", "after", "spin1000", "passive")
 CONDITIONS = ("alone", "busy")
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # removed from the children's environment
 BUSY = "while True: pass"
@@ -51,7 +55,7 @@ BUSY = "while True: pass"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="ddpo", help="comma-separated agents (default: %(default)s)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--variants", default=",".join(VARIANTS[:3]), help="comma-separated (default: %(default)s)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per child (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: %(default)s)")
@@ -89,10 +93,14 @@ def load_run_script():
 def child(args: argparse.Namespace, agent: str) -> dict:
     """Time the epochs of one variant in this process; the OpenMP runtime is not loaded yet."""
     if args.child == "after":
-        run_script = load_run_script()  # its first lines set the wait policy, before torch loads
+        run_script = load_run_script()  # first, as when run.py runs: whatever it sets before torch loads applies
         environment = {name: os.environ.get(name) for name in USER_SETTINGS}
         import torch
     else:
+        if args.child == "spin1000":
+            os.environ["GOMP_SPINCOUNT"] = "1000"
+        elif args.child == "passive":
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         environment = {name: os.environ.get(name) for name in USER_SETTINGS}
         import torch  # the OpenMP runtime starts with the environment as it is
 
