@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=setting_type(RunSettings, "threads"),
         default=None,
-        help="torch CPU threads (default: torch's, one per core); 1 is much faster when other jobs share the CPU",
+        help="torch CPU threads (default: 1: about as fast alone as one per core, and many times faster when other "
+        "jobs share the CPU; see docs/benchmarks.md)",
     )
     run.add_argument(
         "--latent-bound",
@@ -474,13 +475,23 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+DEFAULT_THREADS = 1  # alone ~11% slower than 2 on 2 cores, but 3x-20x faster beside a busy process (below)
+
+
+def set_threads(run: RunSettings) -> None:
+    """torch's intra-op CPU threads for the run: ``--threads``, else :data:`DEFAULT_THREADS`. Two threads of torch's
+    OpenMP runtime (libgomp) spin while they wait: beside one busy process an epoch took 3x to 17x as long (one
+    thread: 1.2x), and a passive wait policy made them slower alone than one thread
+    (docs/experiments/2026-12-07-cpu-under-load.md)."""
+    torch.set_num_threads(run.threads if run.threads is not None else DEFAULT_THREADS)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     settings = parse_args(argv, parser)
     run = settings if isinstance(settings, RunSettings) else settings.run
-    if run.threads is not None:
-        torch.set_num_threads(run.threads)
+    set_threads(run)
     device = run.device
     distributed = Distributed.from_environment(cpu=torch.device(device).type == "cpu")  # accelerate launch
     if isinstance(settings, RunSettings):
