@@ -73,7 +73,7 @@ class RunSettings:
     dtype: str = "float32"  # of the frozen model; float16/bfloat16: mixed precision (trainable weights stay float32)
     latent_bound: float = 50.0
     max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
-    threads: int | None = None  # torch CPU threads the CLI set; None: torch's default
+    threads: int | None = None  # torch CPU threads of the CLI's run; None: benchmarks/run.py's default (1)
     checkpoint_every: int | None = None  # None: at every evaluation; always at the end
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the newest intact checkpoint in output_dir
