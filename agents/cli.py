@@ -39,6 +39,9 @@ POSITIVE_FIELDS = {
     "stat_min_count",
     "herd_history_batches",
     "lr_decay_epochs",
+    "nft_beta",
+    "nft_timesteps",
+    "nft_sampling_steps",
 }
 FIELD_CHOICES: dict[str, list[str]] = {
     "herd_base": [name for name in AGENT_NAMES if name != "herd"],

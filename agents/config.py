@@ -60,6 +60,10 @@ class AgentConfig:
     loop_k: int = 4  # LOOP: trajectories per prompt
     rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
     rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
+    nft_beta: float = 1.0  # NFT: beta of the implicit policies v+- = v_old +- beta (v_theta - v_old)
+    nft_timesteps: int = 4  # NFT: noised training timesteps per clean sample (stratified over [t_min, T_train))
+    nft_sampling_steps: int | None = None  # NFT: None: the env's sampler; k: a private deterministic k-step DDIM
+    nft_old_ema: float = 0.0  # NFT: soft update of the sampling policy, old <- ema old + (1 - ema) theta per epoch
     herd_base: str = "loop"  # ahead of DDPO on 2 of 3 seeds (docs/experiments/2026-12-05-race.md)
     herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
     herd_keep_history: bool = False
@@ -113,6 +117,16 @@ class AgentConfig:
             (self.reward_alpha >= 0, f"reward_alpha must be >= 0, got {self.reward_alpha}"),
             (self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}"),
             (self.rwr_temperature > 0, f"rwr_temperature must be > 0, got {self.rwr_temperature}"),
+            (
+                math.isfinite(self.nft_beta) and self.nft_beta > 0,
+                f"nft_beta must be a finite number > 0, got {self.nft_beta}",
+            ),
+            (self.nft_timesteps >= 1, f"nft_timesteps must be >= 1, got {self.nft_timesteps}"),
+            (
+                self.nft_sampling_steps is None or self.nft_sampling_steps >= 1,
+                f"nft_sampling_steps must be >= 1 or None, got {self.nft_sampling_steps}",
+            ),
+            (0 <= self.nft_old_ema < 1, f"nft_old_ema must be in [0, 1), got {self.nft_old_ema}"),
             (self.loop_k >= 2, f"loop_k must be >= 2 (the leave-one-out baseline needs others), got {self.loop_k}"),
             (self.herd_buffer_batches >= 1, f"herd_buffer_batches must be >= 1, got {self.herd_buffer_batches}"),
             (self.herd_history_batches >= 1, f"herd_history_batches must be >= 1, got {self.herd_history_batches}"),
@@ -137,7 +151,8 @@ class AgentConfig:
 # The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
 # AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/rwr.py).
 DEFAULT_LEARNING_RATE = 1e-3
-AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4}
+# NFT regresses too: issue 31's plain adaptation diverged at 1e-3 and not at 3e-4.
+AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4, "nft": 3e-4}
 
 
 # What each field means, for the CLI's --help (agents.cli) and readers of run.json; tests/test_run_cli.py checks
@@ -150,8 +165,8 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "eta": "DDIM eta; > 0 makes every denoising step a Gaussian action with an exact log-prob",
     "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
     "learning_rate": (
-        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
-        "(herd: its base's)"
+        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr, "
+        "3e-4 for nft (herd: its base's)"
     ),
     "lr_decay_epochs": (
         "cosine-decay the policy's learning rate over this many epochs, to lr_final_fraction of it, then hold it "
@@ -181,6 +196,22 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
     "rwr_temperature": "RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)",
     "rwr_baseline": "RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing",
+    "nft_beta": (
+        "NFT: beta of the implicit positive and negative policies (1 - beta) v_old + beta v_theta and "
+        "(1 + beta) v_old - beta v_theta"
+    ),
+    "nft_timesteps": (
+        "NFT: noised training timesteps per clean sample and inner epoch, one in each of as many equal strata of "
+        "[train_timestep_min, T_train)"
+    ),
+    "nft_sampling_steps": (
+        "NFT: 'none': sample the training images through the env like every agent; k: with a private "
+        "deterministic (eta = 0) DDIM of k steps, guided (the held-out evaluation keeps the env's sampler)"
+    ),
+    "nft_old_ema": (
+        "NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta "
+        "(0: the old policy is the current one at each epoch's start)"
+    ),
     "herd_base": "HERD: the agent HERD wraps",
     "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
     "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",

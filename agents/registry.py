@@ -8,7 +8,7 @@ from agents.base import Agent
 from agents.config import AgentConfig
 from agents.herd import HindsightRelabeler
 
-AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
+AGENT_NAMES = ("reinforce", "ddpo", "dpok", "loop", "rwr", "nft", "herd")
 HERD = "herd"  # not a class: the relabeler composed with the agent config.herd_base
 
 
@@ -18,6 +18,7 @@ def agent_class(name: str) -> type[Agent]:
     from agents.ddpo import DDPOAgent
     from agents.dpok import DPOKAgent
     from agents.loop import LOOPAgent
+    from agents.nft import NFTAgent
     from agents.reinforce import ReinforceAgent
     from agents.rwr import RWRAgent
 
@@ -27,6 +28,7 @@ def agent_class(name: str) -> type[Agent]:
         "dpok": DPOKAgent,
         "loop": LOOPAgent,
         "rwr": RWRAgent,
+        "nft": NFTAgent,
     }
     if name == HERD:
         raise ValueError("'herd' is a relabeler composed with another agent: make_agent('herd', ...) builds it")
