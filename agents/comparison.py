@@ -85,6 +85,13 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant("rwr", "rwr", {}, "RWR: the diffusion loss on the agent's own samples, weighted by exp(A / tau)"),
         Variant("rwr-signed", "rwr", {"rwr_baseline": True}, "RWR with signed weights exp(A / tau) - mean"),
+        Variant("nft", "nft", {}, "NFT: DiffusionNFT's forward-process loss on the env sampler's clean samples"),
+        Variant(
+            "nft-ddim5",
+            "nft",
+            {"nft_sampling_steps": 5},
+            "NFT with its training samples from a deterministic 5-step DDIM (evaluation: the env's sampler)",
+        ),
         Variant("herd", "herd", {}, "HERD over LOOP (the default base): 1 batch of relabeled trajectories replayed"),
         Variant("herd-ddpo", "herd", {"herd_base": "ddpo"}, "HERD over DDPO, 1 batch replayed (the paper's HERD)"),
         Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),

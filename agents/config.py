@@ -187,6 +187,10 @@ class AgentConfig:
     loop_k: int = 4  # LOOP: trajectories per prompt
     rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
     rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
+    nft_beta: float = 1.0  # NFT: beta of the implicit policies v+- = v_old +- beta (v_theta - v_old)
+    nft_timesteps: int = 4  # NFT: noised training timesteps per clean sample (stratified over [t_min, T_train))
+    nft_sampling_steps: int | None = None  # NFT: None: the env's sampler; k: a private deterministic k-step DDIM
+    nft_old_ema: float = 0.0  # NFT: soft update of the sampling policy, old <- ema old + (1 - ema) theta per epoch
     herd_base: str = "loop"  # ahead of DDPO on 2 of 3 seeds (docs/experiments/2026-12-05-race.md)
     herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
     herd_keep_history: bool = False
@@ -259,6 +263,10 @@ AGENT_CONFIG_BOUNDS: dict[str, Bound] = {
     "rwr_temperature": POSITIVE,
     "herd_buffer_batches": AT_LEAST_ONE,
     "herd_history_batches": AT_LEAST_ONE,
+    "nft_beta": Bound(0, low_open=True),
+    "nft_timesteps": Bound(1),
+    "nft_sampling_steps": Bound(1),
+    "nft_old_ema": Bound(0, 1, high_open=True, note="1 would never update the sampling policy"),
 }
 AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"attention": ATTENTION_PROCESSORS}
 
@@ -279,7 +287,8 @@ def agent_config_choices() -> dict[str, tuple[str, ...]]:
 # The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
 # AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/rwr.py).
 DEFAULT_LEARNING_RATE = 1e-3
-AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4}
+# NFT regresses too: issue 31's plain adaptation diverged at 1e-3 and not at 3e-4.
+AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4, "nft": 3e-4}
 
 
 # What each field means, for the CLI's --help (agents.cli) and readers of run.json; tests/test_run_cli.py checks
@@ -292,8 +301,8 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "eta": "DDIM eta in (0, 1]; > 0 makes every denoising step a Gaussian action with an exact log-prob",
     "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
     "learning_rate": (
-        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr "
-        "(herd: its base's)"
+        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr, "
+        "3e-4 for nft (herd: its base's)"
     ),
     "lr_decay_epochs": (
         "cosine-decay the policy's learning rate over this many epochs, to lr_final_fraction of it, then hold it "
@@ -323,6 +332,22 @@ AGENT_CONFIG_HELP: dict[str, str] = {
     "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
     "rwr_temperature": "RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)",
     "rwr_baseline": "RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing",
+    "nft_beta": (
+        "NFT: beta of the implicit positive and negative policies (1 - beta) v_old + beta v_theta and "
+        "(1 + beta) v_old - beta v_theta"
+    ),
+    "nft_timesteps": (
+        "NFT: noised training timesteps per clean sample and inner epoch, one in each of as many equal strata of "
+        "[train_timestep_min, T_train)"
+    ),
+    "nft_sampling_steps": (
+        "NFT: 'none': sample the training images through the env like every agent; k: with a private "
+        "deterministic (eta = 0) DDIM of k steps, guided (the held-out evaluation keeps the env's sampler)"
+    ),
+    "nft_old_ema": (
+        "NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta "
+        "(0: the old policy is the current one at each epoch's start)"
+    ),
     "herd_base": "HERD: the agent HERD wraps",
     "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
     "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",

@@ -30,11 +30,14 @@ __all__ = [
     "cosine_decay_factor",
     "gaussian_step_kl",
     "leave_one_out_baseline",
+    "nft_loss",
     "normalize_advantages",
+    "optimality_probabilities",
     "ppo_clipped_loss",
     "reward_weights",
     "sample_train_timesteps",
     "step_log_prob",
+    "stratified_timesteps",
 ]
 
 
@@ -249,3 +252,96 @@ def sample_train_timesteps(
     k = max(1, math.ceil(fraction * candidates.numel()))
     order = torch.argsort(torch.rand(num_samples, candidates.numel(), generator=generator), dim=1)  # (N, S)
     return candidates[order[:, :k]]  # (N, k)
+
+
+# ------------------------------------------------------------------------------------------ forward-process RL (NFT)
+def optimality_probabilities(rewards: torch.Tensor, groups: list[str] | None = None) -> torch.Tensor:
+    r"""DiffusionNFT's optimality probability :math:`r_i \in [0, 1]` of each sample, ``(N,)``, from rewards ``(N,)``:
+
+    .. math:: r_i = \tfrac12 + \tfrac12\, \frac{R_i - \bar R}{\max_j |R_j - \bar R|}
+
+    over the sample's group (``groups``: one label per sample, e.g. its prompt; ``None``: the whole batch). Dividing
+    by the largest absolute deviation keeps :math:`r` in :math:`[0, 1]` without clipping: the group's best sample
+    gets the largest :math:`r` (1 when it is the farthest from the mean), and equal rewards all get 0.5 (no signal).
+    A standard-deviation normalisation clipped to :math:`[-1, 1]` instead pushes most samples to 0 or 1 once the
+    batch's reward spread shrinks (issue 31: 4 of 6 runs collapsed). A group of one sample is normalised against
+    the whole batch (its mean and largest deviation), as :func:`leave_one_out_baseline` falls back.
+    """
+    check_shapes(1, rewards=rewards)
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
+    if groups is not None and len(groups) != rewards.shape[0]:
+        raise ValueError(f"got {len(groups)} group labels for {rewards.shape[0]} rewards")
+    rewards = rewards.detach().double().cpu()
+
+    def scaled(values: torch.Tensor, mean: torch.Tensor, deviation: torch.Tensor) -> torch.Tensor:
+        if float(deviation) == 0.0:
+            return torch.full_like(values, 0.5)
+        return 0.5 + 0.5 * (values - mean) / deviation
+
+    batch_mean = rewards.mean()
+    batch_deviation = (rewards - batch_mean).abs().max()
+    optimality = scaled(rewards, batch_mean, batch_deviation)  # (N,): batch-wide (also each lone sample's)
+    if groups is not None:
+        for group in dict.fromkeys(groups):
+            rows = torch.tensor([i for i, g in enumerate(groups) if g == group])
+            if len(rows) >= 2:
+                mean = rewards[rows].mean()
+                optimality[rows] = scaled(rewards[rows], mean, (rewards[rows] - mean).abs().max())
+    return optimality.float()
+
+
+def nft_loss(
+    prediction: torch.Tensor,
+    old_prediction: torch.Tensor,
+    target: torch.Tensor,
+    optimality: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""DiffusionNFT's loss (Zheng et al., 2025), for any prediction affine in the model output (:math:`\epsilon`,
+    :math:`v` or flow velocity; ``docs/agents.md`` derives why the form is the same). Returns ``(loss, positive_error,
+    negative_error)``: the 0-d loss and the two per-sample squared errors ``(B,)``.
+
+    .. math::
+
+        f^+ = (1 - \beta) f_{old} + \beta f_\theta, \qquad f^- = (1 + \beta) f_{old} - \beta f_\theta, \qquad
+        L = \frac1B \sum_i r_i \lVert f^+_i - y_i \rVert^2 + (1 - r_i) \lVert f^-_i - y_i \rVert^2
+
+    with the squared errors averaged over the latent dims (the diffusion loss's convention). ``prediction``
+    :math:`f_\theta`, ``old_prediction`` :math:`f_{old}` (the sampling policy's, treated as a constant) and ``target``
+    :math:`y` are ``(B, C, H, W)`` (checked); ``optimality`` :math:`r \in [0, 1]` is ``(B,)``. At :math:`\theta =
+    \theta_{old}` the gradient in :math:`f_\theta` is :math:`2\beta(2r - 1)(f_{old} - y)/(B \cdot CHW)`: toward the
+    target where :math:`r > 1/2`, away from it where :math:`r < 1/2`.
+    """
+    check_shapes(4, prediction=prediction, old_prediction=old_prediction, target=target)
+    check_shapes(1, optimality=optimality)
+    if optimality.shape[0] != prediction.shape[0]:
+        raise ValueError(f"got {optimality.shape[0]} optimality values for {prediction.shape[0]} predictions")
+    if not bool(((optimality >= 0) & (optimality <= 1)).all()):
+        raise ValueError(f"optimality must be in [0, 1], got {optimality.tolist()}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    old_prediction, target, optimality = old_prediction.detach(), target.detach(), optimality.detach()
+    positive = (1.0 - beta) * old_prediction + beta * prediction  # (B, C, H, W)
+    negative = (1.0 + beta) * old_prediction - beta * prediction  # (B, C, H, W)
+    positive_error = (positive - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    negative_error = (negative - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    loss = (optimality * positive_error + (1.0 - optimality) * negative_error).mean()
+    return loss, positive_error.detach(), negative_error.detach()
+
+
+def stratified_timesteps(num_samples: int, count: int, low: int, high: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` training timesteps per sample, ``(num_samples, count)`` int64 in ``[low, high)``: the range cut into
+    ``count`` equal strata, one uniform draw in each (sorted, noisiest last), so that every sample is trained at
+    low, middle and high noise alike; draws differ between samples."""
+    if num_samples < 1 or count < 1:
+        raise ValueError(f"num_samples and count must be >= 1, got {num_samples}, {count}")
+    if not 0 <= low < high or high - low < count:
+        raise ValueError(
+            f"need 0 <= low < high with at least count={count} timesteps in [low, high), got [{low}, {high})"
+        )
+    edges = torch.linspace(float(low), float(high), count + 1, dtype=torch.float64)  # (count + 1,)
+    width = edges[1:] - edges[:-1]  # (count,)
+    uniform = torch.rand(num_samples, count, generator=generator, dtype=torch.float64)  # (N, count)
+    timesteps = (edges[:-1] + uniform * width).floor().long()  # (N, count)
+    return timesteps.clamp(low, high - 1)

@@ -37,6 +37,7 @@ BUILTIN_AGENTS: dict[str, str] = {
     "dpok": "agents.dpok:DPOKAgent",
     "loop": "agents.loop:LOOPAgent",
     "rwr": "agents.rwr:RWRAgent",
+    "nft": "agents.nft:NFTAgent",
 }
 
 # The built-in agent names, HERD last (a fixed tuple, for the callers that list the package's own agents);

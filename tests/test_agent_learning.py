@@ -105,9 +105,10 @@ def learning_config(**overrides) -> AgentConfig:
         ("dpok", {"kl_beta": 1e-4}),  # see the module docstring
         ("loop", {}),
         ("rwr", {"rwr_baseline": True}),  # signed weights: see the module docstring
+        ("nft", {}),
         ("herd", {}),  # HERD over LOOP (its default base): a relabeled sentence gets the same prompt-blind reward
     ],
-    ids=["reinforce", "ddpo", "dpok", "loop", "rwr", "herd"],
+    ids=["reinforce", "ddpo", "dpok", "loop", "rwr", "nft", "herd"],
 )
 def test_agent_raises_the_reward_it_is_given_far_beyond_seed_noise(envs, name, overrides, reward):
     """The agent's 16 seeded images gain more than MARGIN standard errors of mean reward in EPOCHS epochs.

@@ -240,7 +240,7 @@ def test_train_timestep_min_above_every_step_is_an_error(env):
 
 
 def test_agent_names_are_the_interface():
-    assert AGENT_NAMES == ("reinforce", "ddpo", "dpok", "loop", "rwr", "herd")
+    assert AGENT_NAMES == ("reinforce", "ddpo", "dpok", "loop", "rwr", "nft", "herd")
 
 
 # ------------------------------------------------------------------------------------------ HERD composes

@@ -54,7 +54,11 @@ def trainer(env, output_dir, **options) -> Trainer:
         ({"weight_decay": float("nan")}, ValueError, "weight_decay must be finite, got nan"),
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
         ({"loop_k": 1}, ValueError, "loop_k must be >= 2 (the leave-one-out baseline needs others), got 1"),
-        ({"herd_base": "herd"}, ValueError, "herd_base must be one of ('reinforce', 'ddpo', 'dpok', 'loop', 'rwr')"),
+        (
+            {"herd_base": "herd"},
+            ValueError,
+            "herd_base must be one of ('reinforce', 'ddpo', 'dpok', 'loop', 'rwr', 'nft')",
+        ),
         ({"attention": "flash"}, ValueError, "attention must be one of ('sdpa', 'classic'), got 'flash'"),
         ({"eta": 5.0}, ValueError, "eta must be in (0, 1] (eta = 0 is deterministic; DDIM's eta is at most 1)"),
     ],

@@ -82,6 +82,7 @@ def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
         (["--agent", "rwr"], 1e-4),  # RWR diverges at the policy-gradient agents' 1e-3
         (["--agent", "herd", "--herd-base", "rwr"], 1e-4),  # HERD takes its base's
         (["--agent", "rwr", "--learning-rate", "3e-4"], 3e-4),  # an explicit rate wins
+        (["--agent", "nft"], 3e-4),  # NFT diverged at 1e-3 (issue 31)
     ]
     for argv, expected in cases:
         assert run.parse_args([*argv, "--model", tiny_pipeline]).config.learning_rate == expected, argv
