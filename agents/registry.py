@@ -127,10 +127,7 @@ def make_agent(name: str, env, config: AgentConfig) -> Agent:
 
     if not isinstance(config, AgentConfig):
         raise TypeError(f"config must be an agents.AgentConfig, got {type(config).__name__}")
-    config.validate()  # again: a field may have been assigned since construction
-    if config.herd_base == HERD or config.herd_base not in agent_names():
-        bases = tuple(name for name in agent_names() if name != HERD)
-        raise ValueError(f"herd_base must be one of {bases}, got {config.herd_base!r}")
+    config.validate()  # again: a field may have been assigned since construction (herd_base: the registry's agents)
     if name == HERD:
         return agent_class(config.herd_base)(env, config, relabeler=HindsightRelabeler(config))
     return agent_class(name)(env, config)
