@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -281,6 +282,7 @@ def bench(
     run_one: Callable[[RunSettings], None] | None = None,
     summarise: bool = True,
     reps: int | None = None,
+    archive_dir: str | Path | None = None,
 ) -> dict:
     """Run every (task, agent, seed) not finished yet, then summarise; returns the leaderboard (``{}`` with
     ``summarise=False``).
@@ -291,20 +293,32 @@ def bench(
     after the running runs saved what they trained; rerun the same command to continue. A run that fails is
     reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
     ``reps``: bootstrap replications of the leaderboard's CIs (default :data:`agents.bench_stats.BOOTSTRAP_REPS`).
+    ``archive_dir``: first restore the runs archived there (:func:`restore_archived_runs`), then archive every run
+    as it finishes (:func:`archive_finished_runs`): a folder to commit, so that a bench continues on another machine.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     output_dir = Path(output_dir)
     runs = plan_bench(tasks, agents, seeds, output_dir, budget)
+    if archive_dir is not None:
+        restored = restore_archived_runs(archive_dir, output_dir)
+        if restored:
+            logger.info("restored %d finished runs from %s", len(restored), archive_dir)
+
+    def archive() -> None:
+        if archive_dir is not None:
+            archive_finished_runs(output_dir, archive_dir)
+
     pending = [run for run in runs if continue_or_start(run.settings) is not None]  # checks every folder first
     from tqdm.auto import tqdm
 
     failed: list[BenchRun] = []
     with tqdm(total=len(runs), initial=len(runs) - len(pending), desc="bench", unit="run") as bar:
         if pending and jobs == 1:
-            failed = _run_in_process(pending, run_one, bar)
+            failed = _run_in_process(pending, run_one, bar, archive)
         elif pending:
-            failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar)
+            failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar, archive)
+    archive()
     board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps) if summarise else {}
     if failed:
         names = ", ".join(f"{run.task}/{run.agent}-seed{run.seed}" for run in failed)
@@ -323,7 +337,9 @@ def _train_one_thread(settings: RunSettings, task) -> None:
         torch.set_num_threads(previous)
 
 
-def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], None] | None, bar) -> list[BenchRun]:
+def _run_in_process(
+    pending: list[BenchRun], run_one: Callable[[RunSettings], None] | None, bar, after_run: Callable[[], None]
+) -> list[BenchRun]:
     for run in pending:
         settings = continue_or_start(run.settings)
         if settings is None:  # finished meanwhile
@@ -341,11 +357,14 @@ def _run_in_process(pending: list[BenchRun], run_one: Callable[[RunSettings], No
         if (Path(settings.output_dir) / RESULTS_FILE).exists() and read_run_result(settings.output_dir).interrupted:
             logger.warning("bench interrupted; rerun the same command to continue")
             break
+        after_run()
         bar.update(1)
     return []
 
 
-def _run_in_subprocesses(pending: list[BenchRun], output_dir: Path, budget: str, jobs: int, bar) -> list[BenchRun]:
+def _run_in_subprocesses(
+    pending: list[BenchRun], output_dir: Path, budget: str, jobs: int, bar, after_run: Callable[[], None]
+) -> list[BenchRun]:
     logs = output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -373,6 +392,7 @@ def _run_in_subprocesses(pending: list[BenchRun], output_dir: Path, budget: str,
                     failed.append(run)
                     logger.error("bench run %s/%s-seed%d failed (exit %d)", run.task, run.agent, run.seed,
                                  process.returncode)  # fmt: skip
+                after_run()
                 bar.update(1)
     except KeyboardInterrupt:
         logger.warning("bench interrupted: stopping the running runs (they save what they trained)")
@@ -642,6 +662,47 @@ def summarise_bench(
     return board
 
 
+SUMMARY_FILES = ("run.json", RESULTS_FILE, "metrics.jsonl", PER_PROMPT_FILE)  # what a finished run is summarised from
+
+
+def archive_finished_runs(output_dir: str | Path, archive_dir: str | Path) -> list[Path]:
+    """Copy the summary files (:data:`SUMMARY_FILES`, no checkpoints or images) of every finished run of the bench
+    in ``output_dir`` to the same ``<task>/<run>/`` place under ``archive_dir``: a few tens of KB a run, small
+    enough to commit. Returns the run folders copied this time (those already archived unchanged are skipped)."""
+    output_dir, archive_dir = Path(output_dir), Path(archive_dir)
+    copied = []
+    for results in sorted(output_dir.glob(f"*/*/{RESULTS_FILE}")):
+        folder = results.parent
+        if not read_run_result(folder).finished:
+            continue
+        target = archive_dir / folder.parent.name / folder.name
+        files = [folder / name for name in SUMMARY_FILES if (folder / name).exists()]
+        if target.exists() and all(
+            (target / f.name).exists() and (target / f.name).read_bytes() == f.read_bytes() for f in files
+        ):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            shutil.copy2(file, target / file.name)
+        copied.append(target)
+    return copied
+
+
+def restore_archived_runs(archive_dir: str | Path, output_dir: str | Path) -> list[Path]:
+    """The reverse of :func:`archive_finished_runs`: copy archived runs into a bench folder, where they count as
+    finished (they are summarised, never rerun). A run folder that already exists is left alone. Returns the run
+    folders restored."""
+    archive_dir, output_dir = Path(archive_dir), Path(output_dir)
+    restored = []
+    for results in sorted(archive_dir.glob(f"*/*/{RESULTS_FILE}")):
+        target = output_dir / results.parent.parent.name / results.parent.name
+        if target.exists():
+            continue
+        shutil.copytree(results.parent, target)
+        restored.append(target)
+    return restored
+
+
 def _number(value: float | None, digits: int = 4, signed: bool = True) -> str:
     if value is None:
         return "–"
@@ -888,6 +949,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bootstrap replications of every confidence interval (default: 2000; rliable's own default is 50000)",
     )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="restore the finished runs archived in DIR first, and archive every run's summary files there as it "
+        "finishes (run.json, results.json, metrics.jsonl, per_prompt_gold.json; no checkpoints): commit DIR and "
+        "the bench continues from it on another machine",
+    )
     parser.add_argument("--run-one", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
     return parser
 
@@ -909,11 +979,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.summarise_only:
+        if args.archive is not None:
+            restore_archived_runs(args.archive, args.output_dir)
         board = summarise_bench(args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps)
     else:
         try:
             board = bench(
-                args.tasks, args.agents, args.seeds, args.output_dir, args.budget, args.jobs, reps=args.bootstrap_reps
+                args.tasks,
+                args.agents,
+                args.seeds,
+                args.output_dir,
+                args.budget,
+                args.jobs,
+                reps=args.bootstrap_reps,
+                archive_dir=args.archive,
             )
         except RuntimeError as error:
             print(error, file=sys.stderr)
@@ -932,12 +1011,15 @@ __all__ = [
     "BUDGETS",
     "BenchAgent",
     "BenchRun",
+    "SUMMARY_FILES",
+    "archive_finished_runs",
     "bench",
     "budget_task",
     "leaderboard",
     "main",
     "plan_bench",
     "resolve_agents",
+    "restore_archived_runs",
     "run_settings",
     "summarise_bench",
 ]

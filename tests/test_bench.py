@@ -211,6 +211,29 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_an_archived_bench_continues_in_another_folder_without_rerunning_its_runs(tmp_path):
+    """``--archive``: every finished run's summary files (no checkpoints) are copied as it finishes; a fresh bench
+    folder restored from the archive (another machine) summarises them and trains only the rest."""
+    archive, calls = tmp_path / "archive", []
+
+    def run(settings: RunSettings) -> None:
+        calls.append(settings.output_dir.name)
+        fake_run(settings)
+        (settings.output_dir / "checkpoints").mkdir()  # not archived
+
+    bench(["long"], ["ddpo"], [0, 1], tmp_path / "here", budget="smoke", run_one=run, reps=REPS, archive_dir=archive)
+    assert sorted(p.name for p in (archive / "long").iterdir()) == ["ddpo-seed0", "ddpo-seed1"]
+    archived = sorted(p.name for p in (archive / "long" / "ddpo-seed0").iterdir())
+    assert archived == [METRICS_FILE, RESULTS_FILE, "run.json"]
+    board = bench(["long"], ["ddpo", "loop"], [0, 1], tmp_path / "there", budget="smoke", run_one=run, reps=REPS,
+                  archive_dir=archive)  # fmt: skip
+    assert calls == ["ddpo-seed0", "ddpo-seed1", "loop-seed0", "loop-seed1"]  # ddpo came from the archive
+    assert board["tasks"]["long"]["agents"]["ddpo"]["seeds"] == 2
+    assert (archive / "long" / "loop-seed1" / RESULTS_FILE).exists()
+    with pytest.raises(SystemExit):  # an archive is a folder
+        main(["--archive"])
+
+
 def test_a_folder_of_other_settings_is_refused(tmp_path):
     (run,) = plan_bench(["long"], ["ddpo"], [0], tmp_path, budget="smoke")
     fake_run(dataclasses.replace(run.settings, epochs=3))
