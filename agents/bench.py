@@ -176,20 +176,12 @@ def run_settings(task, agent: BenchAgent, seed: int, output_dir: Path, budget: s
     )
     config = dataclasses.replace(config, **agent.overrides).with_agent_defaults(agent.agent)
     config.validate()
-    return RunSettings(
-        agent=agent.agent,
-        config=config,
-        output_dir=output_dir / task.name / f"{agent.name}-seed{seed}",
+    return RunSettings.for_task(
+        task,
+        agent.agent,
+        output_dir / task.name / f"{agent.name}-seed{seed}",
+        config,
         label=agent.name,
-        model=task.model,
-        reward=task.reward,
-        prompts=task.prompts,
-        eval_prompts=task.eval_prompts,
-        epochs=task.epochs,
-        num_inference_steps=task.num_inference_steps,
-        eval_every=task.eval_every,
-        eval_samples=task.eval_samples,
-        generalisation_prompts=task.generalisation_prompts,
         threads=1,
         command=bench_command(task.name, agent.name, seed, output_dir, budget),
     )

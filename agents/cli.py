@@ -15,10 +15,10 @@ import torch
 from agents.comparison import resolve_variants
 from agents.config import (
     AGENT_CONFIG_BOUNDS,
-    AGENT_CONFIG_HELP,
     AgentConfig,
     Bound,
     agent_config_choices,
+    agent_config_help,
     check_value,
     field_types,
 )
@@ -93,6 +93,16 @@ def model_name(text: str) -> str:
     except (UnknownModelError, FileNotFoundError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def task_name(text: str) -> str:
+    """A registered task (:mod:`diffusion_gym.tasks`)."""
+    from diffusion_gym.tasks import get_task
+
+    try:
+        return get_task(text).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def prompt_text(text: str) -> str:
@@ -171,7 +181,7 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
     values are checked as :meth:`AgentConfig.validate` checks them (the same bounds and choices)."""
     for field, kind, is_optional in agent_config_fields():
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        description = AGENT_CONFIG_HELP.get(field.name, f"AgentConfig.{field.name}")
+        description = agent_config_help()[field.name] or f"AgentConfig.{field.name}"
         flag = "--" + field.name.replace("_", "-")
         if kind is bool:
             state = "on" if default else "off"
@@ -222,5 +232,6 @@ __all__ = [
     "run_folder",
     "seed_list",
     "setting_type",
+    "task_name",
     "variant_list",
 ]

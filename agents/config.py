@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 # the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
 ATTENTION_PROCESSORS = ("sdpa", "classic")
@@ -125,6 +125,30 @@ def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
     return _WRONG
 
 
+def annotated_bounds(cls: type) -> dict[str, Bound]:
+    """Per field of the dataclass ``cls`` annotated ``Annotated[T, Bound(...)]``: its :class:`Bound`."""
+    bounds = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        for extra in getattr(hint, "__metadata__", ()):
+            if isinstance(extra, Bound):
+                bounds[name] = extra
+    return bounds
+
+
+@functools.cache
+def field_docstrings(cls: type) -> dict[str, str]:
+    """Per field of the dataclass ``cls``: its docstring (the string under its declaration; else its comment), one
+    line, read by simple-parsing as for its own parsers."""
+    from simple_parsing.docstring import get_attribute_docstring
+
+    docs = {}
+    for field in dataclasses.fields(cls):
+        found = get_attribute_docstring(cls, field.name)
+        text = found.docstring_below or found.comment_inline or found.comment_above or ""
+        docs[field.name] = " ".join(text.split())
+    return docs
+
+
 def check_fields(instance: Any, bounds: Mapping[str, Bound], choices: Mapping[str, Sequence[str]]) -> None:
     """Check every field of the dataclass ``instance`` (:func:`check_value`), in declaration order, and store the
     plain forms; ``TypeError`` or ``ValueError`` naming the first bad field."""
@@ -135,6 +159,12 @@ def check_fields(instance: Any, bounds: Mapping[str, Bound], choices: Mapping[st
         plain = check_value(field.name, value, kinds, optional, bounds.get(field.name), choices.get(field.name))
         if plain is not value:
             object.__setattr__(instance, field.name, plain)
+
+
+# the ranges most fields share (a field's range is its annotation's Bound; check_fields reads it)
+POSITIVE = Bound(0, low_open=True)
+AT_LEAST_ONE = Bound(1)
+NON_NEGATIVE = Bound(0)
 
 
 @dataclass
@@ -159,49 +189,120 @@ class AgentConfig:
       sampling; training on half of the (strongly correlated) steps gives ~1.6x the epochs per CPU-minute.
     """
 
-    seed: int = 0
-    batch_size: int = 16  # episodes per sampling batch (= env.num_envs; checked)
-    batches_per_epoch: int = 2
-    guidance_scale: float | None = None  # None -> the world's (env.unwrapped.diffusion.world.guidance_scale)
-    eta: float = 1.0  # DDIM eta in (0, 1]; > 0 makes every step a Gaussian policy
-    lora_rank: int = 8  # 0 -> full fine-tune
-    learning_rate: float | None = None  # None: the agent's default (AGENT_LEARNING_RATES, else 1e-3)
-    lr_decay_epochs: int | None = None  # None: constant; E: cosine decay to lr_final_fraction x lr over E epochs
-    lr_final_fraction: float = 0.1
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    train_batch_size: int | None = 8  # trajectories per optimiser step; None -> batch_size
-    train_timestep_fraction: float = 0.5  # fraction of the stochastic steps trained per trajectory
-    train_timestep_min: int = 0  # train only the steps with scheduler timestep t >= this (0: every step)
-    inner_epochs: int = 2
-    clip_range: float = 0.2  # PPO clip on the ratio of SUMMED per-step log-probs
-    dual_clip: float | None = 3.0  # dual-clip PPO bound for negative advantages (None: off)
-    adv_clip_max: float = 5.0
+    seed: Annotated[int, Bound(0, MAX_SEED, note="what numpy and torch take as a seed")] = 0
+    """random seed of the run (initial noise, prompts, adapter initialisation)"""
+    batch_size: Annotated[int, AT_LEAST_ONE] = 16
+    """trajectories per sampling batch; also the number of parallel envs"""
+    batches_per_epoch: Annotated[int, AT_LEAST_ONE] = 2
+    """sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories"""
+    guidance_scale: Annotated[float | None, NON_NEGATIVE] = None
+    """classifier-free guidance scale inside the policy ('none': the world's)"""
+    eta: Annotated[float, Bound(0, 1, low_open=True, note="eta = 0 is deterministic; DDIM's eta is at most 1")] = 1.0
+    """DDIM eta in (0, 1]; > 0 makes every denoising step a Gaussian action with an exact log-prob"""
+    lora_rank: Annotated[int, Bound(0, note="0 = full fine-tune")] = 8
+    """rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)"""
+    learning_rate: Annotated[float | None, POSITIVE] = None
+    """learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr, 3e-4 for nft
+    (herd: its base's)
+    """
+    lr_decay_epochs: Annotated[int | None, AT_LEAST_ONE] = None
+    """cosine-decay the policy's learning rate over this many epochs, to lr_final_fraction of it, then hold it ('none':
+    constant)
+    """
+    lr_final_fraction: Annotated[float, Bound(0, 1)] = 0.1
+    """the learning rate's final fraction under lr_decay_epochs"""
+    weight_decay: Annotated[float, NON_NEGATIVE] = 1e-4
+    """AdamW weight decay of the policy's optimiser"""
+    max_grad_norm: Annotated[float, POSITIVE] = 1.0
+    """gradient-norm clipping of the policy update"""
+    train_batch_size: Annotated[int | None, AT_LEAST_ONE] = 8
+    """trajectories per optimiser step ('none': batch_size)"""
+    train_timestep_fraction: Annotated[float, Bound(0, 1, low_open=True)] = 0.5
+    """fraction of each trajectory's denoising steps trained on (a random subset)"""
+    train_timestep_min: Annotated[int, NON_NEGATIVE] = 0
+    """train only the denoising steps with scheduler timestep t >= this (0: every step); on one prompt the noisiest
+    steps carry most of the gradient's signal and little of its noise (benchmarks/probes/gradient_noise.py)
+    """
+    inner_epochs: Annotated[int, AT_LEAST_ONE] = 2
+    """passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)"""
+    clip_range: Annotated[float, POSITIVE] = 0.2
+    """PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)"""
+    dual_clip: Annotated[float | None, Bound(1, low_open=True)] = 3.0
+    """dual-clip PPO bound on the ratio for negative advantages ('none': off)"""
+    adv_clip_max: Annotated[float, POSITIVE] = 5.0
+    """advantages are clipped to [-adv_clip_max, adv_clip_max]"""
     per_prompt_stats: bool = True
-    stat_buffer_size: int = 32
-    stat_min_count: int = 16
-    reinforce_baseline: bool = True  # REINFORCE: subtract the (per-prompt) mean reward
-    kl_beta: float = 0.01  # DPOK: weight of the per-step KL to the pretrained policy
-    reward_alpha: float = 1.0  # DPOK: weight of the reward term
-    value_learning_rate: float = 1e-3  # DPOK: value function V(x_t, c, t)
-    loop_k: int = 4  # LOOP: trajectories per prompt
-    rwr_temperature: float = 1.0  # RWR: weights exp(A / temperature), A the normalised reward
-    rwr_baseline: bool = False  # RWR: subtract the mean weight (equal rewards then train nothing)
-    nft_beta: float = 1.0  # NFT: beta of the implicit policies v+- = v_old +- beta (v_theta - v_old)
-    nft_timesteps: int = 4  # NFT: noised training timesteps per clean sample (stratified over [t_min, T_train))
-    nft_sampling_steps: int | None = None  # NFT: None: the env's sampler; k: a private deterministic k-step DDIM
-    nft_old_ema: float = 0.0  # NFT: soft update of the sampling policy, old <- ema old + (1 - ema) theta per epoch
-    herd_base: str = "loop"  # ahead of DDPO on 2 of 3 seeds (docs/experiments/2026-12-05-race.md)
-    herd_buffer_batches: int = 1  # H, in batches (HERD: 1, HERD-b2: 2)
+    """normalise rewards into advantages per prompt (DDPO/TRL stat tracker) instead of batch-wide"""
+    stat_buffer_size: Annotated[int, AT_LEAST_ONE] = 32
+    """per-prompt stat tracker: rewards kept per prompt"""
+    stat_min_count: Annotated[int, AT_LEAST_ONE] = 16
+    """per-prompt stat tracker: rewards a prompt needs before its own statistics are used"""
+    reinforce_baseline: bool = True
+    """REINFORCE: subtract the (per-prompt) mean reward as a baseline"""
+    kl_beta: Annotated[float, NON_NEGATIVE] = 0.01
+    """DPOK: weight beta of the per-step KL to the pretrained model"""
+    reward_alpha: Annotated[float, NON_NEGATIVE] = 1.0
+    """DPOK: weight alpha of the reward term"""
+    value_learning_rate: Annotated[float, POSITIVE] = 1e-3
+    """DPOK: learning rate of the value function V(x_t, c, t) used as baseline"""
+    loop_k: Annotated[int, Bound(2, note="the leave-one-out baseline needs others")] = 4
+    """LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1"""
+    rwr_temperature: Annotated[float, POSITIVE] = 1.0
+    """RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)"""
+    rwr_baseline: bool = False
+    """RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing"""
+    nft_beta: Annotated[float, Bound(0, low_open=True)] = 1.0
+    """NFT: beta of the implicit positive and negative policies (1 - beta) v_old + beta v_theta and (1 + beta) v_old -
+    beta v_theta
+    """
+    nft_timesteps: Annotated[int, Bound(1)] = 4
+    """NFT: noised training timesteps per clean sample and inner epoch, one in each of as many equal strata of
+    [train_timestep_min, T_train)
+    """
+    nft_sampling_steps: Annotated[int | None, Bound(1)] = None
+    """NFT: 'none': sample the training images through the env like every agent; k: with a private deterministic (eta =
+    0) DDIM of k steps, guided (the held-out evaluation keeps the env's sampler)
+    """
+    nft_old_ema: Annotated[float, Bound(0, 1, high_open=True, note="1 would never update the sampling policy")] = 0.0
+    """NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta (0: the old
+    policy is the current one at each epoch's start)
+    """
+    herd_base: str = "loop"
+    """HERD: the agent HERD wraps (loop: ahead of DDPO on 2 of 3 seeds, docs/experiments/2026-12-05-race.md)"""
+    herd_buffer_batches: Annotated[int, AT_LEAST_ONE] = 1
+    """HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)"""
     herd_keep_history: bool = False
-    herd_history_batches: int = 16  # cap of the extended history (herd_keep_history)
+    """HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)"""
+    herd_history_batches: Annotated[int, AT_LEAST_ONE] = 16
+    """HERD: cap, in batches, of the extended history (--herd-keep-history)"""
     herd_off_policy_correction: bool = True
-    gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, more compute
-    async_reward: bool = False  # score batch i's reward on a worker thread while batch i + 1 is sampled
-    channels_last: bool = False  # the UNet's conv weights in channels-last (NHWC) memory format
-    attention: str = "sdpa"  # the UNet's attention processor: "sdpa" (fused, diffusers' default) or "classic"
-    autocast_bf16: bool = False  # every UNet forward under torch.autocast(bfloat16) (a float32 model only)
-    compile_unet: bool = False  # torch.compile the UNet the policy calls (compiled on first use of each shape)
+    """HERD: importance-weight relabeled trajectories by their behaviour log-probs under the original prompt, PPO-
+    clipped (--no-herd-off-policy-correction: the paper's uncorrected variant)
+    """
+    gradient_checkpointing: bool = False
+    """recompute the UNet's activations in the backward pass instead of storing them: much less memory for the training
+    step, about a third more training compute; same gradients
+    """
+    async_reward: bool = False
+    """score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env sharing
+    the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results
+    """
+    channels_last: bool = False
+    """store the UNet's conv weights in channels-last (NHWC) memory format, so that its convolutions run in NHWC
+    (benchmarks/probes/epoch_overhead.py --variants measures it); same model, float rounding differs
+    """
+    attention: str = "sdpa"
+    """the UNet's attention processor: 'sdpa' (torch's fused scaled_dot_product_attention, diffusers' AttnProcessor2_0,
+    the default) or 'classic' (diffusers' AttnProcessor, softmax(QK^T)V written out)
+    """
+    autocast_bf16: bool = False
+    """run every UNet forward (sampling and training) under torch.autocast in bfloat16; weights, DDIM step and log-probs
+    stay float32; needs --dtype float32; less precise (the probe prints by how much)
+    """
+    compile_unet: bool = False
+    """torch.compile the UNet the policy calls (mode default); the first epochs pay the compilation, about a minute or
+    more per new shape on a CPU (4 minutes in all for the default task with a cold cache)
+    """
 
     def __post_init__(self) -> None:
         self.validate()
@@ -230,50 +331,15 @@ class AgentConfig:
         return dataclasses.replace(self, learning_rate=AGENT_LEARNING_RATES.get(learner, DEFAULT_LEARNING_RATE))
 
 
-POSITIVE = Bound(0, low_open=True)
-AT_LEAST_ONE = Bound(1)
-NON_NEGATIVE = Bound(0)
-# The range of every numeric AgentConfig field (fields not listed: any value of their type); checked by
-# AgentConfig.validate, and by the CLI's flags (agents.cli) with the same words.
-AGENT_CONFIG_BOUNDS: dict[str, Bound] = {
-    "seed": Bound(0, MAX_SEED, note="what numpy and torch take as a seed"),
-    "batch_size": AT_LEAST_ONE,
-    "batches_per_epoch": AT_LEAST_ONE,
-    "guidance_scale": NON_NEGATIVE,
-    "eta": Bound(0, 1, low_open=True, note="eta = 0 is deterministic; DDIM's eta is at most 1"),
-    "lora_rank": Bound(0, note="0 = full fine-tune"),
-    "learning_rate": POSITIVE,
-    "lr_decay_epochs": AT_LEAST_ONE,
-    "lr_final_fraction": Bound(0, 1),
-    "weight_decay": NON_NEGATIVE,
-    "max_grad_norm": POSITIVE,
-    "train_batch_size": AT_LEAST_ONE,
-    "train_timestep_fraction": Bound(0, 1, low_open=True),
-    "train_timestep_min": NON_NEGATIVE,
-    "inner_epochs": AT_LEAST_ONE,
-    "clip_range": POSITIVE,
-    "dual_clip": Bound(1, low_open=True),
-    "adv_clip_max": POSITIVE,
-    "stat_buffer_size": AT_LEAST_ONE,
-    "stat_min_count": AT_LEAST_ONE,
-    "kl_beta": NON_NEGATIVE,
-    "reward_alpha": NON_NEGATIVE,
-    "value_learning_rate": POSITIVE,
-    "loop_k": Bound(2, note="the leave-one-out baseline needs others"),
-    "rwr_temperature": POSITIVE,
-    "herd_buffer_batches": AT_LEAST_ONE,
-    "herd_history_batches": AT_LEAST_ONE,
-    "nft_beta": Bound(0, low_open=True),
-    "nft_timesteps": Bound(1),
-    "nft_sampling_steps": Bound(1),
-    "nft_old_ema": Bound(0, 1, high_open=True, note="1 would never update the sampling policy"),
-}
+# The range of every numeric AgentConfig field, from its annotation (fields without one: any value of their type);
+# checked by AgentConfig.validate, and by the CLI's flags (agents.cli) with the same words.
+AGENT_CONFIG_BOUNDS: dict[str, Bound] = annotated_bounds(AgentConfig)
 AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"attention": ATTENTION_PROCESSORS}
 
 
 def herd_bases() -> tuple[str, ...]:
     """The agents HERD can wrap: every agent of the registry (a registered one of your own included) but HERD."""
-    from agents.registry import HERD, agent_names
+    from agents.catalog import HERD, agent_names
 
     return tuple(name for name in agent_names() if name != HERD)
 
@@ -291,102 +357,15 @@ DEFAULT_LEARNING_RATE = 1e-3
 AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4, "nft": 3e-4}
 
 
-# What each field means, for the CLI's --help (agents.cli) and readers of run.json; tests/test_run_cli.py checks
-# that no field is missing.
-AGENT_CONFIG_HELP: dict[str, str] = {
-    "seed": "random seed of the run (initial noise, prompts, adapter initialisation)",
-    "batch_size": "trajectories per sampling batch; also the number of parallel envs",
-    "batches_per_epoch": "sampling batches per epoch: an epoch samples batch_size x batches_per_epoch trajectories",
-    "guidance_scale": "classifier-free guidance scale inside the policy ('none': the world's)",
-    "eta": "DDIM eta in (0, 1]; > 0 makes every denoising step a Gaussian action with an exact log-prob",
-    "lora_rank": "rank of the LoRA adapter on the UNet's attention projections (0: fine-tune the full UNet)",
-    "learning_rate": (
-        "learning rate of the policy's optimiser (AdamW); 'none': the agent's default, 1e-3, or 1e-4 for rwr, "
-        "3e-4 for nft (herd: its base's)"
-    ),
-    "lr_decay_epochs": (
-        "cosine-decay the policy's learning rate over this many epochs, to lr_final_fraction of it, then hold it "
-        "('none': constant)"
-    ),
-    "lr_final_fraction": "the learning rate's final fraction under lr_decay_epochs",
-    "weight_decay": "AdamW weight decay of the policy's optimiser",
-    "train_batch_size": "trajectories per optimiser step ('none': batch_size)",
-    "max_grad_norm": "gradient-norm clipping of the policy update",
-    "train_timestep_fraction": "fraction of each trajectory's denoising steps trained on (a random subset)",
-    "train_timestep_min": (
-        "train only the denoising steps with scheduler timestep t >= this (0: every step); on one prompt the "
-        "noisiest steps carry most of the gradient's signal and little of its noise "
-        "(benchmarks/probes/gradient_noise.py)"
-    ),
-    "inner_epochs": "passes over each epoch's samples (PPO-style agents: ddpo, loop, herd)",
-    "clip_range": "PPO clip range of the per-step importance ratio (log-probs are summed over latent dims)",
-    "dual_clip": "dual-clip PPO bound on the ratio for negative advantages ('none': off)",
-    "adv_clip_max": "advantages are clipped to [-adv_clip_max, adv_clip_max]",
-    "per_prompt_stats": "normalise rewards into advantages per prompt (DDPO/TRL stat tracker) instead of batch-wide",
-    "stat_buffer_size": "per-prompt stat tracker: rewards kept per prompt",
-    "stat_min_count": "per-prompt stat tracker: rewards a prompt needs before its own statistics are used",
-    "reinforce_baseline": "REINFORCE: subtract the (per-prompt) mean reward as a baseline",
-    "kl_beta": "DPOK: weight beta of the per-step KL to the pretrained model",
-    "reward_alpha": "DPOK: weight alpha of the reward term",
-    "value_learning_rate": "DPOK: learning rate of the value function V(x_t, c, t) used as baseline",
-    "loop_k": "LOOP: trajectories K per prompt; each one's baseline is the mean reward of the other K-1",
-    "rwr_temperature": "RWR: temperature tau of the regression weights exp(A / tau) (small: the best samples count)",
-    "rwr_baseline": "RWR: subtract the mean weight, so that the weights are signed and equal rewards train nothing",
-    "nft_beta": (
-        "NFT: beta of the implicit positive and negative policies (1 - beta) v_old + beta v_theta and "
-        "(1 + beta) v_old - beta v_theta"
-    ),
-    "nft_timesteps": (
-        "NFT: noised training timesteps per clean sample and inner epoch, one in each of as many equal strata of "
-        "[train_timestep_min, T_train)"
-    ),
-    "nft_sampling_steps": (
-        "NFT: 'none': sample the training images through the env like every agent; k: with a private "
-        "deterministic (eta = 0) DDIM of k steps, guided (the held-out evaluation keeps the env's sampler)"
-    ),
-    "nft_old_ema": (
-        "NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta "
-        "(0: the old policy is the current one at each epoch's start)"
-    ),
-    "herd_base": "HERD: the agent HERD wraps",
-    "herd_buffer_batches": "HERD: batches H of past trajectories relabeled and replayed per epoch (HERD-b2: 2)",
-    "herd_keep_history": "HERD: keep an extended history instead of clearing the buffer each epoch (Algorithm 1)",
-    "herd_history_batches": "HERD: cap, in batches, of the extended history (--herd-keep-history)",
-    "herd_off_policy_correction": (
-        "HERD: importance-weight relabeled trajectories by their behaviour log-probs under the original prompt, "
-        "PPO-clipped (--no-herd-off-policy-correction: the paper's uncorrected variant)"
-    ),
-    "gradient_checkpointing": (
-        "recompute the UNet's activations in the backward pass instead of storing them: much less memory for the "
-        "training step, about a third more training compute; same gradients"
-    ),
-    "async_reward": (
-        "score each sampling batch's reward on a worker thread while the next batch is sampled (on a second env "
-        "sharing the model), instead of stalling sampling; needs --batches-per-epoch >= 2; same results"
-    ),
-    "channels_last": (
-        "store the UNet's conv weights in channels-last (NHWC) memory format, so that its convolutions run in NHWC "
-        "(benchmarks/probes/epoch_overhead.py --variants measures it); same model, float rounding differs"
-    ),
-    "attention": (
-        "the UNet's attention processor: 'sdpa' (torch's fused scaled_dot_product_attention, diffusers' "
-        "AttnProcessor2_0, the default) or 'classic' (diffusers' AttnProcessor, softmax(QK^T)V written out)"
-    ),
-    "autocast_bf16": (
-        "run every UNet forward (sampling and training) under torch.autocast in bfloat16; weights, DDIM step and "
-        "log-probs stay float32; needs --dtype float32; less precise (the probe prints by how much)"
-    ),
-    "compile_unet": (
-        "torch.compile the UNet the policy calls (mode default); the first epochs pay the compilation, "
-        "about a minute or more per new shape on a CPU (4 minutes in all for the default task with a cold cache)"
-    ),
-}
+def agent_config_help() -> dict[str, str]:
+    """What each field means (its docstring, read by simple-parsing), for the CLI's ``--help`` and readers of
+    ``run.json``; ``tests/test_run_cli.py`` checks that no field is missing."""
+    return field_docstrings(AgentConfig)
 
 
 __all__ = [
     "AGENT_CONFIG_BOUNDS",
     "AGENT_CONFIG_CHOICES",
-    "AGENT_CONFIG_HELP",
     "AGENT_LEARNING_RATES",
     "ATTENTION_PROCESSORS",
     "DEFAULT_LEARNING_RATE",
@@ -394,5 +373,8 @@ __all__ = [
     "AgentConfig",
     "Bound",
     "check_fields",
+    "agent_config_help",
+    "annotated_bounds",
     "check_value",
+    "field_docstrings",
 ]

@@ -8,14 +8,16 @@ images says how far). :func:`reevaluate` draws ``samples_per_prompt`` samples fo
 from both models, on the same seeds (``REEVAL_SEED + i``, new to every run), and reports the mean change with
 its 95% confidence interval (t-interval over the paired differences; with decorrelated pairs it is about an
 unpaired interval). On the Shapes world it also gives which facts of the object sentences each model gets right
-(colour drawn, shape, size, cell; ``diffusion_gym.shapes.gold.object_attribute_accuracy``), which says *what* a
+(colour drawn, shape, size, cell: the world's report, :mod:`diffusion_gym.reports`), which says *what* a
 change in gold is made of, and which shape each model draws for each named shape (``shape_confusion``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from agents.registry import make_agent
 from agents.run_folder import read_settings
 from agents.stats import mean_ci
 from diffusion_gym.prompts import resolve_prompts
+from diffusion_gym.reports import world_report
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -83,27 +86,11 @@ def reevaluate(run_dir: str | Path, samples_per_prompt: int = 4, eval_prompts: s
             "ci95": half_width,
         }
         lines.append(f"| {name} | {before.mean():.4f} | {after.mean():.4f} | {change:+.4f} ± {half_width:.4f} |")
-    if world.world == "shapes":
-        from diffusion_gym.shapes.gold import object_attribute_accuracy, shape_confusion
-
-        facts = {
-            "base": object_attribute_accuracy(base.images, prompts),
-            "fine_tuned": object_attribute_accuracy(tuned.images, prompts),
-        }
-        result["object_facts"] = facts
-        lines += ["", "| object sentences: fraction right | base | fine-tuned |", "|---|---:|---:|"]
-        lines += [f"| {fact} | {facts['base'][fact]:.3f} | {facts['fine_tuned'][fact]:.3f} |" for fact in facts["base"]]
-        confusion = {
-            "base": shape_confusion(base.images, prompts),
-            "fine_tuned": shape_confusion(tuned.images, prompts),
-        }
-        result["shape_confusion"] = confusion
-        drawn_shapes = list(confusion["base"])
-        lines += ["", "| shape named -> drawn (base / fine-tuned) | " + " | ".join(drawn_shapes) + " |"]
-        lines += ["|---|" + "---:|" * len(drawn_shapes)]
-        for named, row in confusion["base"].items():
-            cells = [f"{row[drawn]} / {confusion['fine_tuned'][named][drawn]}" for drawn in drawn_shapes]
-            lines.append(f"| {named} | " + " | ".join(cells) + " |")
+    report = world_report(world.world)  # e.g. the Shapes world's facts drawn right (diffusion_gym.reports)
+    if report is not None:
+        details = report(base.images, tuned.images, prompts)
+        result.update(details.values)
+        lines += details.lines
     distance = float((tuned.images - base.images).pow(2).mean().sqrt())
     result["distance_from_base"] = distance
     result["seconds"] = time.perf_counter() - started
@@ -112,4 +99,38 @@ def reevaluate(run_dir: str | Path, samples_per_prompt: int = 4, eval_prompts: s
     return {**result, "table": "\n".join(lines)}
 
 
-__all__ = ["EVALUATION_FILE", "reevaluate"]
+# ----------------------------------------------------------------------------------------------- the command
+def build_parser(prog: str = "diffusion-gym evaluate") -> argparse.ArgumentParser:
+    """``diffusion-gym evaluate RUN_DIR``'s flags."""
+    from agents.cli import positive_int
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Re-evaluate a finished run on many held-out samples: the base model against the run's latest "
+        "checkpoint on the same new seeds, the mean change with its 95%% CI; prints a markdown table and writes "
+        f"{EVALUATION_FILE} into the run folder.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run folder written by diffusion-gym run (with checkpoints/)")
+    parser.add_argument(
+        "--samples-per-prompt", type=positive_int, default=4, help="samples of each eval prompt per model (default: 4)"
+    )
+    parser.add_argument(
+        "--eval-prompts", default=None, help="a prompt set or one prompt (default: the run's evaluation prompts)"
+    )
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "diffusion-gym evaluate") -> dict[str, Any]:
+    """``diffusion-gym evaluate``: :func:`reevaluate` of the parsed flags; prints its table, returns the result."""
+    args = build_parser(prog).parse_args(None if argv is None else list(argv))
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = reevaluate(args.run_dir, args.samples_per_prompt, args.eval_prompts)
+    print(result.pop("table"))
+    return result
+
+
+__all__ = ["EVALUATION_FILE", "build_parser", "main", "reevaluate"]

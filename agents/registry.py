@@ -18,37 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import re
 import warnings
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
+
+from agents.catalog import (  # the names: plain data, shared with agents.config
+    AGENT_NAMES,
+    BUILTIN_AGENTS,
+    ENTRY_POINT_GROUP,
+    HERD,
+    _registered,
+    add_entry,
+    agent_names,
+    check_agent_name,
+    load_entry_points,
+)
 
 if TYPE_CHECKING:
     from agents.base import Agent
     from agents.config import AgentConfig
-
-HERD = "herd"  # not a class: the relabeler composed with the agent config.herd_base
-
-# The built-in algorithms: name -> "module:class", imported on first use (``import agents`` stays light).
-# A new built-in agent is one line here (its class's ``name`` must be the key).
-BUILTIN_AGENTS: dict[str, str] = {
-    "reinforce": "agents.reinforce:ReinforceAgent",
-    "ddpo": "agents.ddpo:DDPOAgent",
-    "dpok": "agents.dpok:DPOKAgent",
-    "loop": "agents.loop:LOOPAgent",
-    "rwr": "agents.rwr:RWRAgent",
-    "nft": "agents.nft:NFTAgent",
-}
-
-# The built-in agent names, HERD last (a fixed tuple, for the callers that list the package's own agents);
-# :func:`agent_names` also lists the registered ones.
-AGENT_NAMES: tuple[str, ...] = (*BUILTIN_AGENTS, HERD)
-
-ENTRY_POINT_GROUP = "diffusion_gym.agents"
-_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # lowercase: also a run folder's and a variant's name
-
-_registered: dict[str, type[Agent] | str] = {}  # name -> class, or "module:class" not imported yet
-_entry_points_loaded = False
 
 
 def register_agent(name: str, cls: type[Agent] | str, *, overwrite: bool = False) -> None:
@@ -60,23 +47,10 @@ def register_agent(name: str, cls: type[Agent] | str, *, overwrite: bool = False
     Agent subclass. Registering the same class (same module and qualified name) again is a no-op, so that a module
     that registers its agent on import can be imported twice.
     """
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise ValueError(
-            f"agent name must be lowercase letters, digits, '_', '.' or '-' (a run folder's name), got {name!r}"
-        )
-    if name in AGENT_NAMES:
-        raise ValueError(f"{name!r} is a built-in agent; register yours under another name")
-    if isinstance(cls, str):
-        if cls.count(":") != 1 or not all(cls.split(":")):
-            raise ValueError(f"an agent's import path is 'module:Class', got {cls!r}")
-    else:
+    if not isinstance(cls, str):
+        check_agent_name(name)
         _check_agent_class(name, cls)
-    previous = _registered.get(name)
-    if previous is not None and not overwrite and _import_path(previous) != _import_path(cls):
-        raise ValueError(
-            f"agent {name!r} is already registered to {_import_path(previous)}; pass overwrite=True to replace it"
-        )
-    _registered[name] = cls
+    add_entry(name, cls, overwrite)
 
 
 def unregister_agent(name: str) -> None:
@@ -84,13 +58,6 @@ def unregister_agent(name: str) -> None:
     if name not in _registered:
         raise KeyError(f"no registered agent {name!r} (built-ins cannot be unregistered)")
     del _registered[name]
-
-
-def agent_names() -> tuple[str, ...]:
-    """Every agent name :func:`make_agent` accepts: the built-ins (:data:`AGENT_NAMES`, ``"herd"`` included), then
-    the registered ones (by :func:`register_agent` or the ``diffusion_gym.agents`` entry points) in order."""
-    _load_entry_points()
-    return (*AGENT_NAMES, *(name for name in _registered if name not in AGENT_NAMES))
 
 
 def agent_class(name: str) -> type[Agent]:
@@ -101,7 +68,7 @@ def agent_class(name: str) -> type[Agent]:
     if name in BUILTIN_AGENTS:
         return _load(BUILTIN_AGENTS[name])
     if name not in _registered:
-        _load_entry_points()
+        load_entry_points()
     if name not in _registered:
         raise ValueError(
             f"unknown agent {name!r}; expected one of {agent_names()}. An agent of your own: "
@@ -168,10 +135,6 @@ def _check_agent_class(name: str, cls: object) -> None:
         )
 
 
-def _import_path(entry: type | str) -> str:
-    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
-
-
 def _load(path: str) -> type[Agent]:
     """The class at ``"module:Qualified.name"``."""
     module_name, _, qualname = path.partition(":")
@@ -179,22 +142,6 @@ def _load(path: str) -> type[Agent]:
     for part in qualname.split("."):
         target = getattr(target, part)
     return target  # type: ignore[return-value]
-
-
-def _load_entry_points() -> None:
-    """Register the ``diffusion_gym.agents`` entry points of the installed packages (once per process; a name
-    already registered in this process keeps its class)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        if point.name in _registered:
-            continue
-        try:
-            register_agent(point.name, point.value)
-        except ValueError as error:  # one broken plugin must not stop every agent (and the CLI) from loading
-            warnings.warn(f"skipped the {ENTRY_POINT_GROUP} entry point {point.name!r}: {error}", stacklevel=2)
 
 
 __all__ = [

@@ -93,6 +93,31 @@ class RunSettings:
         self.config.validate()
         check_output_dir(self.output_dir)
 
+    @classmethod
+    def for_task(
+        cls,
+        task: object,
+        agent: str,
+        output_dir: str | os.PathLike,
+        config: AgentConfig | None = None,
+        **changes: Any,
+    ) -> RunSettings:
+        """The settings of ``agent`` on a registered task (its name or a :class:`~diffusion_gym.tasks.Task`): the
+        task's model, reward, prompts, evaluation and budget (``config``'s batch size and batches per epoch are the
+        task's unless ``config`` is given), then ``changes`` (any other field). The default task ``"long"`` is
+        what ``diffusion-gym run`` and ``make run`` train; the bench builds each of its runs here too."""
+        from diffusion_gym.tasks import Task, get_task
+
+        if isinstance(task, str):
+            task = get_task(task)
+        if not isinstance(task, Task):
+            raise TypeError(f"task must be a task name or a diffusion_gym.tasks.Task, got {type(task).__name__}")
+        if config is None:
+            config = AgentConfig(batch_size=task.batch_size, batches_per_epoch=task.batches_per_epoch)
+        config = config.with_agent_defaults(agent)  # recorded in run.json as numbers, as the CLI records them
+        values = dict(task_run_fields(task), agent=agent, config=config, output_dir=Path(output_dir))
+        return cls(**{**values, **changes})
+
     @property
     def name(self) -> str:
         return self.label or self.agent
@@ -117,6 +142,13 @@ class RunSettings:
         after the last."""
         every = self.checkpoint_every if self.checkpoint_every is not None else self.eval_every_epochs()
         return epoch % every == 0 or epoch == self.epochs
+
+
+def task_run_fields(task: object) -> dict[str, Any]:
+    """The :class:`RunSettings` fields a task sets (model, reward, prompts, evaluation, budget in epochs)."""
+    names = ("model", "reward", "prompts", "eval_prompts", "generalisation_prompts", "epochs",
+             "num_inference_steps", "eval_every", "eval_samples")  # fmt: skip
+    return {name: getattr(task, name) for name in names}
 
 
 # The range of every numeric RunSettings field (RunSettings.validate; the CLI's flags, benchmarks/run.py).

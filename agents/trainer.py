@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 import warnings
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from agents.base import Agent
 from agents.checkpoint import (
@@ -84,6 +86,8 @@ from agents.run_folder import (
 from agents.run_lock import RunFolderInUse, RunFolderLock
 from agents.run_log import RunLog
 from diffusion_gym.prompts import resolve_prompts
+
+logger = logging.getLogger(__name__)
 
 
 # ============================================================================================== callbacks
@@ -254,6 +258,24 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ building from settings
     @classmethod
+    def for_task(
+        cls,
+        task: object,
+        agent: str,
+        output_dir: str | os.PathLike,
+        config: AgentConfig | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
+        **settings: object,
+    ) -> Trainer:
+        """A trainer of ``agent`` on a registered task (a name, e.g. ``"long"``, the default task of ``diffusion-gym
+        run`` and ``make run``, or a :class:`~diffusion_gym.tasks.Task`), with the task's env, evaluation and budget
+        (:meth:`RunSettings.for_task`); ``settings`` change any other :class:`RunSettings` field::
+
+            Trainer.for_task("long", "ddpo", "runs/ddpo").train()  # the run of `make run`, seed 0
+        """
+        return cls.from_settings(RunSettings.for_task(task, agent, output_dir, config, **settings), callbacks=callbacks)
+
+    @classmethod
     def from_settings(cls, settings: RunSettings, env=None, callbacks: Sequence[TrainerCallback] = ()) -> Trainer:
         """A trainer for ``settings`` (the CLI's, or a ``run.json``'s), recorded as given; with ``settings.resume``,
         :meth:`train` continues from the latest checkpoint of ``settings.output_dir``. ``env``: default, one built
@@ -324,11 +346,16 @@ class Trainer:
         base = Evaluation(Scores(**saved["scores"]), saved["images"], eval_prompts)
         for folder in point.newer:  # out of the way of the new saves (which would replace or prune them); kept
             moved = set_aside(folder, "corrupt" if folder in point.corrupt else "set-aside")
-            tqdm.write(f"{self.settings.name}: {folder.name}, newer than the checkpoint resumed from, moved to {moved}")
+            logger.info(
+                "%s: %s, newer than the checkpoint resumed from, moved to %s", self.settings.name, folder.name, moved
+            )
         history = restore_metrics(output_dir, point)
-        tqdm.write(
-            f"{self.settings.name}: resuming after epoch {state.epoch} ({state.samples_seen} samples) from "
-            f"{point.path.name}"
+        logger.info(
+            "%s: resuming after epoch %d (%d samples) from %s",
+            self.settings.name,
+            state.epoch,
+            state.samples_seen,
+            point.path.name,
         )
         progress = _Progress(state, base, history, latest=base)
         saved = checkpoint.get("generalisation_base")  # absent in checkpoints of runs without the second set
@@ -362,14 +389,17 @@ class Trainer:
         if not self.distributed.is_main_process:
             return _Progress(RunState(), base=None, history=[], latest=None), False
         base = self._evaluate_base(eval_prompts)
-        tqdm.write(f"{self.settings.name}: base model on {len(eval_prompts)} held-out samples: {base.scores}")
+        logger.info("%s: base model on %d held-out samples: %s", self.settings.name, len(eval_prompts), base.scores)
         progress = _Progress(RunState(), base, [], latest=base)
         generalisation_prompts = self.generalisation_prompts()
         if generalisation_prompts:
             progress.generalisation_base = self._evaluate_base(generalisation_prompts)
-            tqdm.write(
-                f"{self.settings.name}: base model on {len(generalisation_prompts)} generalisation samples "
-                f"({self.settings.generalisation_prompts}): {progress.generalisation_base.scores}"
+            logger.info(
+                "%s: base model on %d generalisation samples (%s): %s",
+                self.settings.name,
+                len(generalisation_prompts),
+                self.settings.generalisation_prompts,
+                progress.generalisation_base.scores,
             )
         return progress, False
 
@@ -427,83 +457,124 @@ class Trainer:
         return lock
 
     def _train(self, settings: RunSettings) -> RunResult | None:
-        """:meth:`train` to ``settings`` (validated), with the run folder locked."""
+        """:meth:`train` to ``settings`` (validated), with the run folder locked: the epoch loop of the algorithm
+        (the agent collects and updates in ``train_epoch``), evaluations and checkpoints at their epochs."""
         started = self._started if self._started is not None else time.perf_counter()
         self._started = None
-        point = None
-        if self._progress is None and settings.resume:
-            point = resume_point(settings.output_dir, settings.resume_from)
-            check_resume_settings(settings, point)
-        done = self._progress.state if self._progress is not None else point.state if point is not None else None
-        if done is not None and settings.epochs <= done.epoch:
-            check_epochs(settings.output_dir, settings.epochs, done.epoch)
-            recorded = recorded_result(settings.output_dir, done)
-            if recorded is not None:
-                tqdm.write(f"{settings.name}: already at {done.epoch} epochs (results.json): nothing to train")
-                return recorded if self.distributed.is_main_process else None
+        point = self._resume_point(settings)
+        recorded = self._recorded_result(settings, point)
+        if recorded is not None:  # results.json already records these epochs: nothing to train
+            return recorded if self.distributed.is_main_process else None
         self.settings = settings
-        agent, distributed = self.agent, self.distributed
-        main = distributed.is_main_process
-        config = agent.config  # settings.config with the agent's defaults filled in (e.g. its learning rate)
-        output_dir = Path(settings.output_dir)
-        eval_set, eval_prompts = self.held_out_prompts()
-        samples_per_epoch = config.batch_size * config.batches_per_epoch * distributed.num_processes  # global
-
-        if main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            # resumed or extended, run.json records the new target (a later resume, or a comparison rerun,
-            # continues to it) and no pending resume
-            write_settings(dataclasses.replace(settings, resume=False, resume_from=None), output_dir)
-        progress, continuing = self._begin(eval_prompts, point)
-        state = progress.state
-        log = RunLog(output_dir, continue_after=state.samples_seen if continuing else None) if main else None
-        if main and not continuing:
-            self._log_evaluation(log, progress.base, state, final=True)
-        if main:
-            for callback in self.callbacks:
-                callback.on_train_begin(self)
-
-        interrupted, stop_reason = False, None
-        bar = tqdm(
-            range(state.epoch + 1, settings.epochs + 1),
-            desc=settings.name,
-            unit="epoch",
-            initial=state.epoch,
-            total=settings.epochs,
-            dynamic_ncols=True,
-            disable=not main,
-        )
+        progress, log = self._begin_session(point)
+        state, stop_reason, interrupted = progress.state, None, False
+        bar = self._epoch_bar(state.epoch)
         try:
-            for epoch in bar:
-                metrics = distributed.mean_metrics(scalar_metrics(agent.train_epoch().metrics))
-                state.epoch = epoch
-                state.samples_seen += samples_per_epoch
-                state.train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
-                if main:
-                    stop_reason = self._end_epoch(log, progress, metrics, started)
-                    bar.set_postfix(progress_fields(metrics), refresh=False)
-                stop_reason = distributed.broadcast_object(stop_reason)  # every process stops together
-                if settings.checkpoint_due(epoch) or stop_reason is not None:
-                    elapsed = progress.history[-1]["elapsed_seconds"] if main else 0.0
-                    self._save_checkpoint(
-                        dataclasses.replace(state, elapsed_seconds=elapsed),
-                        progress.base,
-                        progress.generalisation_base,
-                        progress.history,
-                    )
-                if stop_reason is not None:
-                    tqdm.write(f"{settings.name}: stopped after epoch {epoch}: {stop_reason}")
-                    break
+            with logging_redirect_tqdm():  # messages through tqdm.write, under the bar
+                for epoch in bar:
+                    metrics = self._train_epoch(state)  # every process: collect a batch, update the policy
+                    stop_reason = self._end_epoch_everywhere(log, progress, metrics, started, bar)
+                    if settings.checkpoint_due(epoch) or stop_reason is not None:
+                        self._checkpoint(progress)
+                    if stop_reason is not None:
+                        logger.info("%s: stopped after epoch %d: %s", settings.name, epoch, stop_reason)
+                        break
         except KeyboardInterrupt:
             interrupted = True
-            tqdm.write(f"{settings.name}: interrupted after epoch {state.epoch}; evaluating what was trained")
+            logger.info("%s: interrupted after epoch %d; evaluating what was trained", settings.name, state.epoch)
         finally:
             bar.close()
         self._progress = progress
-        if not main:
+        if not self.distributed.is_main_process:
             state.elapsed_seconds += time.perf_counter() - started  # a second train() counts on from here
             return None
+        return self._finish(progress, log, started, interrupted, stop_reason)
 
+    # ---------------------------------------------------------------- the steps of _train
+    def _resume_point(self, settings: RunSettings) -> ResumePoint | None:
+        """The checkpoint to continue from (a resume's first call), checked against ``settings``; else None."""
+        if self._progress is not None or not settings.resume:
+            return None
+        point = resume_point(settings.output_dir, settings.resume_from)
+        check_resume_settings(settings, point)
+        return point
+
+    def _recorded_result(self, settings: RunSettings, point: ResumePoint | None) -> RunResult | None:
+        """``results.json``'s result when the run already reached ``settings.epochs`` and recorded it (fewer epochs
+        than trained: ``ValueError``); None when there is something to train or to write."""
+        done = self._progress.state if self._progress is not None else point.state if point is not None else None
+        if done is None or settings.epochs > done.epoch:
+            return None
+        check_epochs(settings.output_dir, settings.epochs, done.epoch)
+        recorded = recorded_result(settings.output_dir, done)
+        if recorded is not None:
+            logger.info("%s: already at %d epochs (results.json): nothing to train", settings.name, done.epoch)
+        return recorded
+
+    def _begin_session(self, point: ResumePoint | None) -> tuple[_Progress, RunLog | None]:
+        """Write ``run.json`` (the new target, no pending resume), find the starting point (:meth:`_begin`), open
+        the log (continuing an earlier session's), log the base model of a new run, call ``on_train_begin``."""
+        settings, main = self.settings, self.distributed.is_main_process
+        output_dir = Path(settings.output_dir)
+        if main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_settings(dataclasses.replace(settings, resume=False, resume_from=None), output_dir)
+        progress, continuing = self._begin(self.held_out_prompts()[1], point)
+        if not main:
+            return progress, None
+        log = RunLog(output_dir, continue_after=progress.state.samples_seen if continuing else None)
+        if not continuing:
+            self._log_evaluation(log, progress.base, progress.state, final=True)
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        return progress, log
+
+    def _epoch_bar(self, epochs_done: int) -> tqdm:
+        """The progress bar over the epochs left (main process only)."""
+        return tqdm(
+            range(epochs_done + 1, self.settings.epochs + 1),
+            desc=self.settings.name,
+            unit="epoch",
+            initial=epochs_done,
+            total=self.settings.epochs,
+            dynamic_ncols=True,
+            disable=not self.distributed.is_main_process,
+        )
+
+    def _train_epoch(self, state: RunState) -> dict[str, float]:
+        """One epoch of the agent (``agent.train_epoch``); its scalar metrics, averaged over the processes, and the
+        sample counts advanced (``samples_per_epoch`` fresh samples over all processes)."""
+        config, distributed = self.agent.config, self.distributed
+        metrics = distributed.mean_metrics(scalar_metrics(self.agent.train_epoch().metrics))
+        samples_per_epoch = config.batch_size * config.batches_per_epoch * distributed.num_processes  # global
+        state.epoch += 1
+        state.samples_seen += samples_per_epoch
+        state.train_samples_seen += int(metrics.get("num_train_samples", samples_per_epoch))
+        return metrics
+
+    def _end_epoch_everywhere(
+        self, log: RunLog | None, progress: _Progress, metrics: dict[str, float], started: float, bar: tqdm
+    ) -> str | None:
+        """The main process ends the epoch (:meth:`_end_epoch`); every process gets its stop reason."""
+        stop_reason = None
+        if self.distributed.is_main_process:
+            stop_reason = self._end_epoch(log, progress, metrics, started)
+            bar.set_postfix(progress_fields(metrics), refresh=False)
+        return self.distributed.broadcast_object(stop_reason)  # every process stops together
+
+    def _checkpoint(self, progress: _Progress) -> None:
+        """Save the run's checkpoint now (its elapsed time: the main process's last record)."""
+        elapsed = progress.history[-1]["elapsed_seconds"] if self.distributed.is_main_process else 0.0
+        state = dataclasses.replace(progress.state, elapsed_seconds=elapsed)
+        self._save_checkpoint(state, progress.base, progress.generalisation_base, progress.history)
+
+    def _finish(
+        self, progress: _Progress, log: RunLog, started: float, interrupted: bool, stop_reason: str | None
+    ) -> RunResult:
+        """The main process's end of :meth:`train`: the final and generalisation evaluations, the run folder,
+        ``on_train_end``; returns the result."""
+        settings, state, agent = self.settings, progress.state, self.agent
+        eval_set, eval_prompts = self.held_out_prompts()
         if progress.latest_epoch != state.epoch:
             final = evaluate(agent, eval_prompts, progress.base, kl_to_base=settings.eval_kl)
             progress.latest, progress.latest_epoch = final, state.epoch
@@ -521,7 +592,7 @@ class Trainer:
             prompts=prompt_label(settings.prompts or str(self.world.default_prompts)),
             eval_prompts=prompt_label(eval_set),
             num_eval_samples=len(eval_prompts),
-            seed=config.seed,
+            seed=agent.config.seed,
             epochs=settings.epochs,
             epochs_completed=state.epoch,
             interrupted=interrupted,
@@ -530,7 +601,7 @@ class Trainer:
             wall_seconds=wall_seconds,
             base=progress.base.scores,
             final=progress.latest.scores,
-            config=asdict(config),
+            config=asdict(agent.config),  # settings.config with the agent's defaults filled in
             command=settings.command,
             num_inference_steps=self.env.unwrapped.diffusion.num_inference_steps,
             device=settings.device,
@@ -538,7 +609,7 @@ class Trainer:
             stop_reason=stop_reason,
             generalisation=generalisation,
         )
-        write_run_folder(output_dir, result, progress.base, progress.latest)
+        write_run_folder(Path(settings.output_dir), result, progress.base, progress.latest)
         for callback in self.callbacks:
             callback.on_train_end(self, result)
         return result
@@ -559,7 +630,7 @@ class Trainer:
             progress.latest, progress.latest_epoch = evaluation, epoch
             scores, stop_reason = self._log_evaluation(log, evaluation, state, final=False)
             record_evaluation = {f"eval_{key}": value for key, value in scores.items()}
-            tqdm.write(f"{settings.name}: epoch {epoch} held-out: {evaluation.scores}")
+            logger.info("%s: epoch %d held-out: %s", settings.name, epoch, evaluation.scores)
         else:
             record_evaluation = {}
         event = EpochEvent(epoch, state.samples_seen, metrics, evaluation=evaluation)
@@ -578,7 +649,9 @@ class Trainer:
         if base is None:
             return None
         final = evaluate(self.agent, base.prompts, base, kl_to_base=self.settings.eval_kl)
-        tqdm.write(f"{self.settings.name}: generalisation ({self.settings.generalisation_prompts}): {final.scores}")
+        logger.info(
+            "%s: generalisation (%s): %s", self.settings.name, self.settings.generalisation_prompts, final.scores
+        )
         log.log_scalars("generalisation", final.scores.fields(), progress.state.samples_seen)
         return Generalisation(self.settings.generalisation_prompts, len(base.prompts), base.scores, final.scores)
 

@@ -32,7 +32,7 @@ if ENV_ID not in registry:
 if V0_ENV_ID not in registry:
     register(
         id=V0_ENV_ID,
-        entry_point="diffusion_gym.env:make_v0_env",
-        vector_entry_point="diffusion_gym.vector_env:make_v0_vector_env",
+        entry_point="diffusion_gym.v0:make_v0_env",
+        vector_entry_point="diffusion_gym.v0:make_v0_vector_env",
         **_NO_WRAPPERS,
     )

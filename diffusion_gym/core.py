@@ -13,9 +13,9 @@ import math
 import numbers
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -489,8 +489,9 @@ class DiffusionHandle:
     Tensors in, tensors out: this interface takes and returns torch tensors whatever the env's array backend.
     """
 
-    def __init__(self, mdp: DiffusionMDP, array_backend: str = "numpy"):
+    def __init__(self, mdp: DiffusionMDP, vector_env_class: Callable[..., Any], array_backend: str = "numpy"):
         self._mdp = mdp
+        self._vector_env_class = vector_env_class  # new_vector_env's: given by the env (core imports no env)
         self._array_backend = array_backend  # the backend of new_vector_env's envs
 
     # ----------------------------------------------------------------------------------------- the model
@@ -596,11 +597,9 @@ class DiffusionHandle:
 
         ``array_backend``: ``"numpy"`` or ``"torch"``; ``None``: this env's (``"numpy"`` for the single env).
         """
-        from diffusion_gym.vector_env import DiffusionT2IVectorEnv
-
         config = {field.name: getattr(self._mdp.config, field.name) for field in dataclasses.fields(self._mdp.config)}
         backend = self._array_backend if array_backend is None else array_backend
-        env = DiffusionT2IVectorEnv(num_envs, **config, array_backend=backend)
+        env = self._vector_env_class(num_envs, **config, array_backend=backend)
         env.mdp.share_image_cache(self._mdp)
         return env
 

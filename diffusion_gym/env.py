@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -193,7 +192,7 @@ class DiffusionT2IEnv(gym.Env):
     * v0: Initial version (the Shapes world's first to third weights, epsilon-prediction on Stable Diffusion's
       schedule; from 2026-11-29 the fourth weights). Since issue 30, ``gym.make("DiffusionT2I-v0")`` (and
       ``gym.make_vec``) makes the v1 env with a ``UserWarning`` that lists what differs from v0
-      (:data:`V0_WARNING`): v0's own weights are no longer shipped, so v0 cannot keep its behaviour.
+      (:data:`diffusion_gym.v0.V0_WARNING`): v0's own weights are no longer shipped, so v0 cannot keep its behaviour.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -215,7 +214,7 @@ class DiffusionT2IEnv(gym.Env):
         config = EnvConfig.from_arguments(locals())
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         self.mdp = DiffusionMDP(config, num_envs=1)
-        self.diffusion = DiffusionHandle(self.mdp)  # the public interface for policies (see DiffusionHandle)
+        self.diffusion = DiffusionHandle(self.mdp, _vector_env)  # the interface for policies (see DiffusionHandle)
         self.observation_space = self.mdp.single_observation_space()
         self.action_space = self.mdp.single_action_space()
 
@@ -265,27 +264,8 @@ class DiffusionT2IEnv(gym.Env):
         return {key: value[0].cpu().numpy().copy() for key, value in self.mdp.observation().items()}
 
 
-V0_WARNING = (
-    "DiffusionT2I-v0 makes the DiffusionT2I-v1 env (v0's own Shapes weights are no longer shipped); make "
-    "'DiffusionT2I-v1' to silence this warning. What differs from v0: (1) the default Shapes world has its fourth "
-    "weights (v-prediction, zero terminal SNR, 'trailing' DDIM steps): the first observation's timestep is 999, not "
-    "951, and no episode is v0's for the same seed; (2) the vector env returns numpy arrays by default (v0: torch "
-    "tensors on the device; pass array_backend='torch'); (3) the vector env's model, scheduler, timesteps, codec, "
-    "prompts, encode_prompts, unconditional_embedding and make_sibling are gone: use env.unwrapped.diffusion "
-    "(make_sibling is diffusion.new_vector_env) and info['prompt']; (4) arguments, seeds, reset options, prompts "
-    "and actions that v0 took or corrected are errors (docs/env.md, 'Registration and versions')."
-)
+def _vector_env(num_envs: int, **kwargs: Any):
+    """A :class:`~diffusion_gym.vector_env.DiffusionT2IVectorEnv` (``diffusion.new_vector_env`` of a single env)."""
+    from diffusion_gym.vector_env import DiffusionT2IVectorEnv
 
-
-def warn_v0() -> None:
-    """Warn that ``DiffusionT2I-v0`` makes the v1 env, and what differs (called by the v0 entry points)."""
-    warnings.warn(V0_WARNING, UserWarning, stacklevel=4)  # the caller of gym.make / gym.make_vec
-
-
-def make_v0_env(**kwargs: Any) -> DiffusionT2IEnv:
-    """The entry point of ``DiffusionT2I-v0``: :data:`V0_WARNING`, then the v1 env with these arguments."""
-    warn_v0()
-    return DiffusionT2IEnv(**kwargs)
-
-
-make_v0_env.metadata = DiffusionT2IEnv.metadata  # what gym.make reads of an entry point (render modes)
+    return DiffusionT2IVectorEnv(num_envs, **kwargs)

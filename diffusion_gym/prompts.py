@@ -110,7 +110,9 @@ def resolve_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 
 def _ensure_builtin_sets() -> None:
-    import diffusion_gym.rewards  # noqa: F401  (importing it imports the Shapes world, which registers sets)
+    from diffusion_gym.registrations import load_builtin_registrations  # the built-in worlds register on import
+
+    load_builtin_registrations()
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

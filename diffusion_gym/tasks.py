@@ -106,7 +106,9 @@ def task_names() -> list[str]:
 
 
 def _ensure_builtin_tasks() -> None:
-    import diffusion_gym.rewards  # noqa: F401  (imports the built-in worlds, which register their tasks)
+    from diffusion_gym.registrations import load_builtin_registrations  # the built-in worlds register on import
+
+    load_builtin_registrations()
 
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]

@@ -25,7 +25,6 @@ from diffusion_gym.core import (
     check_reset_options,
     check_seed,
 )
-from diffusion_gym.env import DiffusionT2IEnv, warn_v0
 from diffusion_gym.rewards.async_scoring import AsyncRewardScorer
 
 ARRAY_BACKENDS = ("numpy", "torch")
@@ -142,7 +141,7 @@ class DiffusionT2IVectorEnv(VectorEnv):
         self.array_backend = array_backend
         self.mdp = DiffusionMDP(config, num_envs=num_envs)
         # the public interface for policies (see DiffusionHandle); its new_vector_env keeps this array backend
-        self.diffusion = DiffusionHandle(self.mdp, array_backend)
+        self.diffusion = DiffusionHandle(self.mdp, type(self), array_backend)
         self.num_envs = self.mdp.num_envs
         self.single_observation_space = self.mdp.single_observation_space()
         self.single_action_space = self.mdp.single_action_space()
@@ -326,12 +325,3 @@ class DiffusionT2IVectorEnv(VectorEnv):
         if self.render_mode is None:
             return None
         return self.mdp.render()
-
-
-def make_v0_vector_env(num_envs: int, **kwargs: Any) -> DiffusionT2IVectorEnv:
-    """The vector entry point of ``DiffusionT2I-v0``: its warning, then the v1 vector env with these arguments."""
-    warn_v0()
-    return DiffusionT2IVectorEnv(num_envs, **kwargs)
-
-
-DiffusionT2IVectorEnv.__doc__ += "\n\nThe MDP, spaces and arguments:\n" + (DiffusionT2IEnv.__doc__ or "")

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-from _scripts import load_script
 
 from agents import AgentConfig, EnvSettings, make_agent
 from agents.distributed import Distributed
@@ -92,7 +91,8 @@ def main() -> None:
         train(env, name, overrides, epochs, distributed, out_dir)
     env.close()
 
-    run = load_script("benchmarks/run.py")
+    from agents import run_command as run
+
     flags = ["--model", pipeline, "--reward", "jpeg-incompressibility", "--prompts", PROMPTS[0]]
     flags += ["--num-inference-steps", "3", "--batch-size", "2", "--batches-per-epoch", "1", "--lora-rank", "2"]
     flags += ["--eval-samples", "2", "--eval-every", "100", "--checkpoint-every", "1", "--latent-bound", "1e4"]

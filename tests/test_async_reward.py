@@ -15,7 +15,6 @@ import threading
 import gymnasium as gym
 import pytest
 import torch
-from _scripts import load_script
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 
 import diffusion_gym
@@ -326,7 +325,7 @@ def test_batch_reward_is_scored_while_the_next_batch_is_sampled(env, recorder):
 
 # ------------------------------------------------------------------------------------------ the CLI
 def test_cli_flag_parses_and_a_tiny_run_works(world, tmp_path):
-    run = load_script("benchmarks/run.py")
+    from agents import run_command as run
 
     folder = tmp_path / "run"
     flags = [

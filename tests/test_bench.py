@@ -19,7 +19,7 @@ from agents.evaluation import RUN_EVAL_SEED, Scores, evaluate
 from agents.run_folder import METRICS_FILE, RESULTS_FILE, RunResult, RunSettings, write_results, write_settings
 from diffusion_gym.prompts import resolve_prompts, split_sentences
 from diffusion_gym.tasks import Task, get_task, register_task, task_names
-from tests._scripts import REPO, load_script
+from tests._scripts import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,11 +33,15 @@ def test_the_shapes_world_registers_its_five_tasks():
     assert task_names()[:5] == ["long", "multi", "heldout", "proxy", "standard"]
 
 
-def test_the_long_task_is_the_default_run_of_benchmarks_run():
-    long, defaults = get_task("long"), load_script("benchmarks/run.py").DEFAULT_TASK
-    assert {key: getattr(long, key) for key in defaults} == defaults
+def test_the_long_task_is_the_default_task_of_diffusion_gym_run():
+    from agents import run_command
+
+    long = get_task("long")
+    assert run_command.DEFAULT_TASK == "long"
     assert (long.batch_size, long.batches_per_epoch) == (AgentConfig.batch_size, AgentConfig.batches_per_epoch)
     assert long.eval_samples == RunSettings.eval_samples and long.reward is None and long.fresh_samples == 1280
+    assert (long.prompts, long.eval_prompts, long.generalisation_prompts) == ("shapes-long",) * 2 + ("shapes-heldout",)
+    assert (long.epochs, long.eval_every, long.num_inference_steps) == (40, 5, 10)
 
 
 def test_the_generic_task_module_imports_no_world():

@@ -9,13 +9,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from _scripts import load_script
 
 from agents import AgentConfig, EnvSettings, RunSettings, Trainer, TrainerCallback
+from agents import run_command as run
 from agents.config import MAX_SEED
 from agents.run_folder import read_settings, write_settings
-
-run = load_script("benchmarks/run.py")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -286,7 +284,7 @@ def test_the_command_line_turns_library_errors_into_argparse_errors(tiny_pipelin
         run.main([*cli_flags(tiny_pipeline, folder), *argv])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "usage: benchmarks/run.py" in error and message in error
+    assert "usage: diffusion-gym run" in error and message in error
     assert not folder.exists()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _scripts import REPO
 
-from agents import AGENT_NAMES, AgentConfig, EnvSettings, Trainer, agent_names, register_agent, registry
+from agents import AGENT_NAMES, AgentConfig, EnvSettings, Trainer, agent_names, catalog, register_agent, registry
 from agents.base import Agent
 from agents.comparison import resolve_variants, run_comparison
 from agents.ddpo import DDPOAgent
@@ -32,11 +32,11 @@ TIMING_KEYS = {"epoch_seconds", "samples_per_second", "elapsed_seconds"}
 @pytest.fixture(autouse=True)
 def clean_registry():
     """Each test sees the registry as it found it (registrations are process-wide)."""
-    saved, loaded = dict(registry._registered), registry._entry_points_loaded
+    saved, loaded = dict(catalog._registered), catalog._entry_points_loaded
     yield
-    registry._registered.clear()
-    registry._registered.update(saved)
-    registry._entry_points_loaded = loaded
+    catalog._registered.clear()
+    catalog._registered.update(saved)
+    catalog._entry_points_loaded = loaded
 
 
 def documented_agent_source() -> str:
@@ -144,7 +144,7 @@ def test_an_installed_packages_entry_point_registers_its_agent(tmp_path, monkeyp
         "[diffusion_gym.agents]\nplugin-ddpo = plugin_agents:PluginAgent\nddpo = plugin_agents:PluginAgent\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry._entry_points_loaded = False
+    catalog._entry_points_loaded = False
     with pytest.warns(UserWarning, match="skipped the diffusion_gym.agents entry point 'ddpo': 'ddpo' is a built-in"):
         names = agent_names()  # a plugin claiming a built-in's name is skipped, the others load
     assert "plugin-ddpo" in names and "plugin_agents" not in sys.modules
@@ -238,3 +238,17 @@ def test_the_documented_agent_enters_a_comparison(user_module, env_settings, tmp
     assert [variant.name for variant in summary.variants] == ["ddpo", "rank-ppo"]
     results = json.loads((tmp_path / "cmp" / "rank-ppo-seed0" / "results.json").read_text())
     assert results["agent"] == "rank-ppo" and results["epochs_completed"] == 1
+
+
+def test_the_documented_agent_enters_the_bench(user_module, tmp_path):
+    """In this process (``jobs=1``; subprocesses find an agent through its package's entry point), at the smoke
+    budget of the ``long`` task: both agents are ranked, paired by seed."""
+    from agents.bench import bench
+
+    board = bench(["long"], ["ddpo", "rank-ppo"], [0], tmp_path / "bench", budget="smoke", reps=100)
+    task = board["tasks"]["long"]
+    assert set(task["agents"]) == {"ddpo", "rank-ppo"} and task["agents"]["rank-ppo"]["seeds"] == 1
+    assert [(pair["a"], pair["b"]) for pair in task["pairs"]] in ([("ddpo", "rank-ppo")], [("rank-ppo", "ddpo")])
+    assert (
+        json.loads((tmp_path / "bench" / "long" / "rank-ppo-seed0" / "results.json").read_text())["agent"] == "rank-ppo"
+    )

@@ -1,4 +1,5 @@
-"""benchmarks/run.py: the CLI, a run folder, comparison mode and bad input, on the tiny random pipeline."""
+"""``diffusion-gym run`` (agents/run_command.py; ``python benchmarks/run.py`` is the same): the CLI, a run folder,
+comparison mode and bad input, on the tiny random pipeline."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from _scripts import REPO, load_script
 
-run = load_script("benchmarks/run.py")
+from agents import run_command as run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,11 +57,11 @@ def test_help_explains_every_flag(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     from agents.cli import agent_config_fields
-    from agents.config import AGENT_CONFIG_HELP
+    from agents.config import agent_config_help
 
     for field, _, _ in agent_config_fields():
         assert "--" + field.name.replace("_", "-") in text
-        assert field.name in AGENT_CONFIG_HELP, f"no help for {field.name}"
+        assert agent_config_help()[field.name], f"no docstring (help) for {field.name}"
     for flag in ("--agent", "--compare", "--reward", "--model", "--prompts", "--epochs", "--seeds", "herd-b2"):
         assert flag in text
 

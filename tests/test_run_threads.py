@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _scripts import load_script
 
 from agents import AgentConfig, RunSettings
-
-run = load_script("benchmarks/run.py")
+from agents import run_command as run
 
 
 @pytest.fixture

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 import test_trainer
 import torch
-from _scripts import load_script
 from test_trainer import without_timing
 
 from agents import AgentConfig, Trainer, TrainerCallback
+from agents import run_command as run
 from agents.checkpoint import CheckpointWarning, list_checkpoints
 from agents.run_folder import read_history, read_settings
 from agents.trainer import resume_point
-
-run = load_script("benchmarks/run.py")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 env = test_trainer.env  # the tiny env fixture (one per module)

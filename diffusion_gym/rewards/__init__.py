@@ -45,12 +45,6 @@ register_reward(
     value_range=(0.0, 1.0),
 )
 
-# The Shapes world registers its rewards (shapes-gold, shapes-gold-per-sentence, shapes-clip) and the
-# full-scale rewards (imagereward, aesthetic, clipscore) register theirs; both import lazily inside
-# their factories, so this import stays cheap.
-from diffusion_gym import shapes as _shapes  # noqa: E402,F401
-from diffusion_gym.rewards import full_scale as _full_scale  # noqa: E402,F401
-
 __all__ = [
     "RewardFn",
     "RewardSpec",

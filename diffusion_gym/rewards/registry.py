@@ -181,5 +181,6 @@ def _build_one(name: str, device: torch.device) -> RewardFn:
 
 
 def _ensure_builtin_rewards() -> None:
-    # Importing the package registers the built-in rewards (and the Shapes world's).
-    import diffusion_gym.rewards  # noqa: F401
+    from diffusion_gym.registrations import load_builtin_registrations  # the built-in worlds register on import
+
+    load_builtin_registrations()

@@ -83,6 +83,10 @@ register_prompt_set("shapes-objects", lambda: list(object_prompts()))
 register_prompt_set("shapes-multi", lambda: list(multi_prompts()))
 
 import diffusion_gym.shapes.tasks  # noqa: E402, F401  (registers the world's bench tasks)
+from diffusion_gym.reports import register_world_report  # noqa: E402
+from diffusion_gym.shapes.report import shapes_report  # noqa: E402
+
+register_world_report("shapes", shapes_report)  # diffusion-gym evaluate's facts drawn right
 
 __all__ = [
     "ASSETS_DIR",
