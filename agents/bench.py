@@ -1,8 +1,8 @@
 """The bench: every (task, agent, seed) of a suite as a run folder, then a leaderboard with rliable's statistics.
 
-    python -m agents.bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench
+    diffusion-gym bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench
     python benchmarks/bench.py --tasks long --agents ddpo,ddpo-aa --seeds 5 --output-dir runs/aa --jobs 2
-    python -m agents.bench --tasks long --agents ddpo,loop --seeds 2 --output-dir runs/smoke --budget smoke
+    diffusion-gym bench --tasks long --agents ddpo,loop --seeds 2 --output-dir runs/smoke --budget smoke
 
 Tasks come from the library's registry (:mod:`diffusion_gym.tasks`; the Shapes world's in
 :mod:`diffusion_gym.shapes.tasks`), agents are the comparison variants (:data:`agents.comparison.VARIANTS`) plus
@@ -148,9 +148,8 @@ def bench_command(task: str, agent: str, seed: int, output_dir: Path, budget: st
     """The command that (re)runs one run of a bench."""
     return shlex.join(
         [
-            "python",
-            "-m",
-            "agents.bench",
+            "diffusion-gym",
+            "bench",
             "--tasks",
             task,
             "--agents",
@@ -311,7 +310,7 @@ def bench(
         elif pending:
             failed = _run_in_subprocesses(pending, output_dir, budget, jobs, bar, archive)
     archive()
-    board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps) if summarise else {}
+    board = summarise_bench(output_dir, tasks, agents, seeds, budget, reps, archive_dir) if summarise else {}
     if failed:
         names = ", ".join(f"{run.task}/{run.agent}-seed{run.seed}" for run in failed)
         raise RuntimeError(f"bench runs failed: {names} (logs in {output_dir / 'logs'})")
@@ -623,17 +622,17 @@ def summarise_bench(
     seeds: Sequence[int],
     budget: str = "full",
     reps: int | None = None,
+    archive_dir: str | Path | None = None,
 ) -> dict:
     """Write ``leaderboard.json``, ``leaderboard.md``, ``bench_summary.json`` and the figures from the finished runs
-    in ``output_dir``; returns the leaderboard."""
+    in ``output_dir``; returns the leaderboard. ``archive_dir``: named in the command that regenerates it."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     board, details = leaderboard(output_dir, tasks, agents, seeds, reps)
     command = shlex.join(
         [
-            "python",
-            "-m",
-            "agents.bench",
+            "diffusion-gym",
+            "bench",
             "--tasks",
             ",".join(tasks),
             "--agents",
@@ -644,6 +643,7 @@ def summarise_bench(
             budget,
             "--output-dir",
             str(output_dir),
+            *(["--archive", str(archive_dir)] if archive_dir is not None else []),
         ]  # fmt: skip
     )
     (output_dir / LEADERBOARD_FILE).write_text(json.dumps(board, indent=2) + "\n")
@@ -877,8 +877,8 @@ from their latest checkpoint. Every agent and seed of a task is scored on the sa
 statistics by rliable: IQM of the final gold gain with stratified bootstrap 95% CIs, probability of improvement
 for every pair, the minimum detectable effect at these seeds.
 
-    python -m agents.bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench --jobs 2
-    python -m agents.bench --tasks long --agents ddpo,loop --seeds 2 --budget smoke --output-dir runs/smoke
+    diffusion-gym bench --tasks long,multi --agents ddpo,loop,herd --seeds 5 --output-dir runs/bench --jobs 2
+    diffusion-gym bench --tasks long --agents ddpo,loop --seeds 2 --budget smoke --output-dir runs/smoke
 """
 
 
@@ -973,7 +973,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.summarise_only:
         if args.archive is not None:
             restore_archived_runs(args.archive, args.output_dir)
-        board = summarise_bench(args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps)
+        board = summarise_bench(
+            args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps, args.archive
+        )
     else:
         try:
             board = bench(

@@ -84,7 +84,7 @@ def test_the_plan_is_one_run_folder_per_task_agent_and_seed_with_the_tasks_setti
     assert (loop.config.seed, loop.config.loop_k, loop.threads) == (3, 4, 1)
     assert by_name[("long", "ddpo-aa", 3)].config.seed == 3 + AA_SEED_OFFSET
     assert by_name[("long", "ddpo-half-batch", 0)].config.batches_per_epoch == 1
-    assert "agents.bench" in by_name[("long", "ddpo", 0)].command
+    assert by_name[("long", "ddpo", 0)].command.startswith("diffusion-gym bench --tasks long --agents ddpo")
     assert not any(tmp_path.iterdir())  # planning writes nothing
 
 
