@@ -1,5 +1,5 @@
 # diffusion-gym: the two commands of the README, and the setup they share.
-#   make run   - set up .venv (once) and run the main job: benchmarks/run.py on the embedded Shapes world
+#   make run   - set up .venv (once) and run the main job: diffusion-gym run on the embedded Shapes world
 #   make test  - set up .venv (once) and run the lint and the default test suite
 #   make test-learning - the learning tests (every agent must learn on the Shapes world; a few minutes)
 # CI (.ci/run) runs both.
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/python benchmarks/run.py $(RUN_ARGS)
+	$(BIN)/diffusion-gym run $(RUN_ARGS)
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
-"""The default task lives once, in the task registry: ``diffusion-gym run``, ``python benchmarks/run.py`` (what
-``make run`` calls) and ``Trainer.for_task("long", ...)`` build the same run and give the same seed-0 figures
-(on a small budget of the real Shapes world: the task's prompts, evaluation and generalisation sets)."""
+"""The default task lives once, in the task registry: ``diffusion-gym run`` (what ``make run`` calls), ``python
+benchmarks/run.py`` (the project's documented script) and ``Trainer.for_task("long", ...)`` build the same run and
+give the same seed-0 figures (on a small budget of the real Shapes world: the task's prompts, evaluation and
+generalisation sets)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_diffusion_gym_run_make_run_and_the_trainer_give_the_same_seed0_figures(
     monkeypatch.setattr(
         sys, "argv", ["benchmarks/run.py", "--agent", "ddpo", *FLAGS, "--output-dir", str(tmp_path / "make")]
     )
-    with pytest.raises(SystemExit) as exit_info:  # make run: python benchmarks/run.py --agent ddpo
+    with pytest.raises(SystemExit) as exit_info:  # python benchmarks/run.py --agent ddpo
         runpy.run_path(str(REPO / "benchmarks" / "run.py"), run_name="__main__")
     assert exit_info.value.code == 0
 
