@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import shlex
 import sys
 import warnings
@@ -62,6 +63,7 @@ from agents.cli import (
     variant_list,
 )
 from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
+from agents.config import field_docstrings
 from agents.distributed import Distributed
 from agents.presets import apply_preset, preset_names
 from agents.run_folder import (
@@ -86,6 +88,13 @@ DEFAULT_SEEDS = "0,1,2"
 
 
 # ----------------------------------------------------------------------------------------------- the parser
+def settings_help(name: str, default: str) -> str:
+    """The help of a :class:`RunSettings` field's flag: the field's docstring (its one declaration), then the flag's
+    default in the command line's terms."""
+    text = re.sub(r"\s*\(None: [^()]*\)", "", field_docstrings(RunSettings)[name])  # the flag says its default
+    return f"{text.replace('%', '%%')} (default: {default})"
+
+
 def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
     variants = "\n".join(f"  {v.name:<18} {v.description}" for v in VARIANTS.values())
     parser = argparse.ArgumentParser(
@@ -139,33 +148,33 @@ def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
         "--model",
         type=model_name,
         default=None,
-        help=f"a named world, a pipeline folder or a diffusers hub id (default: {DEFAULT_MODEL})",
+        help=settings_help("model", DEFAULT_MODEL),
     )
     run.add_argument(
         "--reward",
         type=reward_name,
         default=None,
-        help="reward to optimise: a registered name or a weighted sum 'a:1.0,b:0.1' (default: the world's); "
-        f"registered: {', '.join(sorted(registered_rewards()))}",
+        help=settings_help("reward", "the world's") + "; registered: " + ", ".join(sorted(registered_rewards())),
     )
     run.add_argument(
         "--prompts",
         type=prompt_text,
         default=None,
-        help="training prompts: a registered prompt set or one prompt (default: shapes-long in the default task, "
-        "else the world's); registered sets: " + ", ".join(registered_prompt_sets()),
+        help=settings_help("prompts", f"the task's, shapes-long in {DEFAULT_TASK}; else the world's")
+        + "; registered sets: "
+        + ", ".join(registered_prompt_sets()),
     )
     run.add_argument(
         "--epochs",
         type=setting_type(RunSettings, "epochs"),
         default=None,
-        help=f"training epochs (default: the task's, 40 in {DEFAULT_TASK}; else {RunSettings.epochs})",
+        help=settings_help("epochs", f"the task's, 40 in {DEFAULT_TASK}; else {RunSettings.epochs}"),
     )
     run.add_argument(
         "--num-inference-steps",
         type=setting_type(RunSettings, "num_inference_steps"),
         default=None,
-        help="DDIM steps T per trajectory (default: 10 in the default task, else the world's)",
+        help=settings_help("num_inference_steps", f"the task's, 10 in {DEFAULT_TASK}; else the world's"),
     )
     run.add_argument(
         "--output-dir",
@@ -178,36 +187,31 @@ def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
         "--device",
         type=device_name,
         default="cpu",
-        help="torch device of the model and the agent (default: %(default)s)",
+        help=settings_help("device", "%(default)s"),
     )
     run.add_argument(
         "--dtype",
         choices=DTYPE_NAMES,
         default="float32",
-        help="dtype of the frozen model (UNet, VAE, text encoder). float16 or bfloat16 is mixed precision: the "
-        "trainable LoRA weights, the optimiser, the log-probs and the losses stay float32 (float16 adds a gradient "
-        "scaler); float16 is for GPUs, bfloat16 also runs on CPUs (default: %(default)s)",
+        help=settings_help("dtype", "%(default)s"),
     )
     run.add_argument(
         "--max-prompt-chunks",
         type=setting_type(RunSettings, "max_prompt_chunks"),
         default=1,
-        help="encode prompts longer than the text encoder's window (77 tokens for SD) in this many windows "
-        "(default: %(default)s)",
+        help=settings_help("max_prompt_chunks", "%(default)s"),
     )
     run.add_argument(
         "--threads",
         type=setting_type(RunSettings, "threads"),
         default=None,
-        help="torch CPU threads (default: 1: about as fast alone as one per core, and many times faster when other "
-        "jobs share the CPU; see docs/benchmarks.md)",
+        help=settings_help("threads", "1"),
     )
     run.add_argument(
         "--latent-bound",
         type=setting_type(RunSettings, "latent_bound"),
         default=RunSettings.latent_bound,
-        help="the env's bound on latents, a sanity limit (the Shapes model's guided steps reach ~12); raise it for "
-        "untrained test models (default: %(default)s)",
+        help=settings_help("latent_bound", "%(default)s"),
     )
 
     evaluation = parser.add_argument_group("held-out evaluation (fixed seeds, before, during and after training)")
@@ -215,50 +219,43 @@ def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
         "--eval-prompts",
         type=prompt_text,
         default=None,
-        help="held-out prompt set or one prompt, scored on fresh noise (default: shapes-long in the default task, "
-        "else the world's eval prompts, e.g. shapes-heldout, else the training prompts); to score a single training "
-        "prompt itself, pass it here too (e.g. shapes-standard)",
+        help=settings_help("eval_prompts", f"the task's, shapes-long in {DEFAULT_TASK}"),
     )
     evaluation.add_argument(
         "--generalisation-prompts",
         type=optional(prompt_text),
         default=None,
-        help="a second held-out prompt set, evaluated before and after training only: the generalisation figure "
-        "(default: shapes-heldout in the default task, else none; 'none' turns it off)",
+        help=settings_help("generalisation_prompts", f"the task's, shapes-heldout in {DEFAULT_TASK}")
+        + "; 'none' turns it off",
     )
     evaluation.add_argument(
         "--eval-samples",
         type=setting_type(RunSettings, "eval_samples"),
         default=None,
-        help="held-out samples per evaluation, spread over the prompt set; fixed seeds: the same noise in every run "
-        f"(default: the task's, else {RunSettings.eval_samples})",
+        help=settings_help("eval_samples", f"the task's, else {RunSettings.eval_samples}"),
     )
     evaluation.add_argument(
         "--eval-kl",
         action="store_true",
-        help="also estimate the held-out KL of the fine-tuned policy's trajectories from the base policy's "
-        "(nats per trajectory, metrics.jsonl's eval_kl_to_base): 2 extra UNet passes per evaluation step, about "
-        "doubling the evaluation time (default: off)",
+        help=settings_help("eval_kl", "off"),
     )
     evaluation.add_argument(
         "--checkpoint-every",
         type=setting_type(RunSettings, "checkpoint_every"),
         default=None,
-        help="save a checkpoint (agent, optimiser, RNGs, HERD buffer; LoRA in the diffusers format) every K "
-        "epochs and at the end (default: at every evaluation)",
+        help=settings_help("checkpoint_every", "at every evaluation"),
     )
     evaluation.add_argument(
         "--keep-checkpoints",
         type=setting_type(RunSettings, "keep_checkpoints"),
         default=3,
-        help="checkpoints kept (default: %(default)s)",
+        help=settings_help("keep_checkpoints", "%(default)s"),
     )
     evaluation.add_argument(
         "--eval-every",
         type=setting_type(RunSettings, "eval_every"),
         default=None,
-        help=f"evaluate (and log an image grid) every K epochs (default: the task's, 5 in {DEFAULT_TASK}; else "
-        "epochs // 4)",
+        help=settings_help("eval_every", f"the task's, 5 in {DEFAULT_TASK}; else epochs // 4"),
     )
 
     comparison = parser.add_argument_group("comparison mode")

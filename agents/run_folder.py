@@ -28,9 +28,9 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from agents.config import AgentConfig, Bound, check_fields
+from agents.config import AgentConfig, Bound, annotated_bounds, check_fields
 from agents.envs import EnvSettings
 from agents.evaluation import Scores
 from agents.run_lock import LOCK_FILE
@@ -52,33 +52,69 @@ class RunSettings:
     """
 
     agent: str
+    """the agent to train: a registered name (agents.agent_names())"""
     config: AgentConfig
+    """the agent's configuration"""
     output_dir: Path
-    label: str = ""  # shown in progress bars and tables (e.g. a comparison variant, "herd-b2"); default: agent
+    """the run folder"""
+    label: str = ""
+    """the run's name in progress bars and tables (e.g. a comparison variant, "herd-b2"); empty: the agent's"""
     model: str = "shapes"
-    reward: str | None = None  # None: the world's default reward
-    prompts: str | list[str] | None = None  # a prompt set name or one prompt; None: the world's default prompts
-    eval_prompts: str | None = None  # None: the world's eval prompts, else the training prompts
-    epochs: int = 24
-    num_inference_steps: int | None = None  # None: the world's
-    eval_every: int | None = None  # None: about four evaluations per run
-    eval_samples: int = 64
-    # also the held-out KL to the base policy (Scores.kl_to_base, nats per trajectory): two more UNet passes per
-    # evaluation step, about doubling the evaluation time
+    """a named world, a pipeline folder or a diffusers hub id"""
+    reward: str | None = None
+    """reward to optimise: a registered name or a weighted sum 'a:1.0,b:0.1' (None: the world's)"""
+    prompts: str | list[str] | None = None
+    """training prompts: a registered prompt set or one prompt (None: the world's)"""
+    eval_prompts: str | None = None
+    """held-out prompt set or one prompt, scored on fresh noise (None: the world's eval prompts, else the training
+    prompts); to score a single training prompt itself, name it here too
+    """
+    epochs: Annotated[int, Bound(1)] = 24
+    """training epochs"""
+    num_inference_steps: Annotated[int | None, Bound(1)] = None
+    """DDIM steps T per trajectory (None: the world's)"""
+    eval_every: Annotated[int | None, Bound(1)] = None
+    """evaluate (and log an image grid) every K epochs (None: about four evaluations per run)"""
+    eval_samples: Annotated[int, Bound(1)] = 64
+    """held-out samples per evaluation, spread over the prompt set; fixed seeds: the same noise in every run"""
     eval_kl: bool = False
-    # a second held-out set, evaluated before and after training only (e.g. prompts never trained on, when the
-    # run evaluates on its training prompts): the generalisation figure; None: none
+    """also estimate the held-out KL of the fine-tuned policy's trajectories from the base policy's (nats per
+    trajectory, metrics.jsonl's eval_kl_to_base): 2 extra UNet passes per evaluation step, about doubling the
+    evaluation time
+    """
     generalisation_prompts: str | None = None
+    """a second held-out prompt set, evaluated before and after training only (e.g. prompts never trained on, when
+    the run evaluates on its training prompts): the generalisation figure (None: none)
+    """
     device: str = "cpu"
-    dtype: str = "float32"  # of the frozen model; float16/bfloat16: mixed precision (trainable weights stay float32)
-    latent_bound: float = 50.0
-    max_prompt_chunks: int = 1  # encode prompts longer than the text encoder's window in this many windows
-    threads: int | None = None  # torch CPU threads of the CLI's run; None: benchmarks/run.py's default (1)
-    checkpoint_every: int | None = None  # None: at every evaluation; always at the end
-    keep_checkpoints: int = 3
-    resume: bool = False  # continue from the newest intact checkpoint in output_dir
-    resume_from: str | None = None  # with resume: continue from this checkpoint folder of the run instead
-    command: str = ""  # the command line that reproduces the run (recorded in results.json)
+    """torch device of the model and the agent"""
+    dtype: str = "float32"
+    """dtype of the frozen model (UNet, VAE, text encoder). float16 or bfloat16 is mixed precision: the trainable
+    LoRA weights, the optimiser, the log-probs and the losses stay float32 (float16 adds a gradient scaler); float16
+    is for GPUs, bfloat16 also runs on CPUs
+    """
+    latent_bound: Annotated[float, Bound(0, low_open=True)] = 50.0
+    """the env's bound on latents, a sanity limit (the Shapes model's guided steps reach ~12); raise it for
+    untrained test models
+    """
+    max_prompt_chunks: Annotated[int, Bound(1)] = 1
+    """encode prompts longer than the text encoder's window (77 tokens for SD) in this many windows"""
+    threads: Annotated[int | None, Bound(1)] = None
+    """torch CPU threads of the command line's run: 1 is about as fast alone as one per core, and many times faster
+    when other jobs share the CPU, see docs/benchmarks.md (None: 1)
+    """
+    checkpoint_every: Annotated[int | None, Bound(1)] = None
+    """save a checkpoint (agent, optimiser, RNGs, HERD buffer; LoRA in the diffusers format) every K epochs and at
+    the end (None: at every evaluation)
+    """
+    keep_checkpoints: Annotated[int, Bound(1)] = 3
+    """checkpoints kept"""
+    resume: bool = False
+    """continue from the newest intact checkpoint in output_dir"""
+    resume_from: str | None = None
+    """with resume: continue from this checkpoint folder of the run instead"""
+    command: str = ""
+    """the command line that reproduces the run (recorded in results.json)"""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -152,17 +188,7 @@ def task_run_fields(task: object) -> dict[str, Any]:
 
 
 # The range of every numeric RunSettings field (RunSettings.validate; the CLI's flags, benchmarks/run.py).
-RUN_SETTINGS_BOUNDS: dict[str, Bound] = {
-    "epochs": Bound(1),
-    "num_inference_steps": Bound(1),
-    "eval_every": Bound(1),
-    "eval_samples": Bound(1),
-    "latent_bound": Bound(0, low_open=True),
-    "max_prompt_chunks": Bound(1),
-    "threads": Bound(1),
-    "checkpoint_every": Bound(1),
-    "keep_checkpoints": Bound(1),
-}
+RUN_SETTINGS_BOUNDS: dict[str, Bound] = annotated_bounds(RunSettings)
 
 
 def check_output_dir(path: str | os.PathLike) -> None:
