@@ -5,7 +5,7 @@
 # (commit it): on another machine, the script restores them first and goes on where the archive stops.
 #
 #     bash benchmarks/verdict_suite.sh                 # about 6 hours on 2 cores (two runs at once)
-#     bash benchmarks/verdict_suite.sh --summarise     # only the leaderboard of what is finished
+#     bash benchmarks/verdict_suite.sh --summarise     # only the leaderboard of what is finished (no training)
 set -u
 OUT=${BENCH_OUT:-runs/bench}
 ARCHIVE=${BENCH_ARCHIVE:-docs/experiments/data/2026-12-07-bench-suite}
@@ -25,6 +25,9 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
   bench --tasks multi --agents nft --seeds 0-5
 fi
-# the leaderboard of the verdicts (seeds 0-5), then the A/A repetitions each on its own seeds
+# the leaderboard of the verdicts (seeds 0-5), committed as docs/experiments/leaderboard.{json,md} and figures
 "$PY" -m agents.bench --summarise-only --output-dir "$OUT" --archive "$ARCHIVE" --tasks long,multi,proxy,heldout \
   --agents ddpo,herd,loop,herd-b2,nft,ddpo-aa,ddpo-half-batch,ddpo-half-lr,dpok,dpok-nokl --seeds 0-5
+cp "$OUT/leaderboard.json" "$OUT/leaderboard.md" docs/experiments/
+cp "$OUT/leaderboard_iqm.png" docs/experiments/leaderboard-iqm.png
+cp "$OUT/gold_curves.png" docs/experiments/leaderboard-gold-curves.png
