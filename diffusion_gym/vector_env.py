@@ -141,7 +141,7 @@ class DiffusionT2IVectorEnv(VectorEnv):
         self.array_backend = array_backend
         self.mdp = DiffusionMDP(config, num_envs=num_envs)
         # the public interface for policies (see DiffusionHandle); its new_vector_env keeps this array backend
-        self.diffusion = DiffusionHandle(self.mdp, type(self), array_backend)
+        self.diffusion = DiffusionHandle(self.mdp, DiffusionT2IVectorEnv, array_backend)
         self.num_envs = self.mdp.num_envs
         self.single_observation_space = self.mdp.single_observation_space()
         self.single_action_space = self.mdp.single_action_space()
