@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "Generation": "agents.base",
     "Trajectories": "agents.buffers",
     "AgentConfig": "agents.config",
+    "EnvConfig": "diffusion_gym.env_config",
     "EnvSettings": "agents.envs",
     "HindsightRelabeler": "agents.herd",
     "DiffusionPolicy": "agents.policy",
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from agents.rollout import collect_trajectories
     from agents.run_folder import RunResult, RunSettings
     from agents.trainer import EpochEvent, EvaluationEvent, Trainer, TrainerCallback, TrainerEvent
+    from diffusion_gym.env_config import EnvConfig
 
 
 def __getattr__(name: str):
@@ -102,6 +104,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "DiffusionPolicy",
+    "EnvConfig",
     "EnvSettings",
     "EpochEvent",
     "EpochResult",

@@ -14,17 +14,20 @@ import torch
 
 from agents.comparison import resolve_variants
 from agents.config import (
-    AGENT_CONFIG_BOUNDS,
     AgentConfig,
     Bound,
     agent_config_choices,
     agent_config_help,
+    annotated_bounds,
     check_value,
+    field_docstrings,
     field_types,
 )
-from agents.run_folder import RUN_SETTINGS_BOUNDS, RUN_SETTINGS_FILE, check_output_dir
+from agents.run_folder import DTYPE_NAMES, RUN_SETTINGS_FILE, RunSettings, check_output_dir, task_run_fields
+from diffusion_gym.env_config import EnvConfig
 from diffusion_gym.models import UnknownModelError, resolve_model
-from diffusion_gym.rewards import UnknownRewardError, validate_reward
+from diffusion_gym.prompts import registered_prompt_sets
+from diffusion_gym.rewards import UnknownRewardError, registered_rewards, validate_reward
 
 
 # ----------------------------------------------------------------------------------------------- parsing values
@@ -54,11 +57,11 @@ def expected_number(kind: type, bound: Bound | None) -> str:
 
 
 def setting_type(cls: type, name: str) -> Callable[[str], object]:
-    """The argparse type of the numeric field ``name`` of :class:`AgentConfig` or ``RunSettings``, from its
-    declaration (type and :class:`~agents.config.Bound`), wrapped in :func:`optional` if it may be None."""
-    bounds = AGENT_CONFIG_BOUNDS if cls is AgentConfig else RUN_SETTINGS_BOUNDS
+    """The argparse type of the numeric field ``name`` of a configuration dataclass (:class:`AgentConfig`,
+    ``RunSettings``, ``EnvConfig``), from its declaration (type and :class:`~agents.config.Bound`), wrapped in
+    :func:`optional` if it may be None."""
     (kind, *_), is_optional = field_types(cls)[name]
-    parse = number_type(kind, bounds.get(name), name)
+    parse = number_type(kind, annotated_bounds(cls).get(name), name)
     return optional(parse) if is_optional else parse
 
 
@@ -208,13 +211,121 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
         )
 
 
+# ----------------------------------------------------------------------------------------------- run settings
+@dataclasses.dataclass(frozen=True)
+class SettingFlag:
+    """How the command line reads one field of :class:`~agents.run_folder.RunSettings` or
+    :class:`~diffusion_gym.EnvConfig`. The field itself declares the type, range, default and meaning (its
+    docstring is the flag's help); only what is the command line's own is here."""
+
+    owner: type  # RunSettings or EnvConfig
+    group: str  # the --help section: "run" or "evaluation"
+    parse: Callable[[str], object] | None = None  # text -> value, when not the field's declared number type
+    choices: tuple[str, ...] | None = None
+    note: str = ""  # added to the help (e.g. the registered names)
+
+
+def setting_flags() -> dict[str, SettingFlag]:
+    """One flag per field of ``RunSettings`` (but the agent, its config, the folder and the resume state, which the
+    command line sets its own way) and of ``EnvConfig``, by field name, in ``--help`` order."""
+    rewards, prompt_sets = ", ".join(sorted(registered_rewards())), ", ".join(registered_prompt_sets())
+    return {
+        "model": SettingFlag(EnvConfig, "run", model_name),
+        "reward": SettingFlag(EnvConfig, "run", reward_name, note=f"registered: {rewards}"),
+        "prompts": SettingFlag(EnvConfig, "run", prompt_text, note=f"registered sets: {prompt_sets}"),
+        "epochs": SettingFlag(RunSettings, "run"),
+        "num_inference_steps": SettingFlag(EnvConfig, "run"),
+        "device": SettingFlag(EnvConfig, "run", device_name),
+        "dtype": SettingFlag(EnvConfig, "run", choices=DTYPE_NAMES),
+        "max_prompt_chunks": SettingFlag(EnvConfig, "run"),
+        "max_prompt_bytes": SettingFlag(EnvConfig, "run"),
+        "image_cache_size": SettingFlag(EnvConfig, "run"),
+        "latent_bound": SettingFlag(EnvConfig, "run"),
+        "threads": SettingFlag(RunSettings, "run"),
+        "eval_prompts": SettingFlag(RunSettings, "evaluation", prompt_text),
+        "generalisation_prompts": SettingFlag(RunSettings, "evaluation", optional(prompt_text), note="'none': off"),
+        "eval_samples": SettingFlag(RunSettings, "evaluation"),
+        "eval_every": SettingFlag(RunSettings, "evaluation"),
+        "eval_kl": SettingFlag(RunSettings, "evaluation"),
+        "checkpoint_every": SettingFlag(RunSettings, "evaluation"),
+        "keep_checkpoints": SettingFlag(RunSettings, "evaluation"),
+    }  # fmt: skip
+
+
+# RunSettings fields the command line sets otherwise: --agent/--compare, --output-dir, --resume/--resume-from
+NOT_SETTING_FLAGS = ("agent", "config", "output_dir", "label", "env", "resume", "resume_from", "command")
+
+
+def setting_default(name: str) -> object:
+    """The declared default of the RunSettings or EnvConfig field ``name``."""
+    owner = setting_flags()[name].owner
+    return {field.name: field.default for field in dataclasses.fields(owner)}[name]
+
+
+def spelled(value: object) -> str:
+    """A default as the command line spells it (None: ``none``)."""
+    return "none" if value is None else str(value)
+
+
+def add_setting_flags(groups: dict[str, argparse._ArgumentGroup], task: object) -> None:
+    """One flag per :func:`setting_flags` field into ``groups[flag.group]``: ``--epochs``, ``--num-inference-steps``,
+    ``--eval-kl``, .... Help: the field's docstring and its default; a field ``task`` (the default task) sets has
+    no parser default (the task's value applies where the flag is not given, else the field's)."""
+    from_task = task_run_fields(task)
+    for name, flag in setting_flags().items():
+        default, help_text = setting_default(name), field_docstrings(flag.owner)[name].replace("%", "%%")
+        option = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            groups[flag.group].add_argument(option, action="store_true", help=f"{help_text} (default: off)")
+            continue
+        if name in from_task:
+            help_text += f" (default: {spelled(from_task[name])} in the task {task.name}; {spelled(default)} without)"
+            default = None
+        else:
+            help_text += f" (default: {spelled(default)})"
+        if flag.note:
+            help_text += f"; {flag.note}"
+        groups[flag.group].add_argument(
+            option,
+            type=flag.parse or (None if flag.choices else setting_type(flag.owner, name)),
+            choices=flag.choices,
+            default=default,
+            help=help_text,
+        )
+
+
+def settings_from_args(args: argparse.Namespace, **fields) -> RunSettings:
+    """The :class:`RunSettings` of the parsed :func:`add_setting_flags` flags (validated on construction), with
+    ``fields`` (the agent, its config, the folder); a flag left at None keeps its field's default."""
+    flags = setting_flags()
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    env = EnvConfig(**{name: value for name, value in given.items() if flags[name].owner is EnvConfig})
+    run = {name: value for name, value in given.items() if flags[name].owner is RunSettings}
+    return RunSettings(env=env, **run, **fields)
+
+
+def setting_flags_of(settings: RunSettings) -> list[str]:
+    """The flags that give ``settings``: every :func:`setting_flags` field whose value differs from its default."""
+    parts: list[str] = []
+    for name, flag in setting_flags().items():
+        value = getattr(settings.env if flag.owner is EnvConfig else settings, name)
+        if value == setting_default(name):
+            continue
+        option = "--" + name.replace("_", "-")
+        parts += [option] if isinstance(value, bool) else [option, str(value)]
+    return parts
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The :class:`AgentConfig` of parsed :func:`add_agent_config_flags` flags (validated on construction)."""
     return AgentConfig(**{field.name: getattr(args, field.name) for field, _, _ in agent_config_fields()})
 
 
 __all__ = [
+    "NOT_SETTING_FLAGS",
+    "SettingFlag",
     "add_agent_config_flags",
+    "add_setting_flags",
     "agent_config_fields",
     "config_from_args",
     "device_name",
@@ -231,7 +342,11 @@ __all__ = [
     "reward_name",
     "run_folder",
     "seed_list",
+    "setting_default",
+    "setting_flags",
+    "setting_flags_of",
     "setting_type",
+    "settings_from_args",
     "task_name",
     "variant_list",
 ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+from diffusion_gym.env_config import Bound  # the env's and the agents' fields declare their ranges alike
+
 # the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
 ATTENTION_PROCESSORS = ("sdpa", "classic")
 # the agents that HERD can wrap (agents.registry.AGENT_NAMES is these and "herd")
@@ -26,34 +28,6 @@ MAX_SEED = 2**63 - 1
 
 
 # ============================================================================================== field checks
-@dataclass(frozen=True)
-class Bound:
-    """The values a numeric field may take: ``low`` and ``high`` (None: unbounded), inclusive unless ``*_open``;
-    ``note`` says why, in the error."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    note: str = ""
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def text(self) -> str:
-        """The range in words: ``>= 1``, ``> 0``, ``in (0, 1]``."""
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{self.low}, {self.high}{right}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high}"
-        return "any number"
-
-
 @functools.cache
 def field_types(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
     """Per field of the dataclass ``cls``: the types its annotation allows (besides None) and whether None is one."""
@@ -67,7 +41,8 @@ def field_types(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
 def type_text(kinds: tuple[Any, ...], optional: bool) -> str:
     """``an int``, ``a number``, ``a str or a list of str``, ... (``or None`` if optional)."""
     names = {int: "an int", float: "a number (int or float)", bool: "a bool", str: "a str", Path: "a path"}
-    words = [names.get(kind) or ("a list of str" if kind == list[str] else _article(kind.__name__)) for kind in kinds]
+    lists = (list[str], tuple[str, ...])
+    words = [names.get(kind) or ("a list of str" if kind in lists else _article(kind.__name__)) for kind in kinds]
     return " or ".join(words + (["None"] if optional else []))
 
 
@@ -120,6 +95,8 @@ def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
             return Path(value)
         if kind == list[str] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
+        if kind == tuple[str, ...] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
         if isinstance(kind, type) and kind not in (bool, int, float, str, Path) and isinstance(value, kind):
             return value
     return _WRONG

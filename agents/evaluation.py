@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from agents.base import Agent
-from agents.envs import EnvSettings
+from agents.envs import EnvConfig
 
 RUN_EVAL_SEED = 1_000_000  # a run's held-out sample i uses noise seed RUN_EVAL_SEED + i, in every run
 REEVAL_SEED = 2_000_000  # a re-evaluation's sample i: REEVAL_SEED + i, new to every run
@@ -139,7 +139,7 @@ TRAINING_ONLY_FIELDS = frozenset(
 )
 
 
-def base_evaluation_key(agent: Agent, env: EnvSettings, prompts: list[str], kl_to_base: bool) -> tuple:
+def base_evaluation_key(agent: Agent, env: EnvConfig, prompts: list[str], kl_to_base: bool) -> tuple:
     """What the base model's evaluation depends on: every env argument (a model folder by its resolved path), every
     field of the agent's config but :data:`TRAINING_ONLY_FIELDS`, the number of envs (a chunk of ``num_envs``
     samples draws its action noise together), the prompts and whether the KL to the base was asked for."""
@@ -156,7 +156,7 @@ def base_evaluation_key(agent: Agent, env: EnvSettings, prompts: list[str], kl_t
     )
 
 
-def evaluate_base_model(agent: Agent, prompts: list[str], env: EnvSettings, kl_to_base: bool = False) -> Evaluation:
+def evaluate_base_model(agent: Agent, prompts: list[str], env: EnvConfig, kl_to_base: bool = False) -> Evaluation:
     """:func:`evaluate` of an untrained agent, cached per process: the runs of a comparison share one base model.
 
     Every agent starts exactly at the pretrained model (a zero-initialised adapter), so its samples on the fixed

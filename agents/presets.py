@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agents.envs import EnvSettings
+from agents.envs import EnvConfig
 
 STANDARD_PROMPT = (
     "A black cat and golden retriever dog. A hot ocean-side beach. Dramatic atmosphere, centered, rule of thirds, "
@@ -37,7 +37,7 @@ FOREST_PROMPT = (
 )
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
-# Settings that are not AgentConfig fields configure the env (agents.envs.EnvSettings) or the run.
+# Settings that are not AgentConfig fields configure the env (agents.envs.EnvConfig) or the run.
 RUN_KEYS = ("preset", "description", "agent", "epochs")
 
 
@@ -130,12 +130,12 @@ def apply_preset(name: str, overrides: Mapping[str, Any] | None = None, *, skip_
     return settings
 
 
-def env_settings(settings: Mapping[str, Any]) -> EnvSettings:
+def env_settings(settings: Mapping[str, Any]) -> EnvConfig:
     """The env's arguments in a settings dict; build the env with ``.make(num_envs=settings["batch_size"])``."""
-    values = {key: settings[key] for key in EnvSettings.fields() if key in settings}
+    values = {key: settings[key] for key in EnvConfig.fields() if key in settings}
     if isinstance(values.get("prompts"), str):
         values["prompts"] = (values["prompts"],)  # one prompt, never a prompt-set name
-    return EnvSettings.from_mapping(values)
+    return EnvConfig.from_mapping(values)
 
 
 def agent_config_kwargs(settings: Mapping[str, Any], *, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def agent_config_kwargs(settings: Mapping[str, Any], *, extra_keys: tuple[str, .
     from agents.config import AgentConfig
 
     fields = {f.name for f in dataclasses.fields(AgentConfig)}
-    known = EnvSettings.fields() + RUN_KEYS
+    known = EnvConfig.fields() + RUN_KEYS
     unknown = sorted(set(settings) - fields - set(known) - set(extra_keys))
     if unknown:
         raise ValueError(f"unknown settings {unknown}: neither AgentConfig fields nor {known}")

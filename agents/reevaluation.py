@@ -41,9 +41,9 @@ def reevaluate(run_dir: str | Path, samples_per_prompt: int = 4, eval_prompts: s
     settings = read_settings(run_dir)
     checkpoint_path = checkpoint_info(run_dir)["path"]  # the latest complete checkpoint
     checkpoint = load_checkpoint(checkpoint_path)  # a clear error if corrupt or truncated
-    env = settings.env_settings().make(settings.config.batch_size)
+    env = settings.env.make(settings.config.batch_size)
     world = env.unwrapped.diffusion.world
-    eval_set = eval_prompts or eval_prompt_set(settings.eval_prompts, settings.prompts, world)
+    eval_set = eval_prompts or eval_prompt_set(settings.eval_prompts, settings.env.prompts, world)
     prompts = [p for p in resolve_prompts(eval_set) for _ in range(samples_per_prompt)]
     agent = make_agent(settings.agent, env, settings.config)
     try:

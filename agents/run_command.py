@@ -28,7 +28,8 @@ on the long multi-sentence prompt (``shapes-long``, 5 sentences) for 40 epochs o
 task's settings applies where its flag is not given; ``RunSettings.for_task("long", ...)`` and
 ``Trainer.for_task("long", ...)`` build the same run in Python.
 
-The agent flags are generated from the fields of ``agents.config.AgentConfig``, so the CLI never drifts from it.
+The flags are generated from the fields of ``agents.config.AgentConfig``, ``RunSettings`` and
+``diffusion_gym.EnvConfig`` (``agents.cli``), so the CLI never drifts from them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import shlex
 import sys
 import warnings
@@ -48,26 +48,23 @@ from agents import AgentConfig, RunSettings, Trainer, agent_names
 from agents.checkpoint import CheckpointWarning
 from agents.cli import (
     add_agent_config_flags,
+    add_setting_flags,
     agent_config_fields,
     config_from_args,
     device_name,
     folder_path,
     model_name,
-    optional,
-    prompt_text,
-    reward_name,
     run_folder,
     seed_list,
-    setting_type,
+    setting_flags_of,
+    settings_from_args,
     task_name,
     variant_list,
 )
 from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
-from agents.config import field_docstrings
 from agents.distributed import Distributed
 from agents.presets import apply_preset, preset_names
 from agents.run_folder import (
-    DTYPE_NAMES,
     RUN_SETTINGS_FILE,
     default_output_dir,
     new_run_folder_problem,
@@ -76,8 +73,7 @@ from agents.run_folder import (
     task_run_fields,
 )
 from agents.trainer import check_epochs, check_resume_settings, check_settings, resume_point
-from diffusion_gym.prompts import registered_prompt_sets
-from diffusion_gym.rewards import registered_rewards
+from diffusion_gym.tasks import get_task
 
 DEFAULT_MODEL = "shapes"
 # The default task on the default world (see the module docstring), a registered task: its settings apply where
@@ -88,13 +84,6 @@ DEFAULT_SEEDS = "0,1,2"
 
 
 # ----------------------------------------------------------------------------------------------- the parser
-def settings_help(name: str, default: str) -> str:
-    """The help of a :class:`RunSettings` field's flag: the field's docstring (its one declaration), then the flag's
-    default in the command line's terms."""
-    text = re.sub(r"\s*\(None: [^()]*\)", "", field_docstrings(RunSettings)[name])  # the flag says its default
-    return f"{text.replace('%', '%%')} (default: {default})"
-
-
 def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
     variants = "\n".join(f"  {v.name:<18} {v.description}" for v in VARIANTS.values())
     parser = argparse.ArgumentParser(
@@ -145,118 +134,14 @@ def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
         "--prompts nor --preset is given)",
     )
     run.add_argument(
-        "--model",
-        type=model_name,
-        default=None,
-        help=settings_help("model", DEFAULT_MODEL),
-    )
-    run.add_argument(
-        "--reward",
-        type=reward_name,
-        default=None,
-        help=settings_help("reward", "the world's") + "; registered: " + ", ".join(sorted(registered_rewards())),
-    )
-    run.add_argument(
-        "--prompts",
-        type=prompt_text,
-        default=None,
-        help=settings_help("prompts", f"the task's, shapes-long in {DEFAULT_TASK}; else the world's")
-        + "; registered sets: "
-        + ", ".join(registered_prompt_sets()),
-    )
-    run.add_argument(
-        "--epochs",
-        type=setting_type(RunSettings, "epochs"),
-        default=None,
-        help=settings_help("epochs", f"the task's, 40 in {DEFAULT_TASK}; else {RunSettings.epochs}"),
-    )
-    run.add_argument(
-        "--num-inference-steps",
-        type=setting_type(RunSettings, "num_inference_steps"),
-        default=None,
-        help=settings_help("num_inference_steps", f"the task's, 10 in {DEFAULT_TASK}; else the world's"),
-    )
-    run.add_argument(
         "--output-dir",
         type=folder_path,
         default=None,
         help="the run (or comparison) folder (default: runs/<agent>-<timestamp> or runs/compare-<timestamp>); "
         "a comparison rerun into its folder continues it",
     )
-    run.add_argument(
-        "--device",
-        type=device_name,
-        default="cpu",
-        help=settings_help("device", "%(default)s"),
-    )
-    run.add_argument(
-        "--dtype",
-        choices=DTYPE_NAMES,
-        default="float32",
-        help=settings_help("dtype", "%(default)s"),
-    )
-    run.add_argument(
-        "--max-prompt-chunks",
-        type=setting_type(RunSettings, "max_prompt_chunks"),
-        default=1,
-        help=settings_help("max_prompt_chunks", "%(default)s"),
-    )
-    run.add_argument(
-        "--threads",
-        type=setting_type(RunSettings, "threads"),
-        default=None,
-        help=settings_help("threads", "1"),
-    )
-    run.add_argument(
-        "--latent-bound",
-        type=setting_type(RunSettings, "latent_bound"),
-        default=RunSettings.latent_bound,
-        help=settings_help("latent_bound", "%(default)s"),
-    )
-
     evaluation = parser.add_argument_group("held-out evaluation (fixed seeds, before, during and after training)")
-    evaluation.add_argument(
-        "--eval-prompts",
-        type=prompt_text,
-        default=None,
-        help=settings_help("eval_prompts", f"the task's, shapes-long in {DEFAULT_TASK}"),
-    )
-    evaluation.add_argument(
-        "--generalisation-prompts",
-        type=optional(prompt_text),
-        default=None,
-        help=settings_help("generalisation_prompts", f"the task's, shapes-heldout in {DEFAULT_TASK}")
-        + "; 'none' turns it off",
-    )
-    evaluation.add_argument(
-        "--eval-samples",
-        type=setting_type(RunSettings, "eval_samples"),
-        default=None,
-        help=settings_help("eval_samples", f"the task's, else {RunSettings.eval_samples}"),
-    )
-    evaluation.add_argument(
-        "--eval-kl",
-        action="store_true",
-        help=settings_help("eval_kl", "off"),
-    )
-    evaluation.add_argument(
-        "--checkpoint-every",
-        type=setting_type(RunSettings, "checkpoint_every"),
-        default=None,
-        help=settings_help("checkpoint_every", "at every evaluation"),
-    )
-    evaluation.add_argument(
-        "--keep-checkpoints",
-        type=setting_type(RunSettings, "keep_checkpoints"),
-        default=3,
-        help=settings_help("keep_checkpoints", "%(default)s"),
-    )
-    evaluation.add_argument(
-        "--eval-every",
-        type=setting_type(RunSettings, "eval_every"),
-        default=None,
-        help=settings_help("eval_every", f"the task's, 5 in {DEFAULT_TASK}; else epochs // 4"),
-    )
+    add_setting_flags({"run": run, "evaluation": evaluation}, get_task(DEFAULT_TASK))
 
     comparison = parser.add_argument_group("comparison mode")
     comparison.add_argument(
@@ -332,8 +217,6 @@ def parse_args(
 def apply_task(args: argparse.Namespace, name: str, given: set[str]) -> None:
     """Set each of the task's settings (:func:`agents.run_folder.task_run_fields`, and its batch size and batches
     per epoch) on ``args`` where its flag is not in ``given``."""
-    from diffusion_gym.tasks import get_task
-
     task = get_task(name)
     for key, value in {**task_run_fields(task), "batch_size": task.batch_size,
                        "batches_per_epoch": task.batches_per_epoch}.items():  # fmt: skip
@@ -343,29 +226,8 @@ def apply_task(args: argparse.Namespace, name: str, given: set[str]) -> None:
 
 def run_settings(args: argparse.Namespace, model: str, config: AgentConfig, default_dir: Path) -> RunSettings:
     """The :class:`RunSettings` of the parsed flags (validated on construction)."""
-    unset = {name: getattr(RunSettings, name) for name in ("epochs", "eval_samples")}  # no task: the defaults
-    return RunSettings(
-        agent=args.agent or "",
-        config=config,
-        output_dir=args.output_dir or default_dir,
-        model=model,
-        reward=args.reward,
-        prompts=args.prompts,
-        eval_prompts=args.eval_prompts,
-        epochs=args.epochs if args.epochs is not None else unset["epochs"],
-        num_inference_steps=args.num_inference_steps,
-        eval_every=args.eval_every,
-        eval_samples=args.eval_samples if args.eval_samples is not None else unset["eval_samples"],
-        eval_kl=args.eval_kl,
-        generalisation_prompts=args.generalisation_prompts,
-        device=args.device,
-        dtype=args.dtype,
-        latent_bound=args.latent_bound,
-        max_prompt_chunks=args.max_prompt_chunks,
-        threads=args.threads,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-    )
+    args = argparse.Namespace(**{**vars(args), "model": model})
+    return settings_from_args(args, agent=args.agent or "", config=config, output_dir=args.output_dir or default_dir)
 
 
 def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> RunSettings:
@@ -381,7 +243,7 @@ def resume_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, a
     except (argparse.ArgumentTypeError, FileNotFoundError, ValueError) as error:
         parser.error(f"argument --resume: {error}")
     try:
-        device_name(settings.device)
+        device_name(settings.env.device)
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --resume: {args.resume / RUN_SETTINGS_FILE} records device {error}")
     try:
@@ -423,34 +285,10 @@ def preset_defaults(argv: list[str] | None) -> dict[str, object]:
 
 def command_line(settings: RunSettings) -> str:
     """The command that reproduces one run: every setting that differs from its default, spelled as flags."""
-    parts = ["diffusion-gym", "run", "--agent", settings.agent]
+    parts = ["diffusion-gym", "run", "--agent", settings.agent, *setting_flags_of(settings)]
+    if "--epochs" not in parts:  # the run's length, always spelled out
+        parts += ["--epochs", str(settings.epochs)]
     defaults = RunSettings(agent="", config=AgentConfig(), output_dir=Path())
-    for name in (
-        "model",
-        "reward",
-        "prompts",
-        "eval_prompts",
-        "generalisation_prompts",
-        "num_inference_steps",
-        "eval_every",
-        "eval_samples",
-    ):
-        if getattr(settings, name) != getattr(defaults, name):
-            parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
-    if settings.eval_kl:
-        parts.append("--eval-kl")
-    parts += ["--epochs", str(settings.epochs)]
-    for name in (
-        "device",
-        "dtype",
-        "latent_bound",
-        "max_prompt_chunks",
-        "threads",
-        "checkpoint_every",
-        "keep_checkpoints",
-    ):
-        if getattr(settings, name) != getattr(defaults, name):
-            parts += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     for field, kind, _ in agent_config_fields():
         value, default = getattr(settings.config, field.name), getattr(defaults.config, field.name)
         flag = "--" + field.name.replace("_", "-")
@@ -513,7 +351,7 @@ def main(argv: list[str] | None = None, prog: str = "diffusion-gym run") -> int:
     settings = parse_args(argv, parser)
     run = settings if isinstance(settings, RunSettings) else settings.run
     set_threads(run)
-    device = run.device
+    device = run.env.device
     distributed = Distributed.from_environment(cpu=torch.device(device).type == "cpu")  # accelerate launch
     if isinstance(settings, RunSettings):
         if distributed.enabled:  # the main's folder (a default name has a timestamp) and launch command

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from agents.config import AgentConfig, Bound, annotated_bounds, check_fields
-from agents.envs import EnvSettings
 from agents.evaluation import Scores
 from agents.run_lock import LOCK_FILE
+from diffusion_gym.env_config import EnvConfig
 
 RUN_SETTINGS_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -48,7 +48,8 @@ class RunSettings:
     """Everything a run needs (``run.json``): the agent, the env's arguments, evaluation and checkpointing.
 
     The CLI builds it from its flags, comparison mode varies ``agent``, ``label`` and ``config``; a
-    :class:`~agents.trainer.Trainer` made from an env records the env's arguments here (:meth:`env_settings`).
+    :class:`~agents.trainer.Trainer` made from an env records the env's arguments here (:attr:`env`, read back
+    with :meth:`diffusion_gym.EnvConfig.of`).
     """
 
     agent: str
@@ -59,20 +60,14 @@ class RunSettings:
     """the run folder"""
     label: str = ""
     """the run's name in progress bars and tables (e.g. a comparison variant, "herd-b2"); empty: the agent's"""
-    model: str = "shapes"
-    """a named world, a pipeline folder or a diffusers hub id"""
-    reward: str | None = None
-    """reward to optimise: a registered name or a weighted sum 'a:1.0,b:0.1' (None: the world's)"""
-    prompts: str | list[str] | None = None
-    """training prompts: a registered prompt set or one prompt (None: the world's)"""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """the env's arguments (model, reward, training prompts, steps, device, dtype, ...; diffusion_gym.EnvConfig)"""
     eval_prompts: str | None = None
     """held-out prompt set or one prompt, scored on fresh noise (None: the world's eval prompts, else the training
     prompts); to score a single training prompt itself, name it here too
     """
     epochs: Annotated[int, Bound(1)] = 24
     """training epochs"""
-    num_inference_steps: Annotated[int | None, Bound(1)] = None
-    """DDIM steps T per trajectory (None: the world's)"""
     eval_every: Annotated[int | None, Bound(1)] = None
     """evaluate (and log an image grid) every K epochs (None: about four evaluations per run)"""
     eval_samples: Annotated[int, Bound(1)] = 64
@@ -86,19 +81,6 @@ class RunSettings:
     """a second held-out prompt set, evaluated before and after training only (e.g. prompts never trained on, when
     the run evaluates on its training prompts): the generalisation figure (None: none)
     """
-    device: str = "cpu"
-    """torch device of the model and the agent"""
-    dtype: str = "float32"
-    """dtype of the frozen model (UNet, VAE, text encoder). float16 or bfloat16 is mixed precision: the trainable
-    LoRA weights, the optimiser, the log-probs and the losses stay float32 (float16 adds a gradient scaler); float16
-    is for GPUs, bfloat16 also runs on CPUs
-    """
-    latent_bound: Annotated[float, Bound(0, low_open=True)] = 50.0
-    """the env's bound on latents, a sanity limit (the Shapes model's guided steps reach ~12); raise it for
-    untrained test models
-    """
-    max_prompt_chunks: Annotated[int, Bound(1)] = 1
-    """encode prompts longer than the text encoder's window (77 tokens for SD) in this many windows"""
     threads: Annotated[int | None, Bound(1)] = None
     """torch CPU threads of the command line's run: 1 is about as fast alone as one per core, and many times faster
     when other jobs share the CPU, see docs/benchmarks.md (None: 1)
@@ -125,7 +107,9 @@ class RunSettings:
         ``dataclasses.replace``); :meth:`agents.trainer.Trainer.train` runs it again before writing anything."""
         if isinstance(self.output_dir, str) and not self.output_dir.strip():
             raise ValueError("output_dir is empty: give the run folder (an empty path would write into the cwd)")
-        check_fields(self, RUN_SETTINGS_BOUNDS, {"dtype": DTYPE_NAMES})
+        check_fields(self, RUN_SETTINGS_BOUNDS, {})
+        check_fields(self.env, ENV_BOUNDS, {"dtype": DTYPE_NAMES})  # a run's env settings are JSON: plain types
+        self.env = self.env.checked()
         self.config.validate()
         check_output_dir(self.output_dir)
 
@@ -140,8 +124,9 @@ class RunSettings:
     ) -> RunSettings:
         """The settings of ``agent`` on a registered task (its name or a :class:`~diffusion_gym.tasks.Task`): the
         task's model, reward, prompts, evaluation and budget (``config``'s batch size and batches per epoch are the
-        task's unless ``config`` is given), then ``changes`` (any other field). The default task ``"long"`` is
-        what ``diffusion-gym run`` and ``make run`` train; the bench builds each of its runs here too."""
+        task's unless ``config`` is given), then ``changes``: any other field, or a field of the env's arguments
+        (``num_inference_steps=2``: the task's env with that change). The default task ``"long"`` is what
+        ``diffusion-gym run`` and ``make run`` train; the bench builds each of its runs here too."""
         from diffusion_gym.tasks import Task, get_task
 
         if isinstance(task, str):
@@ -151,23 +136,15 @@ class RunSettings:
         if config is None:
             config = AgentConfig(batch_size=task.batch_size, batches_per_epoch=task.batches_per_epoch)
         config = config.with_agent_defaults(agent)  # recorded in run.json as numbers, as the CLI records them
-        values = dict(task_run_fields(task), agent=agent, config=config, output_dir=Path(output_dir))
-        return cls(**{**values, **changes})
+        values = {**task_run_fields(task), **changes}
+        env_values = {name: values.pop(name) for name in EnvConfig.fields() if name in values}
+        env = values.pop("env", EnvConfig())
+        env = dataclasses.replace(env, **env_values)
+        return cls(agent=agent, config=config, output_dir=Path(output_dir), env=env, **values)
 
     @property
     def name(self) -> str:
         return self.label or self.agent
-
-    def env_settings(self) -> EnvSettings:
-        """The env's arguments among these settings."""
-        return EnvSettings.from_mapping(self)
-
-    def with_env_settings(self, env: EnvSettings) -> RunSettings:
-        """These settings with the env's arguments of ``env``."""
-        values = dataclasses.asdict(env)
-        if isinstance(values["prompts"], tuple):
-            values["prompts"] = list(values["prompts"])
-        return dataclasses.replace(self, **values)
 
     def eval_every_epochs(self) -> int:
         """Epochs between held-out evaluations: ``eval_every``, else about four per run."""
@@ -181,14 +158,16 @@ class RunSettings:
 
 
 def task_run_fields(task: object) -> dict[str, Any]:
-    """The :class:`RunSettings` fields a task sets (model, reward, prompts, evaluation, budget in epochs)."""
+    """What a task sets, by field name: its env's arguments (model, reward, prompts, steps) and the
+    :class:`RunSettings` fields of its evaluation and budget in epochs."""
     names = ("model", "reward", "prompts", "eval_prompts", "generalisation_prompts", "epochs",
              "num_inference_steps", "eval_every", "eval_samples")  # fmt: skip
     return {name: getattr(task, name) for name in names}
 
 
-# The range of every numeric RunSettings field (RunSettings.validate; the CLI's flags, benchmarks/run.py).
+# The range of every numeric RunSettings and EnvConfig field (RunSettings.validate; the CLI's flags).
 RUN_SETTINGS_BOUNDS: dict[str, Bound] = annotated_bounds(RunSettings)
+ENV_BOUNDS: dict[str, Bound] = annotated_bounds(EnvConfig)
 
 
 def check_output_dir(path: str | os.PathLike) -> None:
@@ -268,12 +247,15 @@ def read_settings(output_dir: str | Path) -> RunSettings:
     if not isinstance(data, dict):
         raise ValueError(f"corrupt {path}: expected a JSON object, got {type(data).__name__}")
     data["output_dir"] = str(output_dir)  # the folder it is in now; checked as recorded otherwise
+    if "env" not in data:  # run.json before 2026-12-08 recorded the env's arguments as top-level keys
+        data["env"] = {name: data.pop(name) for name in EnvConfig.fields() if name in data}
     _check_fields(RunSettings, data, path, "")
-    _check_fields(AgentConfig, data["config"], path, "config.")
-    try:
-        data["config"] = AgentConfig(**data["config"])
-    except (TypeError, ValueError) as error:  # a value out of range (its type is checked above)
-        raise ValueError(f"corrupt {path}: config.{error}") from error
+    for name, cls in (("config", AgentConfig), ("env", EnvConfig)):
+        _check_fields(cls, data[name], path, f"{name}.")
+        try:
+            data[name] = cls(**data[name])
+        except (TypeError, ValueError) as error:  # a value out of range (its type is checked above)
+            raise ValueError(f"corrupt {path}: {name}.{error}") from error
     data["output_dir"] = Path(output_dir)
     try:
         return RunSettings(**data)
@@ -306,6 +288,8 @@ def _has_type(value: Any, hint: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, argument) for argument in arguments)
     if origin is list:
+        return isinstance(value, list) and all(_has_type(item, arguments[0]) for item in value)
+    if origin is tuple:  # tuple[str, ...]: a JSON list
         return isinstance(value, list) and all(_has_type(item, arguments[0]) for item in value)
     if hint is type(None):
         return value is None

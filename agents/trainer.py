@@ -62,7 +62,6 @@ from agents.checkpoint import (
 )
 from agents.config import AgentConfig
 from agents.distributed import Distributed, current
-from agents.envs import EnvSettings
 from agents.evaluation import Evaluation, Scores, eval_prompt_set, evaluate, evaluate_base_model, grid_rows, spread
 from agents.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
 from agents.registry import agent_names, agent_spec, make_agent
@@ -85,6 +84,7 @@ from agents.run_folder import (
 )
 from agents.run_lock import RunFolderInUse, RunFolderLock
 from agents.run_log import RunLog
+from diffusion_gym.env_config import EnvConfig
 from diffusion_gym.prompts import resolve_prompts
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class Trainer:
         callbacks: Sequence[TrainerCallback] = (),
     ):
         check_vector_env(env)
-        env_settings = EnvSettings.of(env)  # what run.json records to rebuild the env (ValueError if unknown)
+        env_config = EnvConfig.of(env)  # what run.json records to rebuild the env (ValueError if unknown)
         callbacks = checked_callbacks(callbacks)
         if isinstance(agent, Agent):
             if config is not None:
@@ -227,6 +227,7 @@ class Trainer:
             config=config,
             output_dir=output_dir if output_dir is not None else default_output_dir(label or name),
             label=label,
+            env=env_config,
             eval_prompts=eval_prompts,
             eval_samples=eval_samples,
             eval_every=eval_every,
@@ -234,7 +235,7 @@ class Trainer:
             checkpoint_every=checkpoint_every,
             keep_checkpoints=keep_checkpoints,
             command=command,
-        ).with_env_settings(env_settings)
+        )
         check_held_out_prompts(env, settings)
         owns_agent = not isinstance(agent, Agent)
         if owns_agent:
@@ -292,11 +293,11 @@ class Trainer:
         if env is not None:
             check_vector_env(env)
         if env is not None and env.unwrapped.spec is not None:
-            keys = [key for key in EnvSettings.fields() if key != "device"]
-            check_compatible(settings.env_settings(), EnvSettings.of(env), keys=keys)
+            keys = [key for key in EnvConfig.fields() if key != "device"]
+            check_compatible(settings.env, EnvConfig.of(env), keys=keys)
         if env is None:
-            device = current().device(settings.device)  # cuda -> this process's GPU
-            env = owned = settings.env_settings().make(settings.config.batch_size, device=device)
+            device = current().device(settings.env.device)  # cuda -> this process's GPU
+            env = owned = settings.env.make(settings.config.batch_size, device=device)
         try:
             check_held_out_prompts(env, settings)
             agent = make_agent(settings.agent, env, settings.config)
@@ -407,7 +408,7 @@ class Trainer:
         """The base model's evaluation, shared by the runs of this process whose evaluations are the same
         (:func:`~agents.evaluation.base_evaluation_key`)."""
         settings = self.settings
-        return evaluate_base_model(self.agent, eval_prompts, settings.env_settings(), kl_to_base=settings.eval_kl)
+        return evaluate_base_model(self.agent, eval_prompts, settings.env, kl_to_base=settings.eval_kl)
 
     def train(self, epochs: int | None = None) -> RunResult | None:
         """Train up to ``epochs`` epochs in all (default: ``settings.epochs``; a resumed or second call continues
@@ -587,9 +588,9 @@ class Trainer:
         result = RunResult(
             label=settings.name,
             agent=settings.agent,
-            model=settings.model,
-            reward=settings.reward or str(self.world.default_reward),
-            prompts=prompt_label(settings.prompts or str(self.world.default_prompts)),
+            model=settings.env.model,
+            reward=settings.env.reward or str(self.world.default_reward),
+            prompts=prompt_label(settings.env.prompts or str(self.world.default_prompts)),
             eval_prompts=prompt_label(eval_set),
             num_eval_samples=len(eval_prompts),
             seed=agent.config.seed,
@@ -604,7 +605,7 @@ class Trainer:
             config=asdict(agent.config),  # settings.config with the agent's defaults filled in
             command=settings.command,
             num_inference_steps=self.env.unwrapped.diffusion.num_inference_steps,
-            device=settings.device,
+            device=settings.env.device,
             history=progress.history,
             stop_reason=stop_reason,
             generalisation=generalisation,
@@ -745,7 +746,7 @@ def check_vector_env(env) -> None:
         got = f"the str {env!r}: make the env first"
     else:
         got = f"{type(env).__name__} {env!r}"
-    raise TypeError(f"env must be a vector env from {make} (or agents.EnvSettings(...).make(num_envs)), got {got}")
+    raise TypeError(f"env must be a vector env from {make} (or diffusion_gym.EnvConfig(...).make(num_envs)), got {got}")
 
 
 def agent_config(config: AgentConfig | Mapping[str, object] | None, num_envs: int) -> AgentConfig:
@@ -776,7 +777,7 @@ def checked_callbacks(callbacks: Sequence[TrainerCallback]) -> list[TrainerCallb
 
 def held_out_prompts(settings: RunSettings, world) -> tuple[str | list[str], list[str]]:
     """The held-out prompt set (as named) and its ``eval_samples`` prompts, spread over it."""
-    eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, world)
+    eval_set = eval_prompt_set(settings.eval_prompts, settings.env.prompts, world)
     return eval_set, spread(resolve_prompts(eval_set), settings.eval_samples)
 
 
@@ -809,7 +810,7 @@ def check_settings(settings: RunSettings) -> None:
     ``ValueError`` naming the problem. For a caller that runs several trainers (a comparison) and wants bad settings
     refused before the first one writes its folder."""
     settings.validate()
-    env = settings.env_settings().make(1, device=current().device(settings.device))
+    env = settings.env.make(1, device=current().device(settings.env.device))
     try:
         check_held_out_prompts(env, settings)
     finally:
@@ -871,7 +872,7 @@ def resume_point(run_dir: str | Path, checkpoint: str | Path | None = None) -> R
 # (not the device: a run may move to another) and what the base evaluations saved in it were made on
 RESUME_CHECKED_FIELDS = (
     "agent",
-    *(name for name in EnvSettings.fields() if name != "device"),
+    *(name for name in EnvConfig.fields() if name != "device"),
     "eval_prompts",
     "eval_samples",
     "generalisation_prompts",
@@ -881,7 +882,9 @@ RESUME_CHECKED_FIELDS = (
 def resume_checked_settings(settings: RunSettings) -> dict:
     """:data:`RESUME_CHECKED_FIELDS` and the agent's ``config`` of ``settings``, as JSON values (what ``run.json``
     records; a checkpoint records them too, so that a resume can check ``run.json`` against it)."""
-    values: dict = {name: getattr(settings, name) for name in RESUME_CHECKED_FIELDS}
+    values: dict = {
+        name: getattr(settings.env if name in EnvConfig.fields() else settings, name) for name in RESUME_CHECKED_FIELDS
+    }
     values["config"] = asdict(settings.config)
     return json.loads(json.dumps(values))  # tuples as lists, as in run.json
 
@@ -894,7 +897,12 @@ def check_resume_settings(settings: RunSettings, point: ResumePoint) -> None:
     if saved is None:
         return
     current = resume_checked_settings(settings)
-    pairs = [(name, current[name], saved.get(name, _UNRECORDED)) for name in RESUME_CHECKED_FIELDS]
+    # an env argument a checkpoint does not record (max_prompt_bytes, image_cache_size before 2026-12-08) had its
+    # default: a run could not record an env made otherwise
+    unrecorded = json.loads(json.dumps(dataclasses.asdict(EnvConfig())))
+    pairs = [
+        (name, current[name], saved.get(name, unrecorded.get(name, _UNRECORDED))) for name in RESUME_CHECKED_FIELDS
+    ]
     saved_config = saved.get("config") or {}
     pairs += [
         (f"config.{key}", value, saved_config[key]) for key, value in current["config"].items() if key in saved_config

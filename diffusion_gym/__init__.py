@@ -10,9 +10,13 @@ env enforces the call order itself (``step`` or ``render`` before ``reset`` rais
 Gymnasium's checker (``tests/test_env_contract.py``), and Gymnasium 1.x wrappers do not forward ``compute_reward``,
 which goal-conditioned code (SB3's ``check_env``, HER) calls on the env it is given.
 ``gym.make(..., disable_env_checker=False)`` adds the passive checker back.
+
+The env's arguments are one dataclass, :class:`EnvConfig`: ``EnvConfig(num_inference_steps=10).make(num_envs=16)``.
 """
 
 from gymnasium.envs.registration import register, registry
+
+from diffusion_gym.env_config import EnvConfig  # the env's arguments, declared once (no torch import)
 
 __version__ = "0.1.0"
 
@@ -36,3 +40,5 @@ if V0_ENV_ID not in registry:
         vector_entry_point="diffusion_gym.v0:make_v0_vector_env",
         **_NO_WRAPPERS,
     )
+
+__all__ = ["ENV_ID", "V0_ENV_ID", "EnvConfig"]

@@ -9,12 +9,8 @@ All ``N`` episodes of a batch run in lockstep (every episode has the same ``T``)
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,73 +18,12 @@ import torch
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
+from diffusion_gym.env_config import EnvConfig, _is_int, check_int
 from diffusion_gym.goals import GoalCodec
 from diffusion_gym.images import to_uint8
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.prompts import check_prompt_list, check_prompt_text, resolve_prompts
 from diffusion_gym.rewards import RewardFn, check_reward_prompt, make_reward, reward_can_score, validate_reward
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """The arguments of ``DiffusionT2I-v1`` that define the MDP (all plain data, so specs stay light)."""
-
-    model: str = "shapes"
-    reward: str | None = None
-    prompts: str | Sequence[str] | None = None
-    num_inference_steps: int | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-    latent_bound: float = 50.0
-    max_prompt_bytes: int = 1024
-    image_cache_size: int = 256
-    max_prompt_chunks: int = 1
-
-    @classmethod
-    def from_arguments(cls, arguments: Mapping[str, object]) -> EnvConfig:
-        """The config from an env constructor's ``locals()`` (taken before it assigns any name): every field by its
-        name; the constructor's other arguments (``num_envs``, ``render_mode``, ...) are left to it."""
-        return cls(**{field.name: arguments[field.name] for field in dataclasses.fields(cls)})
-
-    def checked(self) -> EnvConfig:
-        """This config with ``model`` as a ``str`` (a path object is accepted), after the checks that need no model.
-
-        Raises ``TypeError``/``ValueError`` naming the first bad argument; nothing is replaced by a default. ``model``,
-        ``device`` and ``dtype`` are checked by :func:`~diffusion_gym.models.load_model`, ``prompts`` by
-        :func:`~diffusion_gym.prompts.resolve_prompts`.
-        """
-        if self.reward is not None and (not isinstance(self.reward, str) or not self.reward.strip()):
-            raise ValueError(
-                "reward must be a registered reward name or a weighted sum such as 'a:1.0,b:0.1' (None: the world's "
-                f"default reward), got {self.reward!r}"
-            )
-        if self.num_inference_steps is not None:
-            check_int("num_inference_steps", self.num_inference_steps, minimum=1)
-        if not _is_real(self.latent_bound) or not (math.isfinite(self.latent_bound) and self.latent_bound > 0):
-            raise ValueError(f"latent_bound must be a finite positive number, got {self.latent_bound!r}")
-        check_int("max_prompt_bytes", self.max_prompt_bytes, minimum=1)
-        check_int("image_cache_size", self.image_cache_size, minimum=0)
-        check_int("max_prompt_chunks", self.max_prompt_chunks, minimum=1)
-        return dataclasses.replace(
-            self, model=os.fspath(self.model) if isinstance(self.model, os.PathLike) else self.model
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    """``int(value)`` if ``value`` is an integer (not a bool) ``>= minimum``; else an error naming ``name``."""
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}: {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_render_mode(render_mode: object, render_modes: Sequence[str]) -> str | None:

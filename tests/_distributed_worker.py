@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from agents import AgentConfig, EnvSettings, make_agent
+from agents import AgentConfig, EnvConfig, make_agent
 from agents.distributed import Distributed
 
 PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
@@ -85,7 +85,7 @@ def main() -> None:
     torch.set_num_threads(1)
     distributed = Distributed.from_environment(cpu=True)
     assert distributed.num_processes == 2, "launch with accelerate launch --num_processes 2"
-    settings = EnvSettings(pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=3, latent_bound=1e4)
+    settings = EnvConfig(pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=3, latent_bound=1e4)
     env = settings.make(CONFIG["batch_size"])
     for name, overrides, epochs in RUNS:
         train(env, name, overrides, epochs, distributed, out_dir)

@@ -32,8 +32,8 @@ def tiny_pipeline(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_env_settings(tiny_pipeline: str):
-    """:class:`agents.EnvSettings` of the tiny pipeline with ``EnvSettings.tiny``'s reward, prompts and latent bound
+    """:class:`agents.EnvConfig` of the tiny pipeline with ``EnvConfig.tiny``'s reward, prompts and latent bound
     and 3 DDIM steps; a test replaces fields (``dataclasses.replace``) and builds its env with ``.make(num_envs)``."""
-    from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
+    from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
 
-    return EnvSettings(tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)
+    return EnvConfig(tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)

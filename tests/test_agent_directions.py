@@ -23,7 +23,7 @@ from agents import AgentConfig, make_agent
 from agents.buffers import StepBatch, Trajectories
 from agents.ddpo import DDPOAgent
 from agents.dpok import DPOKAgent
-from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
+from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
 from agents.herd import current_log_probs, relabel
 from agents.loop import LOOPAgent
 from agents.reinforce import ReinforceAgent
@@ -38,7 +38,7 @@ HIGH_LOW = torch.tensor([1.0, 0.0])  # hand-made rewards of a batch of two: the 
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
     """Two episodes of three DDIM steps on the tiny random pipeline (every step is stochastic at eta = 1)."""
-    settings = EnvSettings(
+    settings = EnvConfig(
         tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND
     )
     return settings.make(num_envs=2)
@@ -422,7 +422,7 @@ def shapes_env():
     """The Shapes world with its prompt-dependent proxy reward (a relabeled goal changes the reward), 3 steps."""
     from diffusion_gym.shapes import STANDARD_PROMPT
 
-    return EnvSettings(reward="shapes-clip", prompts=(STANDARD_PROMPT,), num_inference_steps=3).make(num_envs=2)
+    return EnvConfig(reward="shapes-clip", prompts=(STANDARD_PROMPT,), num_inference_steps=3).make(num_envs=2)
 
 
 def test_a_relabeled_reward_is_the_reward_of_the_image_for_its_sentence_alone(shapes_env):

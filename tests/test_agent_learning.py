@@ -50,7 +50,7 @@ import pytest
 import torch
 
 from agents import AgentConfig, make_agent
-from agents.envs import EnvSettings
+from agents.envs import EnvConfig
 
 pytestmark = [pytest.mark.learning, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -70,7 +70,7 @@ def envs():
 
     def env_for(reward: str):
         if reward not in built:
-            settings = EnvSettings(reward=reward, prompts=(STANDARD_PROMPT,), num_inference_steps=4)
+            settings = EnvConfig(reward=reward, prompts=(STANDARD_PROMPT,), num_inference_steps=4)
             built[reward] = settings.make(num_envs=SAMPLES_PER_EPOCH)
         return built[reward]
 

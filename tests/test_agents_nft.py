@@ -12,7 +12,7 @@ import torch
 
 from agents import AgentConfig, Trainer, make_agent
 from agents.buffers import Trajectories
-from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
+from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
 from agents.math import nft_loss, optimality_probabilities, stratified_timesteps
 from agents.run_folder import read_history
 
@@ -118,7 +118,7 @@ def test_stratified_timesteps_take_one_draw_per_stratum():
 # ------------------------------------------------------------------------------------------ the agent
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
-    settings = EnvSettings(
+    settings = EnvConfig(
         tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND
     )
     env = settings.make(num_envs=2)

@@ -164,14 +164,14 @@ def fake_run(settings: RunSettings) -> None:
             record["eval_gold"] = base + gain * epoch / settings.epochs
             lines.write(json.dumps(record) + "\n")
     result = RunResult(
-        label=settings.label, agent=settings.agent, model=settings.model, reward="shapes-gold",
-        prompts=str(settings.prompts), eval_prompts=str(settings.eval_prompts),
+        label=settings.label, agent=settings.agent, model=settings.env.model, reward="shapes-gold",
+        prompts=str(settings.env.prompts), eval_prompts=str(settings.eval_prompts),
         num_eval_samples=settings.eval_samples, seed=settings.config.seed, epochs=settings.epochs,
         epochs_completed=settings.epochs, interrupted=False, samples_seen=settings.epochs * per_epoch,
         train_samples_seen=settings.epochs * per_epoch, wall_seconds=6.0 * settings.epochs,
         base=Scores(reward=base, gold=base, proxy=None), final=Scores(reward=base + gain, gold=base + gain, proxy=None),
         config=dataclasses.asdict(settings.config), command=settings.command,
-        num_inference_steps=settings.num_inference_steps or 10, device="cpu",
+        num_inference_steps=settings.env.num_inference_steps or 10, device="cpu",
     )  # fmt: skip
     write_results(result, folder)
 

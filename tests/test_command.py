@@ -70,7 +70,11 @@ def test_a_task_sets_the_run_where_its_flags_are_not_given() -> None:
     from agents.run_command import parse_args
 
     settings = parse_args(["--agent", "loop", "--task", "multi", "--epochs", "3", "--output-dir", "runs/x"])
-    assert (settings.prompts, settings.eval_prompts, settings.epochs) == ("shapes-multi", "shapes-multi", 3)
+    assert (settings.env.prompts, settings.eval_prompts, settings.epochs) == ("shapes-multi", "shapes-multi", 3)
     default = parse_args(["--agent", "ddpo", "--output-dir", "runs/y"])
-    assert (default.prompts, default.epochs, default.generalisation_prompts) == ("shapes-long", 40, "shapes-heldout")
+    assert (default.env.prompts, default.epochs, default.generalisation_prompts) == (
+        "shapes-long",
+        40,
+        "shapes-heldout",
+    )
     assert default.command.startswith("diffusion-gym run --agent ddpo")

@@ -19,7 +19,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
-from agents.envs import TINY_LATENT_BOUND, TINY_REWARD, EnvSettings
+from agents.envs import TINY_LATENT_BOUND, TINY_REWARD, EnvConfig
 from agents.policy import DiffusionPolicy
 from tests._scripts import load_script
 from tests.test_precision import PROMPTS, make_env, tiny_config  # the same tiny env, prompts and config
@@ -37,9 +37,9 @@ def pipeline(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def settings(pipeline: str) -> EnvSettings:
+def settings(pipeline: str) -> EnvConfig:
     """The tiny env's settings on this module's own pipeline."""
-    return EnvSettings(pipeline, TINY_REWARD, PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)
+    return EnvConfig(pipeline, TINY_REWARD, PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND)
 
 
 @pytest.fixture(scope="module")

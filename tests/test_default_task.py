@@ -40,12 +40,12 @@ def figures(folder: Path) -> dict:
 def test_the_task_fills_the_settings_it_names_and_changes_win():
     settings = RunSettings.for_task("long", "ddpo", "runs/x", epochs=3)
     long = get_task("long")
-    assert (settings.prompts, settings.eval_prompts, settings.generalisation_prompts) == (
+    assert (settings.env.prompts, settings.eval_prompts, settings.generalisation_prompts) == (
         long.prompts,
         long.eval_prompts,
         long.generalisation_prompts,
     )
-    assert (settings.epochs, settings.eval_every, settings.num_inference_steps) == (3, 5, 10)
+    assert (settings.epochs, settings.eval_every, settings.env.num_inference_steps) == (3, 5, 10)
     expected = AgentConfig(batch_size=long.batch_size, batches_per_epoch=long.batches_per_epoch)
     assert settings.config == expected.with_agent_defaults("ddpo")  # the learning rate recorded as a number
     with pytest.raises(ValueError, match="unknown task 'lnog'"):
@@ -70,5 +70,5 @@ def test_diffusion_gym_run_make_run_and_the_trainer_give_the_same_seed0_figures(
 
     command, make, library = (figures(tmp_path / name) for name in ("command", "make", "trainer"))
     assert command == make == library
-    assert command["settings"]["prompts"] == "shapes-long" and command["results"]["generalisation"] is not None
+    assert command["settings"]["env"]["prompts"] == "shapes-long" and command["results"]["generalisation"] is not None
     assert command["results"]["final"] != command["results"]["base"]  # it trained: the figures say something

@@ -95,10 +95,10 @@ def test_parse_step_range_keeps_the_stochastic_steps_in_range():
 
 
 def test_branches_share_their_prefix_and_differ_only_from_the_branch_step(tiny_pipeline):
-    from agents import AgentConfig, EnvSettings, make_agent
+    from agents import AgentConfig, EnvConfig, make_agent
     from agents.envs import TINY_REWARD
 
-    settings = EnvSettings(tiny_pipeline, TINY_REWARD, ("a red circle.", "a blue square."), 4, latent_bound=1e4)
+    settings = EnvConfig(tiny_pipeline, TINY_REWARD, ("a red circle.", "a blue square."), 4, latent_bound=1e4)
     env = settings.make(num_envs=4)
     agent = make_agent("ddpo", env, AgentConfig(batch_size=4, batches_per_epoch=1))
     try:

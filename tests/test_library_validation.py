@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents import AgentConfig, EnvSettings, RunSettings, Trainer, TrainerCallback
+from agents import AgentConfig, EnvConfig, RunSettings, Trainer, TrainerCallback
 from agents import run_command as run
 from agents.config import MAX_SEED
 from agents.run_folder import read_settings, write_settings
@@ -22,7 +22,7 @@ PROMPTS = ("A cat. A dog on a mat.", "A red box. A blue sky.")
 
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
-    env = EnvSettings(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
+    env = EnvConfig(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
     env = env.make(num_envs=2)
     yield env
     env.close()
@@ -85,7 +85,10 @@ def test_agent_config_takes_numpy_scalars_and_ints_for_floats_as_plain_numbers()
         ({"checkpoint_every": 0}, ValueError, "checkpoint_every must be >= 1 or None, got 0"),
         ({"keep_checkpoints": 0}, ValueError, "keep_checkpoints must be >= 1, got 0"),
         ({"eval_samples": 0}, ValueError, "eval_samples must be >= 1, got 0"),
-        ({"dtype": "float64"}, ValueError, "dtype must be one of ('float32', 'float16', 'bfloat16')"),
+        ({"env": EnvConfig(dtype="float64")}, ValueError, "dtype must be one of ('float32', 'float16', 'bfloat16')"),
+        ({"env": EnvConfig(num_inference_steps=0)}, ValueError, "num_inference_steps must be >= 1 or None, got 0"),
+        ({"env": EnvConfig(latent_bound=float("nan"))}, ValueError, "latent_bound must be finite, got nan"),
+        ({"env": {"model": "shapes"}}, TypeError, "env must be an EnvConfig, got dict"),
         ({"output_dir": ""}, ValueError, "output_dir is empty"),
         ({"config": {"batch_size": 2}}, TypeError, "config must be an AgentConfig, got dict"),
     ],

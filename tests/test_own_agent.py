@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _scripts import REPO
 
-from agents import AGENT_NAMES, AgentConfig, EnvSettings, Trainer, agent_names, catalog, register_agent, registry
+from agents import AGENT_NAMES, AgentConfig, EnvConfig, Trainer, agent_names, catalog, register_agent, registry
 from agents.base import Agent
 from agents.comparison import resolve_variants, run_comparison
 from agents.ddpo import DDPOAgent
@@ -60,8 +60,8 @@ def user_module(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def env_settings(tiny_pipeline) -> EnvSettings:
-    return EnvSettings(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
+def env_settings(tiny_pipeline) -> EnvConfig:
+    return EnvConfig(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +227,12 @@ def test_the_documented_agent_enters_a_comparison(user_module, env_settings, tmp
         agent="ddpo",
         config=tiny_config(),
         output_dir=tmp_path,
+        env=env_settings,
         epochs=1,
         eval_prompts="a small blue square",
         eval_samples=2,
         eval_every=100,
-    ).with_env_settings(env_settings)
+    )
     summary = run_comparison(settings, resolve_variants("ddpo,rank-ppo"), seeds=[0], output_dir=tmp_path / "cmp")
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| ddpo | 1 |" in table and "| rank-ppo | 1 |" in table

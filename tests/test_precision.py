@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
-from agents import AgentConfig, EnvSettings, make_agent
+from agents import AgentConfig, EnvConfig, make_agent
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.math import ppo_clipped_loss
 from agents.policy import DiffusionPolicy
@@ -28,7 +28,7 @@ PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 ADVANTAGES = torch.tensor([1.0, -0.5])
 
 
-def make_env(settings: EnvSettings, dtype: str, device: str = "cpu"):
+def make_env(settings: EnvConfig, dtype: str, device: str = "cpu"):
     return dataclasses.replace(settings, prompts=PROMPTS, dtype=dtype, device=device).make(num_envs=2)
 
 

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from _scripts import REPO, load_script
 
+from agents import AgentConfig, EnvConfig, RunSettings
 from agents import run_command as run
+from agents.run_folder import read_settings, write_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,6 +66,54 @@ def test_help_explains_every_flag(capsys):
         assert agent_config_help()[field.name], f"no docstring (help) for {field.name}"
     for flag in ("--agent", "--compare", "--reward", "--model", "--prompts", "--epochs", "--seeds", "herd-b2"):
         assert flag in text
+
+
+def test_every_run_setting_and_env_argument_is_one_flag_whose_help_is_its_docstring(capsys):
+    """One declaration per knob: RunSettings' and EnvConfig's fields are the flags (but the few the command line
+    sets its own way), and each flag's help is its field's docstring."""
+    from agents.cli import NOT_SETTING_FLAGS, setting_flags
+    from agents.config import field_docstrings
+
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for cls, skipped in ((RunSettings, NOT_SETTING_FLAGS), (EnvConfig, ())):
+        for field in dataclasses.fields(cls):
+            if field.name in skipped:
+                continue
+            assert setting_flags()[field.name].owner is cls, field.name
+            assert "--" + field.name.replace("_", "-") in text, field.name
+            assert field_docstrings(cls)[field.name] in text, f"{field.name}: its docstring is not its help"
+    flagged = {name for name in setting_flags()}
+    declared = {f.name for f in dataclasses.fields(RunSettings)} | set(EnvConfig.fields())
+    assert flagged <= declared - set(NOT_SETTING_FLAGS)
+
+
+def test_a_flag_sets_its_env_argument_and_the_run_records_it_under_env(tiny_pipeline, tmp_path):
+    settings = run.parse_args(["--agent", "ddpo", "--model", tiny_pipeline, "--max-prompt-bytes", "512",
+                               "--latent-bound", "1e4", "--num-inference-steps", "3"])  # fmt: skip
+    assert settings.env == EnvConfig(tiny_pipeline, num_inference_steps=3, latent_bound=1e4, max_prompt_bytes=512)
+    assert "--max-prompt-bytes 512" in settings.command
+    write_settings(dataclasses.replace(settings, output_dir=tmp_path), tmp_path)
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert recorded["env"]["max_prompt_bytes"] == 512 and "model" not in recorded
+    assert read_settings(tmp_path).env == settings.env
+
+
+def test_a_run_json_of_before_the_env_config_still_reads(tmp_path):
+    """run.json before 2026-12-08 recorded the env's arguments at the top level (the committed runs do)."""
+    settings = RunSettings(
+        agent="ddpo", config=AgentConfig(), output_dir=tmp_path, env=EnvConfig(prompts="shapes-long")
+    )
+    write_settings(settings, tmp_path)
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    flat = {**{k: v for k, v in recorded.items() if k != "env"}, **recorded["env"]}
+    del flat["max_prompt_bytes"], flat["image_cache_size"]  # not recorded then
+    (tmp_path / "run.json").write_text(json.dumps(flat))
+    assert read_settings(tmp_path) == settings
+    (tmp_path / "run.json").write_text(json.dumps({**flat, "latent_bound": "high"}))
+    with pytest.raises(ValueError, match="env.latent_bound = 'high' is not of type float"):
+        read_settings(tmp_path)
 
 
 def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
@@ -138,26 +188,30 @@ def tiny_world(tiny_pipeline, tmp_path_factory) -> str:
 
 def test_the_default_task_is_the_herd_papers_protocol_on_the_embedded_world(tiny_pipeline):
     settings = run.parse_args(["--agent", "herd"])
-    assert (settings.model, settings.prompts, settings.eval_prompts) == ("shapes", "shapes-long", "shapes-long")
-    assert (settings.num_inference_steps, settings.generalisation_prompts) == (10, "shapes-heldout")
+    assert (settings.env.model, settings.env.prompts, settings.eval_prompts) == ("shapes", "shapes-long", "shapes-long")
+    assert (settings.env.num_inference_steps, settings.generalisation_prompts) == (10, "shapes-heldout")
     assert (settings.epochs, settings.eval_every) == (40, 5)
     assert (settings.config.herd_base, settings.config.compile_unet) == ("loop", False)
     assert "--generalisation-prompts shapes-heldout" in settings.command  # the command reproduces it
     # each default applies only where its flag is missing; 'none' turns the generalisation set off
     settings = run.parse_args(["--agent", "herd", "--num-inference-steps", "6", "--generalisation-prompts", "none"])
-    assert (settings.prompts, settings.num_inference_steps, settings.generalisation_prompts) == ("shapes-long", 6, None)
+    assert (settings.env.prompts, settings.env.num_inference_steps, settings.generalisation_prompts) == (
+        "shapes-long",
+        6,
+        None,
+    )
     # other prompts or another model: the world's own defaults, no second set
     for flags in (["--prompts", "shapes-train"], ["--model", tiny_pipeline]):
         settings = run.parse_args(["--agent", "ddpo", *flags])
-        assert (settings.eval_prompts, settings.num_inference_steps, settings.generalisation_prompts) == (None,) * 3
+        assert (settings.eval_prompts, settings.env.num_inference_steps, settings.generalisation_prompts) == (None,) * 3
 
 
 def test_a_preset_sets_the_paper_setup_and_flags_override_it(tiny_pipeline):
     from agents.presets import FOREST_PROMPT
 
     settings = run.parse_args(["--preset", "herd-b2-forest-aesthetic", "--model", tiny_pipeline, "--epochs", "2"])
-    assert (settings.agent, settings.reward, settings.prompts) == ("herd", "aesthetic", FOREST_PROMPT)
-    assert (settings.model, settings.epochs, settings.max_prompt_chunks) == (tiny_pipeline, 2, 2)
+    assert (settings.agent, settings.env.reward, settings.env.prompts) == ("herd", "aesthetic", FOREST_PROMPT)
+    assert (settings.env.model, settings.epochs, settings.env.max_prompt_chunks) == (tiny_pipeline, 2, 2)
     config = settings.config
     assert (config.batch_size, config.batches_per_epoch, config.herd_buffer_batches) == (12, 3, 2)
 

@@ -251,7 +251,7 @@ def test_runs_share_a_base_evaluation_only_when_nothing_that_changes_it_differs(
         base_reward(autocast_bf16=True),
         base_reward(eval_kl=True),
     ]
-    chunks = dataclasses.replace(trainer_module.EnvSettings.of(env), max_prompt_chunks=2).make(num_envs=2)
+    chunks = dataclasses.replace(trainer_module.EnvConfig.of(env), max_prompt_chunks=2).make(num_envs=2)
     try:
         differing.append(base_reward(chunks))
     finally:

@@ -15,7 +15,7 @@ import gymnasium as gym
 import pytest
 from _scripts import REPO
 
-from agents import AgentConfig, EnvSettings, EpochEvent, EvaluationEvent, Trainer, TrainerCallback, make_agent
+from agents import AgentConfig, EnvConfig, EpochEvent, EvaluationEvent, Trainer, TrainerCallback, make_agent
 from agents.run_folder import read_history, results_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,7 +26,7 @@ TIMING_KEYS = {"epoch_seconds", "samples_per_second", "elapsed_seconds"}
 
 @pytest.fixture(scope="module")
 def env(tiny_pipeline):
-    env = EnvSettings(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
+    env = EnvConfig(tiny_pipeline, "jpeg-incompressibility", PROMPTS, num_inference_steps=2, latent_bound=1e4)
     env = env.make(num_envs=2)
     yield env
     env.close()
@@ -144,9 +144,9 @@ def test_a_trainer_takes_an_agent_on_a_wrapped_env_and_records_how_to_rebuild_it
         with trainer(wrapped, tmp_path / "run", agent=agent) as run:
             settings = run.settings
             assert (settings.agent, settings.config.herd_base, settings.config.learning_rate) == ("herd", "rwr", 1e-4)
-            assert (settings.model, settings.prompts, settings.num_inference_steps) == (
+            assert (settings.env.model, settings.env.prompts, settings.env.num_inference_steps) == (
                 env.unwrapped.spec.kwargs["model"],
-                list(PROMPTS),
+                tuple(PROMPTS),
                 2,
             )
             run.train(epochs=1)
@@ -154,7 +154,7 @@ def test_a_trainer_takes_an_agent_on_a_wrapped_env_and_records_how_to_rebuild_it
     finally:
         agent.close()
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert saved["agent"] == "herd" and saved["prompts"] == list(PROMPTS) and saved["latent_bound"] == 1e4
+    assert saved["agent"] == "herd" and saved["env"]["prompts"] == list(PROMPTS) and saved["env"]["latent_bound"] == 1e4
 
 
 def test_an_env_made_without_gym_make_vec_is_a_clear_error(tiny_pipeline, tmp_path):
@@ -172,7 +172,7 @@ def test_an_env_made_without_gym_make_vec_is_a_clear_error(tiny_pipeline, tmp_pa
     )
     try:
         with pytest.raises(ValueError, match=r"made with \['image_cache_size'\], which a run folder does not record"):
-            EnvSettings.of(env)
+            EnvConfig.of(env)
     finally:
         env.close()
 

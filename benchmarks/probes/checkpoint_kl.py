@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoints:
         parser.error(f"{args.run_dir}: no checkpoints")
     settings = read_settings(args.run_dir)
-    env = settings.env_settings().make(settings.config.batch_size)
+    env = settings.env.make(settings.config.batch_size)
     world = env.unwrapped.diffusion.world
-    eval_set = eval_prompt_set(settings.eval_prompts, settings.prompts, world)
+    eval_set = eval_prompt_set(settings.eval_prompts, settings.env.prompts, world)
     prompts = spread(resolve_prompts(eval_set), settings.eval_samples)
     logged = logged_gold(args.run_dir)
     agent = make_agent(settings.agent, env, settings.config)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvSettings
+from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
 from diffusion_gym.rewards import make_reward
 from diffusion_gym.sampling import PretrainedPolicy, ddim_policy_step, guided_noise_prediction
 
@@ -41,9 +41,9 @@ def main() -> None:
     # latent bound: a random tiny UNet drifts; the bound check itself still runs
     settings = {"reward": args.reward, "prompts": prompts, "num_inference_steps": args.steps}
     if args.model == "tiny":
-        env_settings = EnvSettings.tiny(**settings)
+        env_settings = EnvConfig.tiny(**settings)
     else:
-        env_settings = EnvSettings(args.model, latent_bound=TINY_LATENT_BOUND, **settings)
+        env_settings = EnvConfig(args.model, latent_bound=TINY_LATENT_BOUND, **settings)
     env = env_settings.make(args.batch).unwrapped
     policy = PretrainedPolicy(env, guidance_scale=args.guidance, eta=1.0, seed=0)
     reward_fn = make_reward(args.reward)

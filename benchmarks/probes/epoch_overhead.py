@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents import AGENT_NAMES, Agent, AgentConfig, EnvSettings, EpochResult, make_agent
+from agents import AGENT_NAMES, Agent, AgentConfig, EnvConfig, EpochResult, make_agent
 from agents.cli import add_agent_config_flags, config_from_args
 from agents.envs import TINY_LATENT_BOUND, TINY_REWARD
 from agents.math import gaussian_step_kl, sample_train_timesteps
@@ -406,9 +406,9 @@ def main() -> None:
     config = config_from_args(args)
     settings = {"num_inference_steps": args.steps, "device": args.device, "dtype": args.dtype}
     if args.model == "tiny":  # a random tiny pipeline in a temp folder, with the tiny world's reward and prompts
-        env_settings = EnvSettings.tiny(reward=args.reward, prompts=args.prompts, **settings)
+        env_settings = EnvConfig.tiny(reward=args.reward, prompts=args.prompts, **settings)
     else:
-        env_settings = EnvSettings(args.model, args.reward, args.prompts, **settings)
+        env_settings = EnvConfig(args.model, args.reward, args.prompts, **settings)
     if args.latent_bound is not None:
         env_settings = dataclasses.replace(env_settings, latent_bound=args.latent_bound)
     env = env_settings.make(config.batch_size)

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from agents import AgentConfig, DiffusionPolicy, EnvSettings, Trajectories, collect_trajectories, make_agent
+from agents import AgentConfig, DiffusionPolicy, EnvConfig, Trajectories, collect_trajectories, make_agent
 from agents.cli import positive_int
 from agents.math import clip_advantages, leave_one_out_baseline
 from diffusion_gym.sampling import PolicyStep
@@ -264,7 +264,7 @@ def measure(
             f"--branches ({branches}) must be >= 2 and divide both the env batch ({batch_size}) "
             f"and --minibatch ({minibatch})"
         )
-    env = EnvSettings(model, reward, prompts, num_inference_steps, latent_bound=latent_bound).make(batch_size)
+    env = EnvConfig(model, reward, prompts, num_inference_steps, latent_bound=latent_bound).make(batch_size)
     config = AgentConfig(
         seed=seed,
         batch_size=batch_size,
@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    env = EnvSettings(args.model, args.reward, args.prompts)
+    env = EnvConfig(args.model, args.reward, args.prompts)
     if args.model == "tiny":  # a random tiny pipeline in a temp folder, with the tiny world's reward and prompts
-        env = EnvSettings.tiny(reward=args.reward, prompts=args.prompts)
+        env = EnvConfig.tiny(reward=args.reward, prompts=args.prompts)
     estimates, info = measure(
         env.model,
         env.prompts,

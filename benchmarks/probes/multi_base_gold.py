@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
 
-    from agents import AgentConfig, EnvSettings, make_agent
+    from agents import AgentConfig, EnvConfig, make_agent
     from diffusion_gym.shapes.prompt_sets import multi_candidate_prompts
 
     prompts = list(multi_candidate_prompts(args.candidates))
     batch = 16
-    env = EnvSettings(model="shapes", num_inference_steps=args.num_inference_steps).make(batch)
+    env = EnvConfig(model="shapes", num_inference_steps=args.num_inference_steps).make(batch)
     agent = make_agent("ddpo", env, AgentConfig(batch_size=batch))
     rows = []
     for index, prompt in enumerate(prompts):

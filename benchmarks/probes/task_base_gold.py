@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from agents import AgentConfig, EnvSettings, make_agent
+    from agents import AgentConfig, EnvConfig, make_agent
     from agents.evaluation import RUN_EVAL_SEED, spread
     from diffusion_gym.prompts import resolve_prompts
     from diffusion_gym.tasks import get_task, task_names
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(name)
         key = (task.model, task.num_inference_steps)
         if key not in agents:  # one env per model and step count; 16 envs, as the tasks' batch
-            env = EnvSettings(model=task.model, num_inference_steps=task.num_inference_steps).make(16)
+            env = EnvConfig(model=task.model, num_inference_steps=task.num_inference_steps).make(16)
             agents[key] = make_agent("ddpo", env, AgentConfig(batch_size=16))
         prompts = spread(resolve_prompts(task.eval_prompts), task.eval_samples)
         generation = agents[key].generate(prompts, seed=RUN_EVAL_SEED)
