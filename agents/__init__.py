@@ -20,14 +20,17 @@ Or the epoch loop by hand: every agent drives the env (possibly wrapped) through
     for epoch in range(10):
         reward = agent.train_epoch().metrics["reward_mean"]
 
-The modules: ``config`` (AgentConfig), ``buffers`` (Trajectories, StepBatch), ``rollout`` (episodes through the
-env), ``base`` (the Agent's epoch), ``reinforce``/``ddpo``/``dpok``/``loop``/``rwr`` (the algorithms), ``herd``
-(the hindsight relabeler), ``registry`` (agents by name; :func:`register_agent` adds one of your own),
-``policy`` (the LoRA diffusion policy), ``math`` (pure functions), ``distributed`` (accelerate), ``checkpoint``
-(pickle-free files), ``envs`` (the env from settings), ``trainer``, ``evaluation``, ``run_log``, ``run_folder``,
-``plots``, ``comparison``, ``stats``, ``bench`` (the task suite x agents x seeds and its leaderboard),
-``bench_stats`` (rliable's statistics), ``reevaluation``, ``presets`` (the HERD paper's experiments) and ``cli``
-(the scripts' flags).
+The layout, in three layers over a shared ground (each layer imports only the ones below it):
+
+* ``agents.algorithms``: one file per algorithm (``reinforce``, ``ddpo``, ``dpok``, ``loop``, ``rwr``, ``nft``;
+  ``herd``, the hindsight relabeler) over ``base`` (the Agent's epoch), ``buffers``, ``rollout``, ``policy`` (the
+  LoRA diffusion policy) and ``math`` (the shared math, pure functions);
+* ``agents.training``: the harness, ``trainer``, ``evaluation``, ``run_folder``, ``run_log``, ``run_lock``, ``plots``;
+* ``agents.experiments``: ``comparison`` and ``stats``, ``bench`` and ``bench_stats`` (rliable's statistics),
+  ``presets`` (the HERD paper's experiments);
+* the ground: ``config`` (AgentConfig), ``registry`` and ``catalog`` (agents by name; :func:`register_agent` adds
+  one of your own), ``checkpoint`` (pickle-free files), ``distributed`` (accelerate), ``envs``; and the command
+  line on top: ``command`` (``diffusion-gym``), ``run_command``, ``reevaluation``, ``cli`` (the flags).
 """
 
 from __future__ import annotations
@@ -38,15 +41,15 @@ from typing import TYPE_CHECKING
 # Public name -> the module that defines it. Imported on first access (PEP 562), as diffusers does: ``import agents``
 # loads neither torch nor diffusers; ``from agents import Trainer`` loads what the trainer needs.
 _EXPORTS: dict[str, str] = {
-    "Agent": "agents.base",
-    "EpochResult": "agents.base",
-    "Generation": "agents.base",
-    "Trajectories": "agents.buffers",
+    "Agent": "agents.algorithms.base",
+    "EpochResult": "agents.algorithms.base",
+    "Generation": "agents.algorithms.base",
+    "Trajectories": "agents.algorithms.buffers",
     "AgentConfig": "agents.config",
     "EnvConfig": "diffusion_gym.env_config",
     "EnvSettings": "agents.envs",
-    "HindsightRelabeler": "agents.herd",
-    "DiffusionPolicy": "agents.policy",
+    "HindsightRelabeler": "agents.algorithms.herd",
+    "DiffusionPolicy": "agents.algorithms.policy",
     "AGENT_NAMES": "agents.registry",
     "agent_class": "agents.registry",
     "agent_names": "agents.registry",
@@ -54,23 +57,24 @@ _EXPORTS: dict[str, str] = {
     "make_agent": "agents.registry",
     "register_agent": "agents.registry",
     "unregister_agent": "agents.registry",
-    "collect_trajectories": "agents.rollout",
-    "RunResult": "agents.run_folder",
-    "RunSettings": "agents.run_folder",
-    "EpochEvent": "agents.trainer",
-    "EvaluationEvent": "agents.trainer",
-    "Trainer": "agents.trainer",
-    "TrainerCallback": "agents.trainer",
-    "TrainerEvent": "agents.trainer",
+    "collect_trajectories": "agents.algorithms.rollout",
+    "RunResult": "agents.training.run_folder",
+    "RunSettings": "agents.training.run_folder",
+    "EpochEvent": "agents.training.trainer",
+    "EvaluationEvent": "agents.training.trainer",
+    "Trainer": "agents.training.trainer",
+    "TrainerCallback": "agents.training.trainer",
+    "TrainerEvent": "agents.training.trainer",
 }
 
 if TYPE_CHECKING:
-    from agents.base import Agent, EpochResult, Generation
-    from agents.buffers import Trajectories
+    from agents.algorithms.base import Agent, EpochResult, Generation
+    from agents.algorithms.buffers import Trajectories
+    from agents.algorithms.herd import HindsightRelabeler
+    from agents.algorithms.policy import DiffusionPolicy
+    from agents.algorithms.rollout import collect_trajectories
     from agents.config import AgentConfig
     from agents.envs import EnvSettings
-    from agents.herd import HindsightRelabeler
-    from agents.policy import DiffusionPolicy
     from agents.registry import (
         AGENT_NAMES,
         agent_class,
@@ -80,9 +84,8 @@ if TYPE_CHECKING:
         register_agent,
         unregister_agent,
     )
-    from agents.rollout import collect_trajectories
-    from agents.run_folder import RunResult, RunSettings
-    from agents.trainer import EpochEvent, EvaluationEvent, Trainer, TrainerCallback, TrainerEvent
+    from agents.training.run_folder import RunResult, RunSettings
+    from agents.training.trainer import EpochEvent, EvaluationEvent, Trainer, TrainerCallback, TrainerEvent
     from diffusion_gym.env_config import EnvConfig
 
 

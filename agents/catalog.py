@@ -14,12 +14,12 @@ HERD = "herd"  # not a class: the relabeler composed with the agent config.herd_
 # The built-in algorithms: name -> "module:class", imported on first use (``import agents`` stays light).
 # A new built-in agent is one line here (its class's ``name`` must be the key).
 BUILTIN_AGENTS: dict[str, str] = {
-    "reinforce": "agents.reinforce:ReinforceAgent",
-    "ddpo": "agents.ddpo:DDPOAgent",
-    "dpok": "agents.dpok:DPOKAgent",
-    "loop": "agents.loop:LOOPAgent",
-    "rwr": "agents.rwr:RWRAgent",
-    "nft": "agents.nft:NFTAgent",
+    "reinforce": "agents.algorithms.reinforce:ReinforceAgent",
+    "ddpo": "agents.algorithms.ddpo:DDPOAgent",
+    "dpok": "agents.algorithms.dpok:DPOKAgent",
+    "loop": "agents.algorithms.loop:LOOPAgent",
+    "rwr": "agents.algorithms.rwr:RWRAgent",
+    "nft": "agents.algorithms.nft:NFTAgent",
 }
 
 # The built-in agent names, HERD last (a fixed tuple, for the callers that list the package's own agents);

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from agents.comparison import resolve_variants
 from agents.config import (
     AgentConfig,
     Bound,
@@ -23,7 +22,8 @@ from agents.config import (
     field_docstrings,
     field_types,
 )
-from agents.run_folder import DTYPE_NAMES, RUN_SETTINGS_FILE, RunSettings, check_output_dir, task_run_fields
+from agents.experiments.comparison import resolve_variants
+from agents.training.run_folder import DTYPE_NAMES, RUN_SETTINGS_FILE, RunSettings, check_output_dir, task_run_fields
 from diffusion_gym.env_config import EnvConfig
 from diffusion_gym.models import UnknownModelError, resolve_model
 from diffusion_gym.prompts import registered_prompt_sets
@@ -132,7 +132,8 @@ def device_name(text: str) -> str:
 
 
 def folder_path(text: str) -> Path:
-    """A folder to write into (:func:`agents.run_folder.check_output_dir`): not empty, not a file nor inside one."""
+    """A folder to write into (:func:`agents.training.run_folder.check_output_dir`): not empty, not a file nor inside
+    one."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (it would write into the current directory): give a folder")
     try:
@@ -214,7 +215,7 @@ def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
 # ----------------------------------------------------------------------------------------------- run settings
 @dataclasses.dataclass(frozen=True)
 class SettingFlag:
-    """How the command line reads one field of :class:`~agents.run_folder.RunSettings` or
+    """How the command line reads one field of :class:`~agents.training.run_folder.RunSettings` or
     :class:`~diffusion_gym.EnvConfig`. The field itself declares the type, range, default and meaning (its
     docstring is the flag's help); only what is the command line's own is here."""
 

@@ -7,7 +7,7 @@
     diffusion-gym SUBCOMMAND --help                 # its flags
 
 Each subcommand is a module's ``main`` (:mod:`agents.run_command`, :mod:`agents.reevaluation`,
-:mod:`agents.bench`), imported only when it runs; ``python benchmarks/run.py`` is ``diffusion-gym run``.
+:mod:`agents.experiments.bench`), imported only when it runs; ``python benchmarks/run.py`` is ``diffusion-gym run``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 
 def _bench(argv: Sequence[str]) -> int:
-    from agents.bench import main
+    from agents.experiments.bench import main
 
     return main(argv)
 

@@ -19,7 +19,8 @@ from typing import Annotated, Any
 
 from diffusion_gym.env_config import Bound  # the env's and the agents' fields declare their ranges alike
 
-# the UNet's attention processors (agents.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA), AttnProcessor
+# the UNet's attention processors (agents.algorithms.policy): diffusers' AttnProcessor2_0 (torch's fused SDPA),
+# AttnProcessor
 ATTENTION_PROCESSORS = ("sdpa", "classic")
 # the agents that HERD can wrap (agents.registry.AGENT_NAMES is these and "herd")
 # the largest seed: torch.manual_seed takes up to 2**64 - 1 and numpy any int >= 0; 2**63 - 1 also fits every int64
@@ -148,14 +149,16 @@ NON_NEGATIVE = Bound(0)
 class AgentConfig:
     """One flat config for every agent (fields an agent doesn't use are ignored), so CLI flags map 1:1.
 
-    Log-probs are **sums** over latent dims (see :mod:`agents.math`), so ``clip_range`` is in those units: the
+    Log-probs are **sums** over latent dims (see :mod:`agents.algorithms.math`), so ``clip_range`` is in those units:
+    the
     per-step log-ratio of a 4x8x8 latent is 256x DDPO's per-dim-mean log-ratio, and 0.2 here is about DDPO's
     1e-3 (DDPO's 1e-4 would be ~0.026 here; with sums, Adam makes the learning rate scale-free anyway).
 
     Defaults, chosen for a CPU budget of ~10 epochs (short probes only, see the agents' report):
 
     * ``learning_rate`` ``None``: the agent's own default (:meth:`with_agent_defaults`): 1e-3 for the
-      policy-gradient agents, 1e-4 for RWR, which diverges at 1e-3 (``agents/rwr.py``); HERD takes its base's.
+      policy-gradient agents, 1e-4 for RWR, which diverges at 1e-3 (``agents/algorithms/rwr.py``); HERD takes its
+      base's.
     * LoRA rank 8 at ``learning_rate`` 1e-3 with ``inner_epochs`` 2: LoRA tolerates far higher rates than a full
       fine-tune (TRL: 3e-4 LoRA vs 1e-5 full). Probes on the Shapes world (standard prompt, 10 DDIM steps,
       2 x 16 samples per epoch): lr 5e-4 with 1 inner epoch left the training reward flat over 8 epochs
@@ -328,7 +331,7 @@ def agent_config_choices() -> dict[str, tuple[str, ...]]:
 
 
 # The policy's learning rate when the config leaves it None: LoRA at 1e-3 for the policy-gradient agents (see
-# AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/rwr.py).
+# AgentConfig); RWR regresses on its own samples and diverged at 1e-3 on the Shapes world (agents/algorithms/rwr.py).
 DEFAULT_LEARNING_RATE = 1e-3
 # NFT regresses too: issue 31's plain adaptation diverged at 1e-3 and not at 3e-4.
 AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4, "nft": 3e-4}

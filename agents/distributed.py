@@ -18,7 +18,7 @@ on GPUs, gloo on CPUs) carries accelerate's collectives (``accelerate.utils.gath
 The policy's LoRA adapter lives inside the env's shared UNet, which also serves as the frozen reference, so the
 model is not wrapped in ``DistributedDataParallel`` (``accelerator.prepare``): the gradients are reduced
 explicitly instead, once per optimiser step. Only the main process evaluates, logs and saves
-(:class:`agents.trainer.Trainer`).
+(:class:`agents.training.trainer.Trainer`).
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.checkpoint import checkpoint_info, load_checkpoint
-from agents.evaluation import REEVAL_SEED, eval_prompt_set
+from agents.experiments.stats import mean_ci
 from agents.registry import make_agent
-from agents.run_folder import read_settings
-from agents.stats import mean_ci
+from agents.training.evaluation import REEVAL_SEED, eval_prompt_set
+from agents.training.run_folder import read_settings
 from diffusion_gym.prompts import resolve_prompts
 from diffusion_gym.reports import world_report
 

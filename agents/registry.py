@@ -7,8 +7,9 @@ The registry is open (like Gymnasium's env registry): an agent class defined any
     [project.entry-points."diffusion_gym.agents"]
     mine = "my_package.my_agent:MyAgent"
 
-A registered agent is built by :func:`make_agent`, trained by the :class:`~agents.trainer.Trainer`, compared
-(:func:`agents.comparison.resolve_variants` takes :func:`agent_names`) and resumed. ``run.json`` records the agent
+A registered agent is built by :func:`make_agent`, trained by the :class:`~agents.training.trainer.Trainer`, compared
+(:func:`agents.experiments.comparison.resolve_variants` takes :func:`agent_names`) and resumed. ``run.json`` records
+the agent
 by its name only, so the process that resumes a run must know the name too: either the agent's module registers
 it on import (import that module before ``Trainer.resume``) or its package declares the entry point, which every
 process loads on the first lookup of a name it does not know.
@@ -34,12 +35,13 @@ from agents.catalog import (  # the names: plain data, shared with agents.config
 )
 
 if TYPE_CHECKING:
-    from agents.base import Agent
+    from agents.algorithms.base import Agent
     from agents.config import AgentConfig
 
 
 def register_agent(name: str, cls: type[Agent] | str, *, overwrite: bool = False) -> None:
-    """Make agent class ``cls`` (an :class:`~agents.base.Agent` subclass, or ``"module:Class"`` imported on first
+    """Make agent class ``cls`` (an :class:`~agents.algorithms.base.Agent` subclass, or ``"module:Class"`` imported on
+    first
     use) available as ``name`` to :func:`make_agent`, the trainer, its resume and comparisons.
 
     ``cls.name`` must be ``name`` (checkpoints record it). ``ValueError`` for a malformed name, a built-in's name,
@@ -86,11 +88,12 @@ def agent_class(name: str) -> type[Agent]:
 def make_agent(name: str, env, config: AgentConfig) -> Agent:
     """Build agent ``name`` on ``env`` (the object ``gym.make_vec`` returned, possibly wrapped).
 
-    ``"herd"`` is the agent ``config.herd_base`` composed with HERD's :class:`~agents.herd.HindsightRelabeler`
+    ``"herd"`` is the agent ``config.herd_base`` composed with HERD's
+    :class:`~agents.algorithms.herd.HindsightRelabeler`
     (any agent but ``"herd"``, a registered one included).
     """
+    from agents.algorithms.herd import HindsightRelabeler
     from agents.config import AgentConfig
-    from agents.herd import HindsightRelabeler
 
     if not isinstance(config, AgentConfig):
         raise TypeError(f"config must be an agents.AgentConfig, got {type(config).__name__}")
@@ -124,10 +127,10 @@ def agent_spec(agent: Agent) -> tuple[str, AgentConfig]:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _check_agent_class(name: str, cls: object) -> None:
-    from agents.base import Agent
+    from agents.algorithms.base import Agent
 
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise TypeError(f"agent {name!r} must be a subclass of agents.base.Agent, got {cls!r}")
+        raise TypeError(f"agent {name!r} must be a subclass of agents.algorithms.base.Agent, got {cls!r}")
     if cls.name != name:
         raise ValueError(
             f"{cls.__qualname__}.name is {cls.name!r}, not {name!r}: set the class attribute name = {name!r} "

@@ -15,9 +15,9 @@ Data-parallel, ``--batch-size`` is per process: an epoch samples ``batch_size x 
 trajectories; advantages are computed on the global batch and gradients averaged (``agents/distributed.py``).
 
 A run folder holds TensorBoard events (``tensorboard --logdir runs``), ``metrics.jsonl``, ``reward_curve.png``,
-``before_after.png``, ``results.json``, ``run.json`` and ``checkpoints/`` (see ``agents/run_folder.py``); a
+``before_after.png``, ``results.json``, ``run.json`` and ``checkpoints/`` (see ``agents/training/run_folder.py``); a
 comparison folder holds one run folder per agent and seed plus ``comparison.md``, ``comparison.png`` and
-``comparison.json`` (see ``agents/comparison.py``). This command is a thin layer over the library:
+``comparison.json`` (see ``agents/experiments/comparison.py``). This command is a thin layer over the library:
 ``agents.Trainer`` trains and writes the folder, the same as ``Trainer(env, agent, config, output_dir).train()``.
 
 The default task, on the embedded Shapes world when neither ``--prompts`` nor ``--preset`` is given, is the
@@ -61,10 +61,10 @@ from agents.cli import (
     task_name,
     variant_list,
 )
-from agents.comparison import VARIANTS, Variant, resolve_variants, run_comparison
 from agents.distributed import Distributed
-from agents.presets import apply_preset, preset_names
-from agents.run_folder import (
+from agents.experiments.comparison import VARIANTS, Variant, resolve_variants, run_comparison
+from agents.experiments.presets import apply_preset, preset_names
+from agents.training.run_folder import (
     RUN_SETTINGS_FILE,
     default_output_dir,
     new_run_folder_problem,
@@ -72,7 +72,7 @@ from agents.run_folder import (
     results_table,
     task_run_fields,
 )
-from agents.trainer import check_epochs, check_resume_settings, check_settings, resume_point
+from agents.training.trainer import check_epochs, check_resume_settings, check_settings, resume_point
 from diffusion_gym.tasks import get_task
 
 DEFAULT_MODEL = "shapes"
@@ -122,8 +122,8 @@ def build_parser(prog: str = "diffusion-gym run") -> argparse.ArgumentParser:
         "--preset",
         choices=preset_names(),
         default=None,
-        help="one of the HERD paper's experiments on Stable Diffusion v1.5 (agents/presets.py): sets the agent, "
-        "model, reward, prompt, epochs, batch, steps and LoRA rank; any flag given explicitly overrides it",
+        help="one of the HERD paper's experiments on Stable Diffusion v1.5 (agents/experiments/presets.py): sets the "
+        "agent, model, reward, prompt, epochs, batch, steps and LoRA rank; any flag given explicitly overrides it",
     )
     run.add_argument(
         "--task",
@@ -215,7 +215,8 @@ def parse_args(
 
 
 def apply_task(args: argparse.Namespace, name: str, given: set[str]) -> None:
-    """Set each of the task's settings (:func:`agents.run_folder.task_run_fields`, and its batch size and batches
+    """Set each of the task's settings (:func:`agents.training.run_folder.task_run_fields`, and its batch size and
+    batches
     per epoch) on ``args`` where its flag is not in ``given``."""
     task = get_task(name)
     for key, value in {**task_run_fields(task), "batch_size": task.batch_size,

@@ -10,7 +10,7 @@ set -u
 OUT=${BENCH_OUT:-runs/bench}
 ARCHIVE=${BENCH_ARCHIVE:-docs/experiments/data/2026-12-07-bench-suite}
 PY=${PYTHON:-python}
-bench() { "$PY" -m agents.bench --output-dir "$OUT" --archive "$ARCHIVE" --jobs 2 "$@" || echo "step failed: $*"; }
+bench() { "$PY" -m agents.experiments.bench --output-dir "$OUT" --archive "$ARCHIVE" --jobs 2 "$@" || echo "step failed: $*"; }
 
 if [ "${1:-}" != "--summarise" ]; then
   bench --tasks long --agents ddpo,herd,loop --seeds 0-5                 # HERD vs DDPO early; the top of long
@@ -26,7 +26,7 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks multi --agents nft --seeds 0-5
 fi
 # the leaderboard of the verdicts (seeds 0-5), committed as docs/experiments/leaderboard.{json,md} and figures
-"$PY" -m agents.bench --summarise-only --output-dir "$OUT" --archive "$ARCHIVE" --tasks long,multi,proxy,heldout \
+"$PY" -m agents.experiments.bench --summarise-only --output-dir "$OUT" --archive "$ARCHIVE" --tasks long,multi,proxy,heldout \
   --agents ddpo,herd,loop,herd-b2,nft,ddpo-aa,ddpo-half-batch,ddpo-half-lr,dpok,dpok-nokl --seeds 0-5
 cp "$OUT/leaderboard.json" "$OUT/leaderboard.md" docs/experiments/
 cp "$OUT/leaderboard_iqm.png" docs/experiments/leaderboard-iqm.png

@@ -1,7 +1,8 @@
 """Named benchmark tasks: what to train on, what to score, with which reward and gold scorer, at which budget.
 
 A :class:`Task` is plain data; worlds register theirs (the Shapes world: :mod:`diffusion_gym.shapes.tasks`, on
-import of :mod:`diffusion_gym.shapes`), and the bench (``agents.bench``) turns a task, an agent and a seed into a
+import of :mod:`diffusion_gym.shapes`), and the bench (``agents.experiments.bench``) turns a task, an agent and a seed
+into a
 run. This module imports no world: :func:`get_task` and :func:`task_names` load the built-in worlds the way
 :mod:`diffusion_gym.prompts` does (through :mod:`diffusion_gym.rewards`).
 

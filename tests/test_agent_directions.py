@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from agents import AgentConfig, make_agent
-from agents.buffers import StepBatch, Trajectories
-from agents.ddpo import DDPOAgent
-from agents.dpok import DPOKAgent
+from agents.algorithms.buffers import StepBatch, Trajectories
+from agents.algorithms.ddpo import DDPOAgent
+from agents.algorithms.dpok import DPOKAgent
+from agents.algorithms.herd import current_log_probs, relabel
+from agents.algorithms.loop import LOOPAgent
+from agents.algorithms.reinforce import ReinforceAgent
 from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
-from agents.herd import current_log_probs, relabel
-from agents.loop import LOOPAgent
-from agents.reinforce import ReinforceAgent
 from diffusion_gym.prompts import split_sentences
 from diffusion_gym.sampling import PolicyStep
 
@@ -378,7 +378,7 @@ def diffusion_losses(agent, samples: Trajectories, generator_state: torch.Tensor
     dims) on its final latent, ``(B,)``, at the (t, noise) draws of the update that starts from ``generator_state``
     (RWR's update with one minibatch and one inner epoch): the "same actions" of the policy-gradient tests,
     re-scored. Computed here from the policy's prediction, not by the agent's ``diffusion_loss`` under test."""
-    from agents.rwr import diffusion_target
+    from agents.algorithms.rwr import diffusion_target
 
     scheduler, generator = agent.policy.scheduler, torch.Generator().set_state(generator_state)
     order = torch.randperm(len(samples), generator=generator)  # (N,): the update's one minibatch

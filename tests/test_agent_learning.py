@@ -23,8 +23,8 @@ seeds gives the standard error of a 16-image mean, :math:`s/\sqrt{16}`; the mean
 mutation's gains); each agent's pair of tests fails under:
 
 - ``reinforce``: ``reinforce-loss-sign`` (``loss = +(w A log_prob).mean()``), ``normalize-sign`` (the
-  advantage's sign in :func:`agents.math.normalize_advantages`), ``reinforce-detach-logp``;
-- ``ddpo``: ``ppo-loss-sign`` (``loss = objective.mean()`` in :func:`agents.math.ppo_clipped_loss`),
+  advantage's sign in :func:`agents.algorithms.math.normalize_advantages`), ``reinforce-detach-logp``;
+- ``ddpo``: ``ppo-loss-sign`` (``loss = objective.mean()`` in :func:`agents.algorithms.math.ppo_clipped_loss`),
   ``ppo-ratio-swapped``, ``normalize-sign``, ``ddpo-adv-sign``, ``ddpo-swap-old-new``, ``ddpo-detach-logp``;
 - ``dpok``: ``ppo-loss-sign``, ``dpok-policy-sign``, ``dpok-policy-detached`` (gain 0: only the KL is left);
 - ``loop``: ``ppo-loss-sign``, ``loop-adv-sign``, ``loop-swap-old-new``;

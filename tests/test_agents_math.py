@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.math import (
+from agents.algorithms.math import (
     PerPromptStatTracker,
     clip_advantages,
     cosine_decay_factor,

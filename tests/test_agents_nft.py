@@ -1,4 +1,4 @@
-r"""NFT (``agents/nft.py``): its math by hand, the direction of one update, end-to-end runs (LoRA and full
+r"""NFT (``agents/algorithms/nft.py``): its math by hand, the direction of one update, end-to-end runs (LoRA and full
 fine-tuning, both samplers, the soft-updated old policy) and an exact resume from a checkpoint."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from agents import AgentConfig, Trainer, make_agent
-from agents.buffers import Trajectories
+from agents.algorithms.buffers import Trajectories
+from agents.algorithms.math import nft_loss, optimality_probabilities, stratified_timesteps
 from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
-from agents.math import nft_loss, optimality_probabilities, stratified_timesteps
-from agents.run_folder import read_history
+from agents.training.run_folder import read_history
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,7 +145,7 @@ def diffusion_losses(agent, samples: Trajectories, generator_state: torch.Tensor
     r"""Each sample's plain diffusion loss :math:`\lVert f_\theta(x_t, t, c) - y_t\rVert^2` (mean over dims and over its
     training points), ``(B,)``, at the training points the update starting from ``generator_state`` draws; computed
     here from the policy's prediction, not by the loss under test."""
-    from agents.rwr import diffusion_target
+    from agents.algorithms.rwr import diffusion_target
 
     scheduler = agent.policy.scheduler
     clean = samples.next_latents[:, -1]  # (B, C, H, W)

@@ -10,12 +10,12 @@ import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
-from agents.buffers import StepBatch, Trajectories
-from agents.herd import relabel
-from agents.math import gaussian_step_kl, ppo_clipped_loss
-from agents.policy import DiffusionPolicy
-from agents.reinforce import ReinforceAgent
-from agents.rollout import collect_trajectories
+from agents.algorithms.buffers import StepBatch, Trajectories
+from agents.algorithms.herd import relabel
+from agents.algorithms.math import gaussian_step_kl, ppo_clipped_loss
+from agents.algorithms.policy import DiffusionPolicy
+from agents.algorithms.reinforce import ReinforceAgent
+from agents.algorithms.rollout import collect_trajectories
 from diffusion_gym.sampling import PolicyStep
 
 PROMPTS = ["A large red circle on the left. A gray background.", "A small blue square at the top. A white background."]

@@ -214,16 +214,16 @@ def test_bad_config_values_give_clear_errors(env, name, overrides, match):
 
 
 def test_train_timestep_min_trains_only_the_noisiest_steps(env, monkeypatch):
-    import agents.base
+    import agents.algorithms.base
 
     trained: list[int] = []
-    real_step_batch = agents.base.StepBatch
+    real_step_batch = agents.algorithms.base.StepBatch
 
     def recording_step_batch(**fields):
         trained.extend(fields["timesteps"].tolist())
         return real_step_batch(**fields)
 
-    monkeypatch.setattr(agents.base, "StepBatch", recording_step_batch)
+    monkeypatch.setattr(agents.algorithms.base, "StepBatch", recording_step_batch)
     agent = make_agent("ddpo", env, tiny_config(train_timestep_min=500, train_timestep_fraction=1.0))
     try:
         timesteps = env.unwrapped.diffusion.timesteps.tolist()  # 3 steps, e.g. [999, 666, 333]
@@ -246,7 +246,7 @@ def test_agent_names_are_the_interface():
 # ------------------------------------------------------------------------------------------ HERD composes
 def test_herd_is_its_base_agent_with_a_relabeler(env):
     from agents import HindsightRelabeler, agent_class, agent_spec
-    from agents.loop import LOOPAgent
+    from agents.algorithms.loop import LOOPAgent
 
     agent = make_agent("herd", env, tiny_config(herd_base="loop"))
     try:
@@ -267,7 +267,7 @@ def test_herd_is_its_base_agent_with_a_relabeler(env):
 def test_a_herd_checkpoint_of_the_wrapper_layout_still_loads(env):
     """A state saved when HERD was a wrapper agent (``{"agent": "herd", "base": ..., "herd_history": ...}``) loads
     into today's composed agent and continues exactly as the new layout does."""
-    from agents.base import upgrade_herd_state
+    from agents.algorithms.base import upgrade_herd_state
 
     state, expected = state_and_next_epoch(env, "herd", tiny_config(), epochs=1)  # the buffer is full
     base_state = {key: value for key, value in state.items() if key != "relabeler"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from agents.rwr import diffusion_target
+from agents.algorithms.rwr import diffusion_target
 
 
 def _scheduler(prediction_type: str) -> DDIMScheduler:
@@ -66,7 +66,7 @@ def test_rwr_diffusion_loss_by_hand_from_the_agents_own_draws():
 
     Catches (mutmut): the generator dropped from the timestep or noise draw (the loss then depends on the global
     RNG), ``train_timestep_min`` dropped, the clean latents or timesteps not passed to the v target."""
-    from agents.rwr import RWRAgent
+    from agents.algorithms.rwr import RWRAgent
 
     clean = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))  # (M, C, H, W)
     embeddings, weights = torch.zeros(3, 1, 1), torch.tensor([0.5, 1.0, 1.5])

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from agents import AgentConfig, make_agent
-from agents.bench import AA_SEED_OFFSET, PER_PROMPT_FILE, bench, budget_task, main, plan_bench
-from agents.evaluation import RUN_EVAL_SEED, Scores, evaluate
-from agents.run_folder import METRICS_FILE, RESULTS_FILE, RunResult, RunSettings, write_results, write_settings
+from agents.experiments.bench import AA_SEED_OFFSET, PER_PROMPT_FILE, bench, budget_task, main, plan_bench
+from agents.training.evaluation import RUN_EVAL_SEED, Scores, evaluate
+from agents.training.run_folder import METRICS_FILE, RESULTS_FILE, RunResult, RunSettings, write_results, write_settings
 from diffusion_gym.prompts import resolve_prompts, split_sentences
 from diffusion_gym.tasks import Task, get_task, register_task, task_names
 from tests._scripts import REPO

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("rliable")
 
-from agents.bench_stats import (  # noqa: E402
+from agents.experiments.bench_stats import (  # noqa: E402
     iqm,
     iqm_interval,
     minimum_detectable_effect,

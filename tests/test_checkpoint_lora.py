@@ -87,7 +87,7 @@ def test_agent_state_through_a_checkpoint_resumes_exactly(tiny_pipeline, tmp_pat
     from agents import make_agent
     from agents.checkpoint import load_checkpoint
     from agents.config import AgentConfig
-    from agents.presets import agent_config_kwargs, apply_preset, env_settings
+    from agents.experiments.presets import agent_config_kwargs, apply_preset, env_settings
 
     overrides = {"model": tiny_pipeline, "reward": "jpeg-incompressibility", "batch_size": 2, "batches_per_epoch": 1}
     settings = apply_preset(name, {**overrides, "num_inference_steps": 2})

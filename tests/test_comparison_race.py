@@ -1,13 +1,14 @@
-"""The race table of comparison mode (agents.comparison): threshold crossings and held-out bands, by hand."""
+"""The race table of comparison mode (agents.experiments.comparison): threshold crossings and held-out bands, by
+hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.comparison import crossings, generalisation_change, held_out_band, run_mean
-from agents.evaluation import Scores
-from agents.run_folder import Generalisation, RunResult
+from agents.experiments.comparison import crossings, generalisation_change, held_out_band, run_mean
+from agents.training.evaluation import Scores
+from agents.training.run_folder import Generalisation, RunResult
 
 
 def result(base_gold: float, held_out: list[float], approx_kl: list[float], generalisation=None) -> RunResult:

@@ -19,8 +19,8 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, make_agent
+from agents.algorithms.policy import DiffusionPolicy
 from agents.envs import TINY_LATENT_BOUND, TINY_REWARD, EnvConfig
-from agents.policy import DiffusionPolicy
 from tests._scripts import load_script
 from tests.test_precision import PROMPTS, make_env, tiny_config  # the same tiny env, prompts and config
 

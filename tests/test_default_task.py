@@ -15,7 +15,7 @@ from _scripts import REPO
 
 from agents import AgentConfig, RunSettings, Trainer
 from agents.command import main
-from agents.run_folder import RESULTS_FILE, RUN_SETTINGS_FILE
+from agents.training.run_folder import RESULTS_FILE, RUN_SETTINGS_FILE
 from diffusion_gym.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

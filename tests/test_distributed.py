@@ -19,10 +19,10 @@ import torch
 from _distributed_worker import CONFIG, RUNS
 from _scripts import REPO
 
+from agents.algorithms.math import PerPromptStatTracker, clip_advantages
 from agents.checkpoint import load_checkpoint
 from agents.distributed import Distributed
-from agents.math import PerPromptStatTracker, clip_advantages
-from agents.trainer import process_agent_state
+from agents.training.trainer import process_agent_state
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 

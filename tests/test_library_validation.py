@@ -13,7 +13,7 @@ import pytest
 from agents import AgentConfig, EnvConfig, RunSettings, Trainer, TrainerCallback
 from agents import run_command as run
 from agents.config import MAX_SEED
-from agents.run_folder import read_settings, write_settings
+from agents.training.run_folder import read_settings, write_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -33,7 +33,7 @@ def loaded_after(statement: str) -> set[str]:
         ("import diffusion_gym", set()),
         ("import agents, diffusion_gym; agents.register_agent; agents.agent_names()", set()),
         ("from agents import AgentConfig, Trainer", {"torch"}),
-        ("import agents.comparison, agents.trainer", {"torch"}),
+        ("import agents.experiments.comparison, agents.training.trainer", {"torch"}),
     ],
 )
 def test_an_import_loads_no_heavy_package(statement, allowed):
@@ -45,7 +45,7 @@ def test_every_public_name_resolves_lazily():
     for name in agents.__all__:
         assert getattr(agents, name) is not None, name
         assert name in dir(agents)
-    from agents.trainer import Trainer
+    from agents.training.trainer import Trainer
 
     assert agents.Trainer is Trainer
     with pytest.raises(AttributeError, match="module 'agents' has no attribute 'Trainr'"):

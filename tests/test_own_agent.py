@@ -18,10 +18,10 @@ import pytest
 from _scripts import REPO
 
 from agents import AGENT_NAMES, AgentConfig, EnvConfig, Trainer, agent_names, catalog, register_agent, registry
-from agents.base import Agent
-from agents.comparison import resolve_variants, run_comparison
-from agents.ddpo import DDPOAgent
-from agents.run_folder import RunSettings, read_history
+from agents.algorithms.base import Agent
+from agents.algorithms.ddpo import DDPOAgent
+from agents.experiments.comparison import resolve_variants, run_comparison
+from agents.training.run_folder import RunSettings, read_history
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,7 +101,7 @@ def test_a_registered_agent_is_listed_after_the_builtins_and_built_by_name():
         ("Named DDPO", NamedAgent, ValueError, "agent name must be lowercase letters"),
         ("", NamedAgent, ValueError, "agent name must be lowercase letters"),
         ("other-name", NamedAgent, ValueError, r"NamedAgent.name is 'named-ddpo', not 'other-name'"),
-        ("named-ddpo", dict, TypeError, "must be a subclass of agents.base.Agent"),
+        ("named-ddpo", dict, TypeError, "must be a subclass of agents.algorithms.base.Agent"),
         ("named-ddpo", "no_colon.AgentClass", ValueError, "'module:Class'"),
     ],
 )
@@ -135,7 +135,7 @@ def test_an_installed_packages_entry_point_registers_its_agent(tmp_path, monkeyp
     """A distribution on sys.path declaring ``[diffusion_gym.agents] named-ddpo = module:Class`` is found without
     an import; its module is imported when the agent is first built."""
     (tmp_path / "plugin_agents.py").write_text(
-        "from agents.ddpo import DDPOAgent\n\n\nclass PluginAgent(DDPOAgent):\n    name = 'plugin-ddpo'\n"
+        "from agents.algorithms.ddpo import DDPOAgent\n\n\nclass PluginAgent(DDPOAgent):\n    name = 'plugin-ddpo'\n"
     )
     info = tmp_path / "plugin_agents-1.0.dist-info"
     info.mkdir()
@@ -244,7 +244,7 @@ def test_the_documented_agent_enters_a_comparison(user_module, env_settings, tmp
 def test_the_documented_agent_enters_the_bench(user_module, tmp_path):
     """In this process (``jobs=1``; subprocesses find an agent through its package's entry point), at the smoke
     budget of the ``long`` task: both agents are ranked, paired by seed."""
-    from agents.bench import bench
+    from agents.experiments.bench import bench
 
     board = bench(["long"], ["ddpo", "rank-ppo"], [0], tmp_path / "bench", budget="smoke", reps=100)
     task = board["tasks"]["long"]

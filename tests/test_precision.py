@@ -19,10 +19,10 @@ import torch
 
 import diffusion_gym  # noqa: F401  (registers the env)
 from agents import AgentConfig, EnvConfig, make_agent
+from agents.algorithms.math import ppo_clipped_loss
+from agents.algorithms.policy import DiffusionPolicy
+from agents.algorithms.rollout import collect_trajectories
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.math import ppo_clipped_loss
-from agents.policy import DiffusionPolicy
-from agents.rollout import collect_trajectories
 
 PROMPTS = ["A cat. A dog on a mat.", "A red box. A blue sky."]
 ADVANTAGES = torch.tensor([1.0, -0.5])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.presets import (
+from agents.experiments.presets import (
     FOREST_PROMPT,
     PRESETS,
     STANDARD_PROMPT,

@@ -24,13 +24,15 @@ def require(ok: bool, package: str, attribute: str, used_by: str) -> None:
 
 # ------------------------------------------------------------------------------------------ peft
 def test_peft_lora_layers_toggle_through_disable_adapters():
-    """agents/policy.py (DiffusionPolicy._set_adapter) toggles ``BaseTunerLayer._disable_adapters`` directly:
+    """agents/algorithms/policy.py (DiffusionPolicy._set_adapter) toggles ``BaseTunerLayer._disable_adapters`` directly:
     peft's ``enable_adapters(False)`` would also switch off ``requires_grad`` of the adapter's weights."""
     peft = pytest.importorskip("peft")
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype  # noqa: F401
     except ImportError:
-        require(False, "peft", "peft.tuners.tuners_utils.BaseTunerLayer / cast_adapter_dtype", "agents/policy.py")
+        require(
+            False, "peft", "peft.tuners.tuners_utils.BaseTunerLayer / cast_adapter_dtype", "agents/algorithms/policy.py"
+        )
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(OrderedDict(proj=torch.nn.Linear(4, 4)))
@@ -39,7 +41,9 @@ def test_peft_lora_layers_toggle_through_disable_adapters():
     layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
     require(len(layers) == 1, "peft", "inject_adapter_in_model on a Linear", "the test's setup")
     layer = layers[0]
-    require(hasattr(layer, "_disable_adapters"), "peft", "BaseTunerLayer._disable_adapters", "agents/policy.py")
+    require(
+        hasattr(layer, "_disable_adapters"), "peft", "BaseTunerLayer._disable_adapters", "agents/algorithms/policy.py"
+    )
     x = torch.randn(3, 4)
     with torch.no_grad():
         base = layer.base_layer(x)
@@ -47,7 +51,7 @@ def test_peft_lora_layers_toggle_through_disable_adapters():
         adapted = model(x)
         layer._disable_adapters = True
         disabled = model(x)
-    used_by = "agents/policy.py (DiffusionPolicy._set_adapter / _adapter_enabled)"
+    used_by = "agents/algorithms/policy.py (DiffusionPolicy._set_adapter / _adapter_enabled)"
     require(not torch.allclose(adapted, base), "peft", "BaseTunerLayer._disable_adapters = False (adapter on)", used_by)
     require(torch.equal(disabled, base), "peft", "BaseTunerLayer._disable_adapters = True (adapter off)", used_by)
     require(
@@ -81,12 +85,13 @@ def tiny_unet():
 
 
 def test_diffusers_blocks_checkpoint_through_gradient_checkpointing_func():
-    """agents/policy.py (DiffusionPolicy._checkpointing) sets each block's ``gradient_checkpointing`` flag and its
+    """agents/algorithms/policy.py (DiffusionPolicy._checkpointing) sets each block's ``gradient_checkpointing`` flag
+    and its
     ``_gradient_checkpointing_func`` (the function diffusers' blocks call to checkpoint a sub-module), and reads
     ``_supports_gradient_checkpointing`` to refuse a UNet that cannot checkpoint."""
     pytest.importorskip("diffusers")
     unet = tiny_unet()
-    used_by = "agents/policy.py (DiffusionPolicy gradient checkpointing)"
+    used_by = "agents/algorithms/policy.py (DiffusionPolicy gradient checkpointing)"
     require(
         getattr(unet, "_supports_gradient_checkpointing", None) is True,
         "diffusers",

@@ -17,7 +17,7 @@ from _scripts import REPO, load_script
 
 from agents import AgentConfig, EnvConfig, RunSettings
 from agents import run_command as run
-from agents.run_folder import read_settings, write_settings
+from agents.training.run_folder import read_settings, write_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +126,7 @@ def test_command_line_reproduces_the_settings(tiny_pipeline, tmp_path):
 
 
 def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
-    from agents.comparison import plan_runs
+    from agents.experiments.comparison import plan_runs
 
     cases = [
         (["--agent", "ddpo"], 1e-3),
@@ -143,7 +143,7 @@ def test_the_learning_rate_defaults_to_the_agents_own(tiny_pipeline, tmp_path):
 
 
 def test_a_variant_overrides_the_command_line_and_keeps_the_agents_learning_rate(tiny_pipeline, tmp_path):
-    from agents.comparison import plan_runs
+    from agents.experiments.comparison import plan_runs
 
     argv = ["--compare", "loop,loop-k8,rwr-signed", "--loop-k", "2", "--model", tiny_pipeline]
     comparison = run.parse_args([*argv, "--output-dir", str(tmp_path)])
@@ -207,7 +207,7 @@ def test_the_default_task_is_the_herd_papers_protocol_on_the_embedded_world(tiny
 
 
 def test_a_preset_sets_the_paper_setup_and_flags_override_it(tiny_pipeline):
-    from agents.presets import FOREST_PROMPT
+    from agents.experiments.presets import FOREST_PROMPT
 
     settings = run.parse_args(["--preset", "herd-b2-forest-aesthetic", "--model", tiny_pipeline, "--epochs", "2"])
     assert (settings.agent, settings.env.reward, settings.env.prompts) == ("herd", "aesthetic", FOREST_PROMPT)
@@ -348,9 +348,9 @@ def test_bad_input_is_a_clear_argparse_error(argv, message, capsys):
 
 
 def test_statistics_and_smoothing_by_hand():
-    from agents.evaluation import spread
-    from agents.plots import running_average
-    from agents.stats import mean_ci, paired_difference
+    from agents.experiments.stats import mean_ci, paired_difference
+    from agents.training.evaluation import spread
+    from agents.training.plots import running_average
 
     interval = mean_ci([1.0, 2.0, 3.0])  # sd 1, sem 1/sqrt(3), t_{0.975, 2} = 4.3027
     assert interval.mean == pytest.approx(2.0) and interval.half_width == pytest.approx(4.3027 / 3**0.5, rel=1e-4)

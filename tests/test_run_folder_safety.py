@@ -20,14 +20,14 @@ import test_trainer
 from _scripts import REPO
 from test_runs_checkpoints import cli_error, run, snapshot, trainer
 
-import agents.evaluation as evaluation
-import agents.trainer as trainer_module
+import agents.training.evaluation as evaluation
+import agents.training.trainer as trainer_module
 from agents import AgentConfig, Trainer
 from agents.checkpoint import list_checkpoints
-from agents.comparison import continue_or_start
-from agents.evaluation import Evaluation, Scores
-from agents.run_folder import RunFolderWarning, new_run_folder_problem, read_history, read_settings
-from agents.run_lock import LOCK_FILE, RunFolderInUse, RunFolderLock
+from agents.experiments.comparison import continue_or_start
+from agents.training.evaluation import Evaluation, Scores
+from agents.training.run_folder import RunFolderWarning, new_run_folder_problem, read_history, read_settings
+from agents.training.run_lock import LOCK_FILE, RunFolderInUse, RunFolderLock
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 env = test_trainer.env  # the tiny env fixture (one per module)
@@ -91,7 +91,7 @@ def test_a_comparison_restarts_a_run_stopped_before_its_first_checkpoint_and_kee
 def hold_lock(folder: Path) -> subprocess.Popen:
     """A process that locks ``folder`` and waits (until killed); returns once the lock is held."""
     code = (
-        "import sys; from agents.run_lock import RunFolderLock; lock = RunFolderLock(sys.argv[1]).acquire(); "
+        "import sys; from agents.training.run_lock import RunFolderLock; lock = RunFolderLock(sys.argv[1]).acquire(); "
         "print('locked', flush=True); sys.stdin.read()"
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -17,8 +17,8 @@ from test_trainer import without_timing
 from agents import AgentConfig, Trainer, TrainerCallback
 from agents import run_command as run
 from agents.checkpoint import CheckpointWarning, list_checkpoints
-from agents.run_folder import read_history, read_settings
-from agents.trainer import resume_point
+from agents.training.run_folder import read_history, read_settings
+from agents.training.trainer import resume_point
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 env = test_trainer.env  # the tiny env fixture (one per module)

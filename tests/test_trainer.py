@@ -16,7 +16,7 @@ import pytest
 from _scripts import REPO
 
 from agents import AgentConfig, EnvConfig, EpochEvent, EvaluationEvent, Trainer, TrainerCallback, make_agent
-from agents.run_folder import read_history, results_table
+from agents.training.run_folder import read_history, results_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,8 @@
 Rebuilds the run's env and agent from its ``run.json``, loads each checkpoint in turn (oldest first) and evaluates
 it as the run did: the same ``eval_samples`` prompts of its evaluation set, the same fixed noise seeds
 (``RUN_EVAL_SEED + i``), with the KL of the policy's trajectories from the base policy's
-(``agents.evaluation.evaluate(..., kl_to_base=True)``, nats per trajectory). The gold it computes equals the run's
+(``agents.training.evaluation.evaluate(..., kl_to_base=True)``, nats per trajectory). The gold it computes equals the
+run's
 own logged ``eval_gold`` at that epoch when the run computed in eager float32 (printed as a check). Writes
 ``checkpoint_kl.jsonl`` into the run folder, one line per checkpoint (``epoch``, ``samples``, ``gold``, ``proxy``,
 ``kl_to_base``, ``logged_gold``); ``gold_vs_proxy.py`` reads it when the run's ``metrics.jsonl`` has no KL.
@@ -23,9 +24,9 @@ import torch
 
 from agents.checkpoint import list_checkpoints, load_checkpoint
 from agents.cli import positive_int
-from agents.evaluation import eval_prompt_set, evaluate, spread
 from agents.registry import make_agent
-from agents.run_folder import read_history, read_settings
+from agents.training.evaluation import eval_prompt_set, evaluate, spread
+from agents.training.run_folder import read_history, read_settings
 from diffusion_gym.prompts import resolve_prompts
 
 CHECKPOINT_KL_FILE = "checkpoint_kl.jsonl"

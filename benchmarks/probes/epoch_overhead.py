@@ -65,10 +65,10 @@ from dataclasses import dataclass
 import torch
 
 from agents import AGENT_NAMES, Agent, AgentConfig, EnvConfig, EpochResult, make_agent
+from agents.algorithms.math import gaussian_step_kl, sample_train_timesteps
+from agents.algorithms.policy import DiffusionPolicy
 from agents.cli import add_agent_config_flags, config_from_args
 from agents.envs import TINY_LATENT_BOUND, TINY_REWARD
-from agents.math import gaussian_step_kl, sample_train_timesteps
-from agents.policy import DiffusionPolicy
 
 TARGET = 1.15  # the issue's target: an epoch takes at most 1.15x its bare compute
 
@@ -206,7 +206,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> Timing:
 # ============================================================================================== the epoch's shape
 @dataclass(frozen=True)
 class EpochShape:
-    """What one epoch computes, counted from the config the way ``agents/base.py`` (and HERD's relabeler) do."""
+    """What one epoch computes, counted from the config the way ``agents/algorithms/base.py`` (and HERD's relabeler)
+    do."""
 
     batch_size: int  # B: episodes per sampling batch
     batches_per_epoch: int
@@ -216,7 +217,8 @@ class EpochShape:
     replayed: int  # HERD's relabeled trajectories trained on too
     inner_epochs: int
     minibatch: int  # train_batch_size (None -> batch_size)
-    steps_per_minibatch: int  # k = ceil(train_timestep_fraction * S), >= 1 (agents.math.sample_train_timesteps)
+    # k = ceil(train_timestep_fraction * S), >= 1 (agents.algorithms.math.sample_train_timesteps)
+    steps_per_minibatch: int
 
     @property
     def trained(self) -> int:

@@ -32,8 +32,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from agents.plots import Curve, held_out_curve  # noqa: E402
-from agents.run_folder import read_history  # noqa: E402
+from agents.training.plots import Curve, held_out_curve  # noqa: E402
+from agents.training.run_folder import read_history  # noqa: E402
 
 # the second panel's x, by held-out key: axis label, how the peak line names it, panel title
 AXES = {

@@ -16,7 +16,8 @@ stochastic step, with respect to the trainable (LoRA) parameters. Then, as in th
 * ``S_big = |mean_i g_i|^2``, which estimates ``|G|^2 + tr(Sigma) / (k b)``;
 * ``tr(Sigma) = (S_small - S_big) / (1/b - 1/(k b))`` and ``|G|^2 = S_big - tr(Sigma) / (k b)``.
 
-``--objective rwr`` measures RWR's gradient instead (``agents/rwr.py`` with ``rwr_baseline``: the diffusion loss
+``--objective rwr`` measures RWR's gradient instead (``agents/algorithms/rwr.py`` with ``rwr_baseline``: the diffusion
+loss
 on the final latents, weighted by the signed weights ``exp(A) / mean - 1``), with as many random (timestep,
 noise) draws per trajectory as RWR's update takes; it has no per-step structure, so ``--segments`` must be 1.
 
@@ -55,8 +56,8 @@ import torch
 from tqdm.auto import tqdm
 
 from agents import AgentConfig, DiffusionPolicy, EnvConfig, Trajectories, collect_trajectories, make_agent
+from agents.algorithms.math import clip_advantages, leave_one_out_baseline
 from agents.cli import positive_int
-from agents.math import clip_advantages, leave_one_out_baseline
 from diffusion_gym.sampling import PolicyStep
 
 
@@ -167,7 +168,8 @@ def parse_step_range(text: str | None, stochastic: torch.Tensor) -> list[int]:
 
 class BranchingPolicy:
     """``policy``, but each row samples its action only at its branch timestep and takes the DDIM mean (a
-    deterministic step, log-prob 0) at every other. :class:`agents.rollout.Rollout` calls only :meth:`sample`."""
+    deterministic step, log-prob 0) at every other. :class:`agents.algorithms.rollout.Rollout` calls only
+    :meth:`sample`."""
 
     def __init__(self, policy: DiffusionPolicy, branch_timesteps: torch.Tensor):
         self.policy = policy
@@ -341,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=("ddpo", "rwr", "branch"),
         default="ddpo",
-        help="ddpo: the policy gradient at ratio 1; rwr: RWR's signed-weight diffusion loss (agents/rwr.py); "
-        "branch: groups sharing prompt and initial noise, one stochastic step each, leave-one-out advantages",
+        help="ddpo: the policy gradient at ratio 1; rwr: RWR's signed-weight diffusion loss "
+        "(agents/algorithms/rwr.py); branch: groups sharing prompt and initial noise, one stochastic step each, "
+        "leave-one-out advantages",
     )
     parser.add_argument("--branches", type=positive_int, default=4, help="--objective branch: trajectories per group")
     parser.add_argument(

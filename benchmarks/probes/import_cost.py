@@ -22,7 +22,7 @@ DEFAULT_STATEMENTS = (
     "import agents",
     "import diffusion_gym",
     "from agents import AgentConfig, Trainer",
-    "import diffusion_gym, agents.trainer, agents.comparison",
+    "import diffusion_gym, agents.training.trainer, agents.experiments.comparison",
 )
 TIMED = """
 import resource, time

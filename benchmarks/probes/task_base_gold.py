@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from agents import AgentConfig, EnvConfig, make_agent
-    from agents.evaluation import RUN_EVAL_SEED, spread
+    from agents.training.evaluation import RUN_EVAL_SEED, spread
     from diffusion_gym.prompts import resolve_prompts
     from diffusion_gym.tasks import get_task, task_names
 

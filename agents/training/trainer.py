@@ -13,7 +13,8 @@
 
 :meth:`Trainer.train` evaluates the base model on fixed seeds, trains epoch by epoch (logging every epoch and
 evaluating every ``eval_every`` epochs), checkpoints, evaluates the result and writes the run folder
-(:mod:`agents.run_folder` lists its files). Ctrl-C stops after the current epoch's work is saved: the run folder
+(:mod:`agents.training.run_folder` lists its files). Ctrl-C stops after the current epoch's work is saved: the run
+folder
 is written for what was trained. A :class:`TrainerCallback` sees every evaluation and every epoch, can add
 metrics to the logs and can stop training early.
 
@@ -43,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from agents.base import Agent
+from agents.algorithms.base import Agent
 from agents.checkpoint import (
     CheckpointWarning,
     capture_rng_state,
@@ -62,10 +63,18 @@ from agents.checkpoint import (
 )
 from agents.config import AgentConfig
 from agents.distributed import Distributed, current
-from agents.evaluation import Evaluation, Scores, eval_prompt_set, evaluate, evaluate_base_model, grid_rows, spread
-from agents.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
 from agents.registry import agent_names, agent_spec, make_agent
-from agents.run_folder import (
+from agents.training.evaluation import (
+    Evaluation,
+    Scores,
+    eval_prompt_set,
+    evaluate,
+    evaluate_base_model,
+    grid_rows,
+    spread,
+)
+from agents.training.plots import history_curves, plot_before_after, plot_reward_curves, setting_summary
+from agents.training.run_folder import (
     BEFORE_AFTER_FILE,
     METRICS_FILE,
     REWARD_CURVE_FILE,
@@ -82,8 +91,8 @@ from agents.run_folder import (
     write_results,
     write_settings,
 )
-from agents.run_lock import RunFolderInUse, RunFolderLock
-from agents.run_log import RunLog
+from agents.training.run_lock import RunFolderInUse, RunFolderLock
+from agents.training.run_log import RunLog
 from diffusion_gym.env_config import EnvConfig
 from diffusion_gym.prompts import resolve_prompts
 
@@ -180,7 +189,8 @@ class Trainer:
     run can be resumed (anything else is a ``TypeError`` saying so). ``agent``: an agent name
     (:data:`agents.AGENT_NAMES`), built with ``config`` (an :class:`AgentConfig` or a dict of its fields; default:
     ``AgentConfig(batch_size=env.num_envs)``; the agent's defaults, e.g. its learning rate, are filled in), or an
-    :class:`~agents.base.Agent` (then ``config`` must be None: it has its own; the trainer evaluates it as given as
+    :class:`~agents.algorithms.base.Agent` (then ``config`` must be None: it has its own; the trainer evaluates it as
+    given as
     the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
     ``eval_prompts`` (a prompt set or one prompt; default: the world's eval prompts, else the training prompts),
     ``eval_samples`` held-out samples per evaluation, ``eval_every`` epochs between evaluations (default: about
@@ -406,7 +416,7 @@ class Trainer:
 
     def _evaluate_base(self, eval_prompts: list[str]) -> Evaluation:
         """The base model's evaluation, shared by the runs of this process whose evaluations are the same
-        (:func:`~agents.evaluation.base_evaluation_key`)."""
+        (:func:`~agents.training.evaluation.base_evaluation_key`)."""
         settings = self.settings
         return evaluate_base_model(self.agent, eval_prompts, settings.env, kl_to_base=settings.eval_kl)
 
@@ -418,8 +428,9 @@ class Trainer:
         returns ``results.json``'s result if it records them (nothing written), else evaluates the checkpoint and
         writes the run folder (the session that trained them ended before it did).
 
-        The run folder is locked while ``train`` runs (:mod:`agents.run_lock`): another process writing it is a
-        :class:`~agents.run_lock.RunFolderInUse`. A new run (neither resumed nor a second call) refuses a folder
+        The run folder is locked while ``train`` runs (:mod:`agents.training.run_lock`): another process writing it is a
+        :class:`~agents.training.run_lock.RunFolderInUse`. A new run (neither resumed nor a second call) refuses a
+        folder
         that is not empty (``ValueError``: it holds a run to resume, or other files), before anything is written.
         """
         settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
@@ -433,7 +444,8 @@ class Trainer:
 
     def _lock_output_dir(self) -> RunFolderLock | None:
         """Lock the run folder (main process), first refusing a new run in a folder that is not empty
-        (:func:`~agents.run_folder.new_run_folder_problem`); every process raises the main process's refusal."""
+        (:func:`~agents.training.run_folder.new_run_folder_problem`); every process raises the main process's
+        refusal."""
         output_dir = Path(self.settings.output_dir)
         new_run = self._progress is None and not self.settings.resume
         lock, refusal = None, None
@@ -818,7 +830,7 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def default_folder(name: str, agent: Agent) -> Path:
-    """The main process's :func:`~agents.run_folder.default_output_dir`, on every process."""
+    """The main process's :func:`~agents.training.run_folder.default_output_dir`, on every process."""
     return agent.distributed.broadcast_object(default_output_dir(name))
 
 
@@ -927,7 +939,8 @@ def restore_metrics(output_dir: str | Path, point: ResumePoint) -> list[dict]:
 
     Intact (every line JSON but a last one a kill tore, and its records up to the checkpoint the checkpoint's own
     copy of the history): trimmed to the checkpoint's step. Missing, damaged or not the checkpoint's: rebuilt from
-    the checkpoint's copy, with a :class:`~agents.run_folder.RunFolderWarning` (a damaged file is kept beside, as
+    the checkpoint's copy, with a :class:`~agents.training.run_folder.RunFolderWarning` (a damaged file is kept
+    beside, as
     ``metrics.jsonl.damaged-<n>``). ``ValueError`` when it would have to be rebuilt from a checkpoint of an older
     version, which holds no copy (nothing is written then).
     """

@@ -1,7 +1,7 @@
 """What agents record and train on: a batch of episodes (:class:`Trajectories`) and one training step of a
 minibatch (:class:`StepBatch`), with the helpers that move them through checkpoints and across processes.
 
-HERD's relabel buffer (:class:`agents.herd.HindsightRelabeler`) holds :class:`Trajectories` too.
+HERD's relabel buffer (:class:`agents.algorithms.herd.HindsightRelabeler`) holds :class:`Trajectories` too.
 """
 
 from __future__ import annotations

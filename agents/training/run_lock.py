@@ -1,6 +1,7 @@
 """One writer per run folder: an advisory lock on ``RUN_DIR/.lock`` while a process trains into the folder.
 
-:class:`agents.trainer.Trainer` takes it at the start of :meth:`~agents.trainer.Trainer.train` (before anything is
+:class:`agents.training.trainer.Trainer` takes it at the start of :meth:`~agents.training.trainer.Trainer.train`
+(before anything is
 written) and releases it when ``train`` returns; a second writer (a second run into the folder, a resume of a run
 that is still training) is refused with :class:`RunFolderInUse`, naming the folder and the process that holds it.
 

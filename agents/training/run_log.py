@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents.evaluation import Evaluation, grid_rows
-from agents.run_folder import METRICS_FILE, json_safe
+from agents.training.evaluation import Evaluation, grid_rows
+from agents.training.run_folder import METRICS_FILE, json_safe
 
 
 class RunLog:
@@ -41,7 +41,7 @@ class RunLog:
 
     def log_evaluation(self, evaluation: Evaluation, scores: dict[str, float], step: int) -> None:
         """Held-out ``scores`` (by name: ``reward``, ``gold``, ...) as ``eval/`` scalars and an image grid of the
-        evaluation's samples (:func:`~agents.evaluation.grid_rows`) at ``step``."""
+        evaluation's samples (:func:`~agents.training.evaluation.grid_rows`) at ``step``."""
         from torchvision.utils import make_grid  # torchvision takes seconds to import: only where it is used
 
         self._add_scalars("eval", scores, step)

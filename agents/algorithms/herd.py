@@ -2,7 +2,8 @@ r"""HERD: Hindsight Experience Replay for Diffusion models (Tan & Mongstad, Algo
 
 As Stable-Baselines3's HER is a replay buffer any off-policy algorithm can use, HERD here is a relabeling
 component, :class:`HindsightRelabeler`, that an agent consults in its epoch
-(:meth:`agents.base.Agent.train_epoch`); ``make_agent("herd", env, config)`` builds the agent ``herd_base`` with
+(:meth:`agents.algorithms.base.Agent.train_epoch`); ``make_agent("herd", env, config)`` builds the agent ``herd_base``
+with
 one. Each epoch:
 
 1. the agent samples its batches through the env (:math:`s_t, r_t`);
@@ -39,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.buffers import Trajectories, trajectories_from_state, trajectories_to_state
+from agents.algorithms.buffers import Trajectories, trajectories_from_state, trajectories_to_state
+from agents.algorithms.policy import DiffusionPolicy
 from agents.checkpoint import clone_state
 from agents.config import AgentConfig
-from agents.policy import DiffusionPolicy
 from diffusion_gym.prompts import split_sentences
 
 

@@ -1,10 +1,10 @@
 """A run folder's files and what they hold: ``run.json`` (:class:`RunSettings`), ``results.json``
 (:class:`RunResult`), ``metrics.jsonl`` (the history), and the results table printed at the end of a run.
 
-The whole folder (:class:`agents.trainer.Trainer` writes it):
+The whole folder (:class:`agents.training.trainer.Trainer` writes it):
 
 * TensorBoard events: every training metric of the agent under ``train/``, held-out scores under ``eval/``,
-  and an image grid of the held-out samples (fixed seeds) at every evaluation (:mod:`agents.run_log`);
+  and an image grid of the held-out samples (fixed seeds) at every evaluation (:mod:`agents.training.run_log`);
 * ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``global_step`` = fresh samples so far,
   ``train_samples``, ``elapsed_seconds``, the agent's metrics, and the held-out scores ``eval_*`` of the epochs
   that evaluated);
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from agents.config import AgentConfig, Bound, annotated_bounds, check_fields
-from agents.evaluation import Scores
-from agents.run_lock import LOCK_FILE
+from agents.training.evaluation import Scores
+from agents.training.run_lock import LOCK_FILE
 from diffusion_gym.env_config import EnvConfig
 
 RUN_SETTINGS_FILE = "run.json"
@@ -48,7 +48,7 @@ class RunSettings:
     """Everything a run needs (``run.json``): the agent, the env's arguments, evaluation and checkpointing.
 
     The CLI builds it from its flags, comparison mode varies ``agent``, ``label`` and ``config``; a
-    :class:`~agents.trainer.Trainer` made from an env records the env's arguments here (:attr:`env`, read back
+    :class:`~agents.training.trainer.Trainer` made from an env records the env's arguments here (:attr:`env`, read back
     with :meth:`diffusion_gym.EnvConfig.of`).
     """
 
@@ -104,7 +104,8 @@ class RunSettings:
     def validate(self) -> None:
         """``TypeError`` or ``ValueError`` naming the first bad setting (its config's included): types, ranges,
         ``dtype``, and an ``output_dir`` that is empty or is (or is inside) a file. Runs on construction (and
-        ``dataclasses.replace``); :meth:`agents.trainer.Trainer.train` runs it again before writing anything."""
+        ``dataclasses.replace``); :meth:`agents.training.trainer.Trainer.train` runs it again before writing
+        anything."""
         if isinstance(self.output_dir, str) and not self.output_dir.strip():
             raise ValueError("output_dir is empty: give the run folder (an empty path would write into the cwd)")
         check_fields(self, RUN_SETTINGS_BOUNDS, {})
@@ -192,7 +193,8 @@ class RunFolderWarning(UserWarning):
 
 def new_run_folder_problem(output_dir: str | Path) -> str | None:
     """Why a new run may not start in ``output_dir``, or None if it may (the folder does not exist, or holds nothing
-    but a lock file). The command line's ``--output-dir`` and :meth:`agents.trainer.Trainer.train` share this rule:
+    but a lock file). The command line's ``--output-dir`` and :meth:`agents.training.trainer.Trainer.train` share this
+    rule:
     a run folder is only ever continued (a resume), never overwritten or mixed with another run."""
     path = Path(output_dir)
     if not path.exists():

@@ -6,7 +6,7 @@ trajectory :math:`i` is the mean reward of the other :math:`K-1` trajectories of
 .. math:: A_i = r_i - \frac{1}{K-1}\sum_{j \ne i} r_j ,
 
 scaled by the batch's reward std (a positive constant per batch, so that one learning rate fits every reward
-scale) and clipped; then the PPO clipped surrogate of :mod:`agents.ddpo`. Trajectories are grouped by prompt
+scale) and clipped; then the PPO clipped surrogate of :mod:`agents.algorithms.ddpo`. Trajectories are grouped by prompt
 string: HERD's relabeled trajectories form their own groups (a group of one falls back to the batch mean). A
 prompt drawn twice in a batch makes one group of 2K, so on a one-prompt task (the default, ``shapes-long``) the
 group is the whole batch whatever K is; there :math:`A_i` is DDPO's per-prompt advantage times
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from agents.base import Agent, StepLoss
-from agents.buffers import StepBatch, Trajectories
+from agents.algorithms.base import Agent, StepLoss
+from agents.algorithms.buffers import StepBatch, Trajectories
+from agents.algorithms.math import clip_advantages, leave_one_out_baseline, ppo_clipped_loss
 from agents.config import AgentConfig
-from agents.math import clip_advantages, leave_one_out_baseline, ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
 

@@ -13,7 +13,7 @@ upper bound of :math:`\mathrm{KL}(p_\theta(x_0|c) \| p_{pre}(x_0|c))`. The gradi
 * :math:`V(x_t, c, t)`, a small network (:class:`ValueNetwork`), is trained by regression on :math:`\tilde r`
   and used as a per-step baseline (DPOK's variance reduction);
 * :math:`\mathrm{KL}_t = \lVert\mu_\theta - \mu_{pre}\rVert^2 / 2\sigma_t^2` in closed form
-  (:func:`agents.math.gaussian_step_kl`; :math:`\pi_{pre}` is the UNet with the LoRA adapter disabled);
+  (:func:`agents.algorithms.math.gaussian_step_kl`; :math:`\pi_{pre}` is the UNet with the LoRA adapter disabled);
 * the policy term is taken through PPO's clipped ratio, as DPOK's own code does, so that samples of an
   earlier minibatch (or HERD's replay) stay trust-region bounded; at the first update it equals REINFORCE.
 
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.base import Agent, StepLoss
-from agents.buffers import StepBatch
+from agents.algorithms.base import Agent, StepLoss
+from agents.algorithms.buffers import StepBatch
+from agents.algorithms.math import clip_advantages, gaussian_step_kl, ppo_clipped_loss
 from agents.checkpoint import clone_state
-from agents.math import clip_advantages, gaussian_step_kl, ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
 

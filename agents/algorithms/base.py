@@ -3,10 +3,10 @@ r"""The base agent: the epoch loop every algorithm shares (rollout, advantages, 
 An agent (:class:`Agent`) runs, each epoch (:meth:`Agent.train_epoch`):
 
 1. **rollout** -- ``batches_per_epoch`` batches of ``batch_size`` episodes, driven through the env's
-   ``reset``/``step`` with actions sampled from its policy (:class:`~agents.rollout.Rollout`); with
+   ``reset``/``step`` with actions sampled from its policy (:class:`~agents.algorithms.rollout.Rollout`); with
    ``async_reward``, each batch's reward is scored on a worker thread while the next batch is sampled
    (:meth:`Agent.collect`);
-2. **replay** -- with a relabeler (HERD, :class:`~agents.herd.HindsightRelabeler`), last epoch's relabeled
+2. **replay** -- with a relabeler (HERD, :class:`~agents.algorithms.herd.HindsightRelabeler`), last epoch's relabeled
    trajectories join the new ones;
 3. **advantages** -- one scalar per trajectory, new and replayed normalised together (each algorithm's own
    :meth:`Agent.advantages`);
@@ -29,25 +29,26 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from agents.buffers import StepBatch, Trajectories, reward_view
-from agents.checkpoint import clone_state
-from agents.config import AgentConfig
-from agents.distributed import Distributed, current
-from agents.herd import HindsightRelabeler
-from agents.math import (
+from agents.algorithms.buffers import StepBatch, Trajectories, reward_view
+from agents.algorithms.herd import HindsightRelabeler
+from agents.algorithms.math import (
     PerPromptStatTracker,
     clip_advantages,
     cosine_decay_factor,
     normalize_advantages,
     sample_train_timesteps,
 )
-from agents.policy import DiffusionPolicy
-from agents.rollout import Rollout, collect_trajectories
+from agents.algorithms.policy import DiffusionPolicy
+from agents.algorithms.rollout import Rollout, collect_trajectories
+from agents.checkpoint import clone_state
+from agents.config import AgentConfig
+from agents.distributed import Distributed, current
 from diffusion_gym.sampling import PolicyStep
 
 
 class StepLoss(NamedTuple):
-    """An algorithm's loss on one :class:`~agents.buffers.StepBatch` and the extra metrics it wants logged (0-d
+    """An algorithm's loss on one :class:`~agents.algorithms.buffers.StepBatch` and the extra metrics it wants logged
+    (0-d
     tensors)."""
 
     loss: torch.Tensor
@@ -82,7 +83,8 @@ class Agent:
     it runs with) and :meth:`setup` (build what it trains besides the policy).
 
     ``env``: the vector env (``gym.make_vec("DiffusionT2I-v1", ...)``), possibly wrapped. ``relabeler``: HERD's
-    :class:`~agents.herd.HindsightRelabeler`, composed with this agent (``make_agent("herd", ...)`` passes one).
+    :class:`~agents.algorithms.herd.HindsightRelabeler`, composed with this agent (``make_agent("herd", ...)`` passes
+    one).
     Data-parallel (``distributed``, default :func:`agents.distributed.current`): each process samples its own
     batches, advantages are computed on the global batch (:meth:`global_advantages`) and gradients are averaged
     over the processes before each optimiser step.
@@ -368,7 +370,7 @@ class Agent:
         Sample ``i`` uses env seed ``seed + i`` (its initial noise) whatever the chunking, so the same
         ``seed`` gives comparable images before and after training. The training RNGs are not touched.
         ``kl_to_base``: also each sample's KL to the pretrained policy along its trajectory
-        (:meth:`~agents.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per stochastic step).
+        (:meth:`~agents.algorithms.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per stochastic step).
         """
         if not prompts:
             raise ValueError("generate() needs at least one prompt")

@@ -11,11 +11,11 @@ each weighted by its reward,
     x_t^{(i)} = \sqrt{\bar\alpha_t}\, x_0^{(i)} + \sqrt{1 - \bar\alpha_t}\, \epsilon ,
 
 with :math:`f_\theta` the UNet's conditional output (LoRA or full; :meth:`DiffusionPolicy.predict
-<agents.policy.DiffusionPolicy.predict>`, no guidance: pretraining's loss), :math:`y_t` its target under
+<agents.algorithms.policy.DiffusionPolicy.predict>`, no guidance: pretraining's loss), :math:`y_t` its target under
 the scheduler's ``prediction_type`` (:math:`\epsilon`, or
 :math:`v = \sqrt{\bar\alpha_t}\epsilon - \sqrt{1-\bar\alpha_t}x_0`), the squared error **averaged** over
 latent dims (the usual diffusion loss, unlike the summed log-probs of the policy-gradient agents), and
-:math:`w_i = \exp(A_i/\tau) / \overline{\exp(A/\tau)}` (:func:`agents.math.reward_weights`) from
+:math:`w_i = \exp(A_i/\tau) / \overline{\exp(A/\tau)}` (:func:`agents.algorithms.math.reward_weights`) from
 the per-prompt normalised, clipped reward :math:`A_i`.
 
 ``rwr_baseline`` uses :math:`w_i - 1` instead: signed weights with mean 0, so that samples of equal reward train
@@ -44,9 +44,9 @@ import math
 
 import torch
 
-from agents.base import Agent
-from agents.buffers import Trajectories
-from agents.math import clip_advantages, reward_weights
+from agents.algorithms.base import Agent
+from agents.algorithms.buffers import Trajectories
+from agents.algorithms.math import clip_advantages, reward_weights
 
 
 def diffusion_target(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 r"""NFT: forward-process RL, DiffusionNFT's negative-aware fine-tuning (Zheng et al., ICLR 2026, arXiv 2509.16117).
 
 Each epoch samples clean latents :math:`x_0` with the old (sampling) policy, scores them, maps the rewards to
-optimality probabilities :math:`r_i \in [0, 1]` (:func:`agents.math.optimality_probabilities`: the deviation from
+optimality probabilities :math:`r_i \in [0, 1]` (:func:`agents.algorithms.math.optimality_probabilities`: the
+deviation from
 the batch (or prompt) mean over the largest absolute deviation), and trains on the **forward** process only: each
 :math:`x_0` is noised to :math:`x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon` at
 ``nft_timesteps`` stratified timesteps, and the UNet's conditional output :math:`f_\theta` (no guidance) is trained
@@ -12,7 +13,7 @@ on
     f^+ = (1 - \beta) f_{old} + \beta f_\theta, \qquad f^- = (1 + \beta) f_{old} - \beta f_\theta, \qquad
     L = \mathbb E\big[ r \lVert f^+ - y \rVert^2 + (1 - r) \lVert f^- - y \rVert^2 \big]
 
-(:func:`agents.math.nft_loss`), with :math:`y` the diffusion target under the scheduler's prediction type
+(:func:`agents.algorithms.math.nft_loss`), with :math:`y` the diffusion target under the scheduler's prediction type
 (:math:`\epsilon` or :math:`v`) and :math:`f_{old}` the old policy's output at the same :math:`(x_t, t)`. The
 paper writes it for the flow-matching velocity; ``docs/agents.md`` shows that it carries over unchanged to
 :math:`\epsilon`- and :math:`v`-prediction, up to a per-timestep weight.
@@ -44,12 +45,12 @@ from typing import Any
 
 import torch
 
-from agents.base import Agent
-from agents.buffers import Trajectories
+from agents.algorithms.base import Agent
+from agents.algorithms.buffers import Trajectories
+from agents.algorithms.math import nft_loss, optimality_probabilities, stratified_timesteps
+from agents.algorithms.rwr import diffusion_target
 from agents.checkpoint import clone_state
 from agents.config import AgentConfig
-from agents.math import nft_loss, optimality_probabilities, stratified_timesteps
-from agents.rwr import diffusion_target
 from diffusion_gym.ddim import ddim_step_coefficients, ddim_step_mean
 
 

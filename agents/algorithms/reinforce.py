@@ -20,10 +20,10 @@ import dataclasses
 
 import torch
 
-from agents.base import Agent, StepLoss
-from agents.buffers import StepBatch, Trajectories
+from agents.algorithms.base import Agent, StepLoss
+from agents.algorithms.buffers import StepBatch, Trajectories
+from agents.algorithms.math import MAX_LOG_RATIO, clip_advantages
 from agents.config import AgentConfig
-from agents.math import MAX_LOG_RATIO, clip_advantages
 from diffusion_gym.sampling import PolicyStep
 
 

@@ -16,9 +16,9 @@ in these units (DDPO's 1e-4 per-dim clip would be ~0.03 here for a 4x8x8 latent,
 
 from __future__ import annotations
 
-from agents.base import Agent, StepLoss
-from agents.buffers import StepBatch
-from agents.math import ppo_clipped_loss
+from agents.algorithms.base import Agent, StepLoss
+from agents.algorithms.buffers import StepBatch
+from agents.algorithms.math import ppo_clipped_loss
 from diffusion_gym.sampling import PolicyStep
 
 

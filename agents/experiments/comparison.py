@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from agents.checkpoint import latest_checkpoint
-from agents.plots import (
+from agents.experiments.stats import MeanCI, mean_ci, paired_difference
+from agents.training.plots import (
     CURVE_METRICS,
     BandCurve,
     held_out_curve,
@@ -36,9 +37,8 @@ from agents.plots import (
     setting_summary,
     smoothing_window,
 )
-from agents.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
-from agents.run_lock import RunFolderLock
-from agents.stats import MeanCI, mean_ci, paired_difference
+from agents.training.run_folder import RunResult, RunSettings, json_safe, read_run_result, read_settings
+from agents.training.run_lock import RunFolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ def plan_runs(settings: RunSettings, variants: list[Variant], seeds: list[int], 
 
 
 def train_run(settings: RunSettings) -> None:
-    """One run of a comparison in this process: a :class:`~agents.trainer.Trainer` from its settings."""
-    from agents.trainer import Trainer
+    """One run of a comparison in this process: a :class:`~agents.training.trainer.Trainer` from its settings."""
+    from agents.training.trainer import Trainer
 
     with Trainer.from_settings(settings) as trainer:
         trainer.train()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from agents.base import Agent
+from agents.algorithms.base import Agent
 from agents.envs import EnvConfig
 
 RUN_EVAL_SEED = 1_000_000  # a run's held-out sample i uses noise seed RUN_EVAL_SEED + i, in every run
@@ -81,7 +81,7 @@ def evaluate(agent: Agent, prompts: list[str], base: Evaluation | None = None, k
     With ``base`` (the base model's evaluation), also how far the images moved from the base model's. With
     ``kl_to_base``, also the KL of the policy from the pretrained one, in nats per trajectory: the mean over the
     samples of each one's :math:`\sum_t \lVert\mu_\theta - \mu_{pre}\rVert^2 / 2\sigma_t^2` along its own
-    trajectory (:meth:`~agents.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per step).
+    trajectory (:meth:`~agents.algorithms.policy.DiffusionPolicy.kl_to_reference`; two more UNet passes per step).
     """
     generation = agent.generate(prompts, seed=RUN_EVAL_SEED, kl_to_base=kl_to_base)
     images = generation.images.detach().float().cpu()  # (N, 3, H, W)

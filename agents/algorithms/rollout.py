@@ -1,5 +1,5 @@
 """Episodes through the env: a policy drives ``env.reset``/``env.step`` and the batch is recorded as
-:class:`~agents.buffers.Trajectories`.
+:class:`~agents.algorithms.buffers.Trajectories`.
 
 The env may be wrapped: the rollout calls the ``reset``/``step`` of the env it is given (so wrappers see every
 step) and reads only the schedule from ``env.unwrapped.diffusion``. Observations may be torch tensors or numpy
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agents.buffers import Trajectories
+from agents.algorithms.buffers import Trajectories
 from diffusion_gym.sampling import PolicyStep
 
 

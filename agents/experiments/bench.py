@@ -5,16 +5,18 @@
     diffusion-gym bench --tasks long --agents ddpo,loop --seeds 2 --output-dir runs/smoke --budget smoke
 
 Tasks come from the library's registry (:mod:`diffusion_gym.tasks`; the Shapes world's in
-:mod:`diffusion_gym.shapes.tasks`), agents are the comparison variants (:data:`agents.comparison.VARIANTS`) plus
+:mod:`diffusion_gym.shapes.tasks`), agents are the comparison variants
+(:data:`agents.experiments.comparison.VARIANTS`) plus
 the calibration variants of :data:`BENCH_AGENTS`. Run ``(task, agent, seed)`` is an ordinary run folder
-``<output-dir>/<task>/<agent>-seed<seed>/`` made by the same :class:`~agents.trainer.Trainer` path as comparison
+``<output-dir>/<task>/<agent>-seed<seed>/`` made by the same :class:`~agents.training.trainer.Trainer` path as
+comparison
 mode, so a bench is resumable like a comparison: a finished run is only summarised, an interrupted one resumes
 from its latest checkpoint, a run folder with other settings is an error. ``jobs > 1`` runs that many at once,
-each as a subprocess (``python -m agents.bench --run-one ...``) at one torch thread, its output in
+each as a subprocess (``python -m agents.experiments.bench --run-one ...``) at one torch thread, its output in
 ``<output-dir>/logs/``.
 
 Paired by design (common random numbers): held-out sample ``i`` draws its noise from seed
-``RUN_EVAL_SEED + i`` in every run (:mod:`agents.evaluation`), so all agents and seeds of a task are scored on
+``RUN_EVAL_SEED + i`` in every run (:mod:`agents.training.evaluation`), so all agents and seeds of a task are scored on
 the same evaluation noise; a seed also fixes the LoRA initialisation, and the first batch's initial noise of the
 agents that draw their prompts the same way (DDPO, DPOK, REINFORCE, RWR, HERD over DDPO; LOOP draws one prompt
 per K samples, so its stream differs). A calibration twin (``ddpo-aa``) runs the same agent on another seed
@@ -46,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
 from agents.config import AgentConfig
-from agents.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
-from agents.trainer import EvaluationEvent, Trainer, TrainerCallback
+from agents.experiments.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
+from agents.training.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
+from agents.training.trainer import EvaluationEvent, Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +255,7 @@ class PerPromptGold(TrainerCallback):
 
 
 def train_bench_run(settings: RunSettings, task=None) -> None:
-    """One run of a bench in this process: :class:`~agents.trainer.Trainer` from its settings (a resume when
+    """One run of a bench in this process: :class:`~agents.training.trainer.Trainer` from its settings (a resume when
     ``settings.resume``), with :class:`PerPromptGold` when ``task.per_prompt``."""
     callbacks = []
     if task is not None and task.per_prompt:
@@ -283,7 +285,8 @@ def bench(
     Finished runs are never rerun; interrupted runs resume from their latest checkpoint. Ctrl-C stops the bench
     after the running runs saved what they trained; rerun the same command to continue. A run that fails is
     reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
-    ``reps``: bootstrap replications of the leaderboard's CIs (default :data:`agents.bench_stats.BOOTSTRAP_REPS`).
+    ``reps``: bootstrap replications of the leaderboard's CIs (default
+    :data:`agents.experiments.bench_stats.BOOTSTRAP_REPS`).
     ``archive_dir``: first restore the runs archived there (:func:`restore_archived_runs`), then archive every run
     as it finishes (:func:`archive_finished_runs`): a folder to commit, so that a bench continues on another machine.
     """
@@ -366,8 +369,8 @@ def _run_in_subprocesses(
         while queue or running:
             while queue and len(running) < jobs:
                 run = queue.pop(0)
-                command = [sys.executable, "-m", "agents.bench", "--run-one", run.task, run.agent, str(run.seed),
-                           "--budget", budget, "--output-dir", str(output_dir)]  # fmt: skip
+                command = [sys.executable, "-m", "agents.experiments.bench", "--run-one", run.task, run.agent,
+                           str(run.seed), "--budget", budget, "--output-dir", str(output_dir)]  # fmt: skip
                 log = (logs / f"{run.task}-{run.agent}-seed{run.seed}.log").open("a")
                 running.append(
                     (run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment), log)
@@ -446,7 +449,7 @@ def paired_differences(a: AgentOnTask, b: AgentOnTask) -> np.ndarray:
 
 def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
     """The normalised area under each seed's held-out gold curve ``(S,)`` (:func:`normalised_auc`)."""
-    from agents.bench_stats import normalised_auc
+    from agents.experiments.bench_stats import normalised_auc
 
     found = held_out_gains(runs.results, "gold")
     if found is None:
@@ -504,7 +507,7 @@ def leaderboard(
     An agent without finished runs is left out. ``details`` holds the per-seed gains, the normalised AUC and the
     scores normalised across tasks.
     """
-    from agents.bench_stats import (
+    from agents.experiments.bench_stats import (
         BOOTSTRAP_REPS,
         iqm_interval,
         minimum_detectable_effect,
@@ -587,7 +590,7 @@ def leaderboard(
 def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str], reps: int) -> dict:
     """Per agent, the IQM (with CI) of the final gold normalised between the base model and each task's ceiling,
     over the seeds finished on every task, stratified by task; and the performance profiles of those scores."""
-    from agents.bench_stats import iqm_interval, performance_profiles
+    from agents.experiments.bench_stats import iqm_interval, performance_profiles
 
     matrices: dict[str, np.ndarray] = {}
     for agent in agents:
@@ -794,7 +797,7 @@ def plot_bench(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from agents.plots import plot_comparison
+    from agents.training.plots import plot_comparison
 
     names = list(board["tasks"])
     figure, axes = plt.subplots(1, max(1, len(names)), figsize=(max(6, 4.5 * len(names)), 0.6 * len(agents) + 2),

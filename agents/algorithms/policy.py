@@ -41,9 +41,9 @@ from contextlib import contextmanager
 import torch
 import torch.utils.checkpoint
 
-from agents.buffers import Trajectories
+from agents.algorithms.buffers import Trajectories
+from agents.algorithms.math import gaussian_step_kl
 from agents.config import ATTENTION_PROCESSORS
-from agents.math import gaussian_step_kl
 from diffusion_gym.ddim import ddim_step_coefficients
 from diffusion_gym.sampling import PolicyStep, ddim_policy_step, guided_noise_prediction
 
@@ -374,7 +374,8 @@ class DiffusionPolicy:
         (summed over latent dims, the project's convention). Only the stochastic steps count, as in training: a
         deterministic step (:math:`\sigma_t <` ``MIN_STD``) has no density, and the KL is that of the policy's
         transitions, the steps it is trained on. This returns the inner sum of each trajectory, exact at its
-        recorded states :math:`x_t` (:func:`agents.math.gaussian_step_kl` per step); its mean over trajectories
+        recorded states :math:`x_t` (:func:`agents.algorithms.math.gaussian_step_kl` per step); its mean over
+        trajectories
         sampled from this policy is a Monte Carlo estimate of the KL. Two UNet passes per stochastic step (this
         policy's and the reference's); no RNG is drawn from.
 
