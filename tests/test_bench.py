@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from agents import AgentConfig, make_agent
-from agents.experiments.bench import AA_SEED_OFFSET, PER_PROMPT_FILE, bench, budget_task, main, plan_bench
+from agents.experiments.bench import (
+    AA_SEED_OFFSET,
+    PER_PROMPT_FILE,
+    bench,
+    budget_task,
+    main,
+    plan_bench,
+    summarise_bench,
+)
 from agents.training.evaluation import RUN_EVAL_SEED, Scores, evaluate
 from agents.training.run_folder import METRICS_FILE, RESULTS_FILE, RunResult, RunSettings, write_results, write_settings
 from diffusion_gym.prompts import resolve_prompts, split_sentences
@@ -213,6 +221,10 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
     for name in ("leaderboard.md", "bench_summary.json", "leaderboard_iqm.png", "performance_profiles.png",
                  "gold_curves.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0
+    # a task with no finished run yet is named, not printed as an empty table
+    summarise_bench(tmp_path, ["long", "multi"], ["ddpo", "loop"], [0, 1], "smoke", REPS)
+    text = (tmp_path / "leaderboard.md").read_text()
+    assert "## long" in text and "## multi" not in text and "No finished run yet on: multi." in text
 
 
 def test_an_archived_bench_continues_in_another_folder_without_rerunning_its_runs(tmp_path):

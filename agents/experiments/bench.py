@@ -718,7 +718,10 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
         "",
     ]
+    not_run = [task for task, entry in board["tasks"].items() if not entry["agents"]]
     for task, entry in board["tasks"].items():
+        if task in not_run:
+            continue
         detail = details["tasks"][task]
         lines += [f"## {task} (MDE {_number(entry['mde'], signed=False)})", ""]
         lines += [
@@ -783,6 +786,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         for agent, row in across.items():
             lines.append(f"| {agent} | {row['seeds']} | {row['point']:.4f} [{row['low']:.4f}, {row['high']:.4f}] |")
         lines.append("")
+    if not_run:
+        lines += [f"No finished run yet on: {', '.join(not_run)}.", ""]
     lines.append(f"Regenerate with: `{command}`")
     return "\n".join(lines)
 
