@@ -150,8 +150,7 @@ class AgentConfig:
     """One flat config for every agent (fields an agent doesn't use are ignored), so CLI flags map 1:1.
 
     Log-probs are **sums** over latent dims (see :mod:`agents.algorithms.math`), so ``clip_range`` is in those units:
-    the
-    per-step log-ratio of a 4x8x8 latent is 256x DDPO's per-dim-mean log-ratio, and 0.2 here is about DDPO's
+    the per-step log-ratio of a 4x8x8 latent is 256x DDPO's per-dim-mean log-ratio, and 0.2 here is about DDPO's
     1e-3 (DDPO's 1e-4 would be ~0.026 here; with sums, Adam makes the learning rate scale-free anyway).
 
     Defaults, chosen for a CPU budget of ~10 epochs (short probes only, see the agents' report):

@@ -8,11 +8,10 @@ The registry is open (like Gymnasium's env registry): an agent class defined any
     mine = "my_package.my_agent:MyAgent"
 
 A registered agent is built by :func:`make_agent`, trained by the :class:`~agents.training.trainer.Trainer`, compared
-(:func:`agents.experiments.comparison.resolve_variants` takes :func:`agent_names`) and resumed. ``run.json`` records
-the agent
-by its name only, so the process that resumes a run must know the name too: either the agent's module registers
-it on import (import that module before ``Trainer.resume``) or its package declares the entry point, which every
-process loads on the first lookup of a name it does not know.
+(:func:`agents.experiments.comparison.resolve_variants` takes :func:`agent_names`) and resumed. ``run.json`` records the
+agent by its name only, so the process that resumes a run must know the name too: either the agent's module registers it
+on import (import that module before ``Trainer.resume``) or its package declares the entry point, which every process
+loads on the first lookup of a name it does not know.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ if TYPE_CHECKING:
 
 def register_agent(name: str, cls: type[Agent] | str, *, overwrite: bool = False) -> None:
     """Make agent class ``cls`` (an :class:`~agents.algorithms.base.Agent` subclass, or ``"module:Class"`` imported on
-    first
-    use) available as ``name`` to :func:`make_agent`, the trainer, its resume and comparisons.
+    first use) available as ``name`` to :func:`make_agent`, the trainer, its resume and comparisons.
 
     ``cls.name`` must be ``name`` (checkpoints record it). ``ValueError`` for a malformed name, a built-in's name,
     or a name registered to another class (``overwrite=True`` replaces it); ``TypeError`` if ``cls`` is not an
@@ -89,8 +87,7 @@ def make_agent(name: str, env, config: AgentConfig) -> Agent:
     """Build agent ``name`` on ``env`` (the object ``gym.make_vec`` returned, possibly wrapped).
 
     ``"herd"`` is the agent ``config.herd_base`` composed with HERD's
-    :class:`~agents.algorithms.herd.HindsightRelabeler`
-    (any agent but ``"herd"``, a registered one included).
+    :class:`~agents.algorithms.herd.HindsightRelabeler` (any agent but ``"herd"``, a registered one included).
     """
     from agents.algorithms.herd import HindsightRelabeler
     from agents.config import AgentConfig

@@ -216,8 +216,7 @@ def parse_args(
 
 def apply_task(args: argparse.Namespace, name: str, given: set[str]) -> None:
     """Set each of the task's settings (:func:`agents.training.run_folder.task_run_fields`, and its batch size and
-    batches
-    per epoch) on ``args`` where its flag is not in ``given``."""
+    batches per epoch) on ``args`` where its flag is not in ``given``."""
     task = get_task(name)
     for key, value in {**task_run_fields(task), "batch_size": task.batch_size,
                        "batches_per_epoch": task.batches_per_epoch}.items():  # fmt: skip

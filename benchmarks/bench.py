@@ -5,8 +5,7 @@
     python benchmarks/bench.py --help        # every flag, the tasks and the agents
 
 A thin script over :func:`agents.experiments.bench.main` (the same as ``python -m agents.experiments.bench``); the
-statistics need the
-``bench`` extra (``pip install -e '.[bench]'``).
+statistics need the ``bench`` extra (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations

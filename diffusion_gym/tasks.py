@@ -2,8 +2,7 @@
 
 A :class:`Task` is plain data; worlds register theirs (the Shapes world: :mod:`diffusion_gym.shapes.tasks`, on
 import of :mod:`diffusion_gym.shapes`), and the bench (``agents.experiments.bench``) turns a task, an agent and a seed
-into a
-run. This module imports no world: :func:`get_task` and :func:`task_names` load the built-in worlds the way
+into a run. This module imports no world: :func:`get_task` and :func:`task_names` load the built-in worlds the way
 :mod:`diffusion_gym.prompts` does (through :mod:`diffusion_gym.rewards`).
 
     from diffusion_gym.tasks import get_task, task_names

@@ -86,8 +86,7 @@ def tiny_unet():
 
 def test_diffusers_blocks_checkpoint_through_gradient_checkpointing_func():
     """agents/algorithms/policy.py (DiffusionPolicy._checkpointing) sets each block's ``gradient_checkpointing`` flag
-    and its
-    ``_gradient_checkpointing_func`` (the function diffusers' blocks call to checkpoint a sub-module), and reads
+    and its ``_gradient_checkpointing_func`` (the function diffusers' blocks call to checkpoint a sub-module), and reads
     ``_supports_gradient_checkpointing`` to refuse a UNet that cannot checkpoint."""
     pytest.importorskip("diffusers")
     unet = tiny_unet()

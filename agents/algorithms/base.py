@@ -48,8 +48,7 @@ from diffusion_gym.sampling import PolicyStep
 
 class StepLoss(NamedTuple):
     """An algorithm's loss on one :class:`~agents.algorithms.buffers.StepBatch` and the extra metrics it wants logged
-    (0-d
-    tensors)."""
+    (0-d tensors)."""
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor]
@@ -84,8 +83,7 @@ class Agent:
 
     ``env``: the vector env (``gym.make_vec("DiffusionT2I-v1", ...)``), possibly wrapped. ``relabeler``: HERD's
     :class:`~agents.algorithms.herd.HindsightRelabeler`, composed with this agent (``make_agent("herd", ...)`` passes
-    one).
-    Data-parallel (``distributed``, default :func:`agents.distributed.current`): each process samples its own
+    one). Data-parallel (``distributed``, default :func:`agents.distributed.current`): each process samples its own
     batches, advantages are computed on the global batch (:meth:`global_advantages`) and gradients are averaged
     over the processes before each optimiser step.
     """

@@ -3,8 +3,7 @@ r"""HERD: Hindsight Experience Replay for Diffusion models (Tan & Mongstad, Algo
 As Stable-Baselines3's HER is a replay buffer any off-policy algorithm can use, HERD here is a relabeling
 component, :class:`HindsightRelabeler`, that an agent consults in its epoch
 (:meth:`agents.algorithms.base.Agent.train_epoch`); ``make_agent("herd", env, config)`` builds the agent ``herd_base``
-with
-one. Each epoch:
+with one. Each epoch:
 
 1. the agent samples its batches through the env (:math:`s_t, r_t`);
 2. the relabeler's replay is appended (:math:`s_t \leftarrow b_s`, :math:`r_t \leftarrow b_r`,

@@ -1,9 +1,8 @@
 r"""NFT: forward-process RL, DiffusionNFT's negative-aware fine-tuning (Zheng et al., ICLR 2026, arXiv 2509.16117).
 
 Each epoch samples clean latents :math:`x_0` with the old (sampling) policy, scores them, maps the rewards to
-optimality probabilities :math:`r_i \in [0, 1]` (:func:`agents.algorithms.math.optimality_probabilities`: the
-deviation from
-the batch (or prompt) mean over the largest absolute deviation), and trains on the **forward** process only: each
+optimality probabilities :math:`r_i \in [0, 1]` (:func:`agents.algorithms.math.optimality_probabilities`: the deviation
+from the batch (or prompt) mean over the largest absolute deviation), and trains on the **forward** process only: each
 :math:`x_0` is noised to :math:`x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon` at
 ``nft_timesteps`` stratified timesteps, and the UNet's conditional output :math:`f_\theta` (no guidance) is trained
 on

@@ -375,9 +375,8 @@ class DiffusionPolicy:
         deterministic step (:math:`\sigma_t <` ``MIN_STD``) has no density, and the KL is that of the policy's
         transitions, the steps it is trained on. This returns the inner sum of each trajectory, exact at its
         recorded states :math:`x_t` (:func:`agents.algorithms.math.gaussian_step_kl` per step); its mean over
-        trajectories
-        sampled from this policy is a Monte Carlo estimate of the KL. Two UNet passes per stochastic step (this
-        policy's and the reference's); no RNG is drawn from.
+        trajectories sampled from this policy is a Monte Carlo estimate of the KL. Two UNet passes per stochastic step
+        (this policy's and the reference's); no RNG is drawn from.
 
         ``samples``: trajectories recorded with this policy's schedule (``ValueError`` if their stochastic steps
         differ from :meth:`stochastic_steps`).

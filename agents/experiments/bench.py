@@ -9,9 +9,8 @@ Tasks come from the library's registry (:mod:`diffusion_gym.tasks`; the Shapes w
 (:data:`agents.experiments.comparison.VARIANTS`) plus
 the calibration variants of :data:`BENCH_AGENTS`. Run ``(task, agent, seed)`` is an ordinary run folder
 ``<output-dir>/<task>/<agent>-seed<seed>/`` made by the same :class:`~agents.training.trainer.Trainer` path as
-comparison
-mode, so a bench is resumable like a comparison: a finished run is only summarised, an interrupted one resumes
-from its latest checkpoint, a run folder with other settings is an error. ``jobs > 1`` runs that many at once,
+comparison mode, so a bench is resumable like a comparison: a finished run is only summarised, an interrupted one
+resumes from its latest checkpoint, a run folder with other settings is an error. ``jobs > 1`` runs that many at once,
 each as a subprocess (``python -m agents.experiments.bench --run-one ...``) at one torch thread, its output in
 ``<output-dir>/logs/``.
 
@@ -286,8 +285,8 @@ def bench(
     after the running runs saved what they trained; rerun the same command to continue. A run that fails is
     reported (its log in ``<output-dir>/logs/``) and the others go on; ``RuntimeError`` at the end names them.
     ``reps``: bootstrap replications of the leaderboard's CIs (default
-    :data:`agents.experiments.bench_stats.BOOTSTRAP_REPS`).
-    ``archive_dir``: first restore the runs archived there (:func:`restore_archived_runs`), then archive every run
+    :data:`agents.experiments.bench_stats.BOOTSTRAP_REPS`). ``archive_dir``: first restore the runs archived there
+    (:func:`restore_archived_runs`), then archive every run
     as it finishes (:func:`archive_finished_runs`): a folder to commit, so that a bench continues on another machine.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:

@@ -194,8 +194,7 @@ class RunFolderWarning(UserWarning):
 def new_run_folder_problem(output_dir: str | Path) -> str | None:
     """Why a new run may not start in ``output_dir``, or None if it may (the folder does not exist, or holds nothing
     but a lock file). The command line's ``--output-dir`` and :meth:`agents.training.trainer.Trainer.train` share this
-    rule:
-    a run folder is only ever continued (a resume), never overwritten or mixed with another run."""
+    rule: a run folder is only ever continued (a resume), never overwritten or mixed with another run."""
     path = Path(output_dir)
     if not path.exists():
         return None

@@ -14,8 +14,7 @@
 :meth:`Trainer.train` evaluates the base model on fixed seeds, trains epoch by epoch (logging every epoch and
 evaluating every ``eval_every`` epochs), checkpoints, evaluates the result and writes the run folder
 (:mod:`agents.training.run_folder` lists its files). Ctrl-C stops after the current epoch's work is saved: the run
-folder
-is written for what was trained. A :class:`TrainerCallback` sees every evaluation and every epoch, can add
+folder is written for what was trained. A :class:`TrainerCallback` sees every evaluation and every epoch, can add
 metrics to the logs and can stop training early.
 
 Data-parallel (``accelerate launch --num_processes N``, :mod:`agents.distributed`): every process builds its
@@ -190,8 +189,7 @@ class Trainer:
     (:data:`agents.AGENT_NAMES`), built with ``config`` (an :class:`AgentConfig` or a dict of its fields; default:
     ``AgentConfig(batch_size=env.num_envs)``; the agent's defaults, e.g. its learning rate, are filled in), or an
     :class:`~agents.algorithms.base.Agent` (then ``config`` must be None: it has its own; the trainer evaluates it as
-    given as
-    the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
+    given as the "base" model). ``output_dir``: the run folder. The other arguments are :class:`RunSettings` fields:
     ``eval_prompts`` (a prompt set or one prompt; default: the world's eval prompts, else the training prompts),
     ``eval_samples`` held-out samples per evaluation, ``eval_every`` epochs between evaluations (default: about
     four per run), ``eval_kl`` (also the held-out KL to the base policy, ``kl_to_base``: two more UNet passes per
@@ -430,8 +428,7 @@ class Trainer:
 
         The run folder is locked while ``train`` runs (:mod:`agents.training.run_lock`): another process writing it is a
         :class:`~agents.training.run_lock.RunFolderInUse`. A new run (neither resumed nor a second call) refuses a
-        folder
-        that is not empty (``ValueError``: it holds a run to resume, or other files), before anything is written.
+        folder that is not empty (``ValueError``: it holds a run to resume, or other files), before anything is written.
         """
         settings = self.settings if epochs is None else dataclasses.replace(self.settings, epochs=epochs)
         settings.validate()  # epochs (ValueError/TypeError naming it), and any setting assigned since; nothing written
@@ -939,9 +936,8 @@ def restore_metrics(output_dir: str | Path, point: ResumePoint) -> list[dict]:
 
     Intact (every line JSON but a last one a kill tore, and its records up to the checkpoint the checkpoint's own
     copy of the history): trimmed to the checkpoint's step. Missing, damaged or not the checkpoint's: rebuilt from
-    the checkpoint's copy, with a :class:`~agents.training.run_folder.RunFolderWarning` (a damaged file is kept
-    beside, as
-    ``metrics.jsonl.damaged-<n>``). ``ValueError`` when it would have to be rebuilt from a checkpoint of an older
+    the checkpoint's copy, with a :class:`~agents.training.run_folder.RunFolderWarning` (a damaged file is kept beside,
+    as ``metrics.jsonl.damaged-<n>``). ``ValueError`` when it would have to be rebuilt from a checkpoint of an older
     version, which holds no copy (nothing is written then).
     """
     path = Path(output_dir) / METRICS_FILE

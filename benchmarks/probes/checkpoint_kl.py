@@ -7,8 +7,7 @@ Rebuilds the run's env and agent from its ``run.json``, loads each checkpoint in
 it as the run did: the same ``eval_samples`` prompts of its evaluation set, the same fixed noise seeds
 (``RUN_EVAL_SEED + i``), with the KL of the policy's trajectories from the base policy's
 (``agents.training.evaluation.evaluate(..., kl_to_base=True)``, nats per trajectory). The gold it computes equals the
-run's
-own logged ``eval_gold`` at that epoch when the run computed in eager float32 (printed as a check). Writes
+run's own logged ``eval_gold`` at that epoch when the run computed in eager float32 (printed as a check). Writes
 ``checkpoint_kl.jsonl`` into the run folder, one line per checkpoint (``epoch``, ``samples``, ``gold``, ``proxy``,
 ``kl_to_base``, ``logged_gold``); ``gold_vs_proxy.py`` reads it when the run's ``metrics.jsonl`` has no KL.
 Cost: one evaluation with the KL per checkpoint (3 UNet passes per sample and step).

@@ -17,8 +17,7 @@ stochastic step, with respect to the trainable (LoRA) parameters. Then, as in th
 * ``tr(Sigma) = (S_small - S_big) / (1/b - 1/(k b))`` and ``|G|^2 = S_big - tr(Sigma) / (k b)``.
 
 ``--objective rwr`` measures RWR's gradient instead (``agents/algorithms/rwr.py`` with ``rwr_baseline``: the diffusion
-loss
-on the final latents, weighted by the signed weights ``exp(A) / mean - 1``), with as many random (timestep,
+loss on the final latents, weighted by the signed weights ``exp(A) / mean - 1``), with as many random (timestep,
 noise) draws per trajectory as RWR's update takes; it has no per-step structure, so ``--segments`` must be 1.
 
 ``--objective branch`` measures a branching estimator (the credit assignment of TempFlow-GRPO and MixGRPO): groups of
