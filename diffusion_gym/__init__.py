@@ -16,11 +16,10 @@ The env's arguments are one dataclass, :class:`EnvConfig`: ``EnvConfig(num_infer
 
 from gymnasium.envs.registration import register, registry
 
-from diffusion_gym.env_config import EnvConfig  # the env's arguments, declared once (no torch import)
+from diffusion_gym.env_config import ENV_ID, EnvConfig  # the env's id and arguments, declared once (no torch)
 
 __version__ = "0.1.0"
 
-ENV_ID = "DiffusionT2I-v1"
 V0_ENV_ID = "DiffusionT2I-v0"
 
 # gym.make adds no wrapper (see the module docstring); the env enforces the call order itself

@@ -66,6 +66,8 @@ TINY_PROMPTS = (
 )
 TINY_LATENT_BOUND = 1e4
 
+ENV_ID = "DiffusionT2I-v1"  # the id the env is registered under (diffusion_gym/__init__.py registers it)
+
 # keyword arguments of gym.make_vec that are not the env's configuration
 VECTOR_ARGUMENTS = ("num_envs", "vectorization_mode", "array_backend")
 
@@ -125,8 +127,6 @@ class EnvConfig:
     def of(cls, env) -> EnvConfig:
         """The config ``env`` was made with, from the keyword arguments ``gym.make_vec`` records in
         ``env.unwrapped.spec`` (a wrapped env is fine). ``ValueError`` for an env made another way."""
-        from diffusion_gym import ENV_ID
-
         spec = env.unwrapped.spec
         if spec is None or spec.id != ENV_ID:
             raise ValueError(
@@ -146,9 +146,7 @@ class EnvConfig:
         """The native vector env of ``num_envs`` episodes, with torch arrays on the env's device (what policies
         take; ``gym.make_vec`` alone returns numpy); ``device`` overrides :attr:`device` (e.g. this process's GPU
         in a data-parallel run)."""
-        import gymnasium as gym
-
-        from diffusion_gym import ENV_ID
+        import gymnasium as gym  # ENV_ID is registered: importing this module ran diffusion_gym/__init__.py
 
         kwargs = {name: getattr(self, name) for name in self.fields()}
         kwargs["prompts"] = list(self.prompts) if isinstance(self.prompts, tuple) else self.prompts
@@ -234,6 +232,7 @@ __all__ = [
     "TINY_PROMPTS",
     "TINY_REWARD",
     "Bound",
+    "ENV_ID",
     "EnvConfig",
     "check_int",
     "numeric_fields",

@@ -88,7 +88,12 @@ def test_the_plan_is_one_run_folder_per_task_agent_and_seed_with_the_tasks_setti
     by_name = {(run.task, run.agent, run.seed): run.settings for run in runs}
     loop = by_name[("multi", "loop", 3)]
     assert loop.output_dir == tmp_path / "multi" / "loop-seed3"
-    assert (loop.prompts, loop.eval_prompts, loop.epochs, loop.eval_samples) == ("shapes-multi", "shapes-multi", 40, 64)
+    assert (loop.env.prompts, loop.eval_prompts, loop.epochs, loop.eval_samples) == (
+        "shapes-multi",
+        "shapes-multi",
+        40,
+        64,
+    )
     assert (loop.config.seed, loop.config.loop_k, loop.threads) == (3, 4, 1)
     assert by_name[("long", "ddpo-aa", 3)].config.seed == 3 + AA_SEED_OFFSET
     assert by_name[("long", "ddpo-half-batch", 0)].config.batches_per_epoch == 1

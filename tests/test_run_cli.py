@@ -365,7 +365,7 @@ def test_statistics_and_smoothing_by_hand():
 
 
 def test_an_interrupted_comparison_continues_when_rerun(tiny_pipeline, tmp_path, monkeypatch, caplog):
-    from agents import trainer
+    from agents.training import trainer
 
     caplog.set_level(logging.INFO, logger="agents")
 

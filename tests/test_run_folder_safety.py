@@ -142,7 +142,7 @@ def test_a_second_writer_is_refused_while_a_process_holds_the_folder(env, two_ep
 @pytest.mark.parametrize(
     ("edit", "names"),
     [
-        ({"num_inference_steps": 3}, ["num_inference_steps: run.json 3, checkpoint 2"]),
+        ({"env": {"num_inference_steps": 3}}, ["num_inference_steps: run.json 3, checkpoint 2"]),
         ({"config": {"lora_rank": 4}}, ["config.lora_rank: run.json 4, checkpoint 2"]),
         ({"config": {"batch_size": 4}}, ["config.batch_size: run.json 4, checkpoint 2"]),
         ({"eval_samples": 3, "config": {"eta": 0.5}}, ["eval_samples: run.json 3, checkpoint 2", "config.eta"]),
@@ -151,8 +151,9 @@ def test_a_second_writer_is_refused_while_a_process_holds_the_folder(env, two_ep
 def test_a_resume_refuses_a_run_json_edited_since_the_checkpoint(two_epochs, tmp_path, capsys, edit, names):
     folder = copy_run(two_epochs, tmp_path)
     data = json.loads((folder / "run.json").read_text())
-    data.update({k: v for k, v in edit.items() if k != "config"})
+    data.update({k: v for k, v in edit.items() if k not in ("config", "env")})
     data["config"].update(edit.get("config", {}))
+    data["env"].update(edit.get("env", {}))
     (folder / "run.json").write_text(json.dumps(data))
     before = snapshot(folder)
     with pytest.raises(ValueError, match="refusing to resume") as error:

@@ -239,7 +239,11 @@ def test_tensorboard_and_metrics_hold_each_step_once_after_a_kill_and_resume(env
         (lambda text, data: {**data, "epochz": 3}, "unknown ['epochz']"),
         (lambda text, data: {**data, "epochs": "six"}, "epochs = 'six' is not of type int"),
         (lambda text, data: {**data, "resume": 1}, "resume = 1 is not of type bool"),
-        (lambda text, data: {**data, "prompts": ["a", 2]}, "prompts = ['a', 2] is not of type"),
+        (
+            lambda text, data: {**data, "env": {**data["env"], "prompts": ["a", 2]}},
+            "env.prompts = ['a', 2] is not of type",
+        ),
+        (lambda text, data: {**data, "env": ["shapes"]}, "env = ['shapes'] is not of type EnvConfig"),
         (lambda text, data: {**data, "config": [2]}, "config = [2] is not of type AgentConfig"),
         (lambda text, data: {**data, "config": {**data["config"], "batch_size": 2.0}}, "config.batch_size = 2.0"),
         (lambda text, data: {**data, "config": {**data["config"], "lr": 1}}, "unknown ['config.lr']"),
@@ -282,7 +286,7 @@ def test_bad_paths_and_devices_are_argparse_errors_naming_the_flag(tmp_path, cap
 def test_a_resumed_run_recorded_on_cuda_is_an_argparse_error_without_cuda(four_epochs, tmp_path, capsys, monkeypatch):
     folder = copy_run(four_epochs, tmp_path)
     settings = json.loads((folder / "run.json").read_text())
-    (folder / "run.json").write_text(json.dumps({**settings, "device": "cuda"}))
+    (folder / "run.json").write_text(json.dumps({**settings, "env": {**settings["env"], "device": "cuda"}}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     error = cli_error(["--resume", str(folder)], capsys)
     assert "argument --resume:" in error and "run.json records device 'cuda': CUDA is not available" in error

@@ -168,10 +168,10 @@ def test_an_env_made_without_gym_make_vec_is_a_clear_error(tiny_pipeline, tmp_pa
     finally:
         env.close()
     env = gym.make_vec(
-        "DiffusionT2I-v1", num_envs=2, vectorization_mode="vector_entry_point", image_cache_size=8, **kwargs
+        "DiffusionT2I-v1", num_envs=2, vectorization_mode="vector_entry_point", render_mode="rgb_array", **kwargs
     )
     try:
-        with pytest.raises(ValueError, match=r"made with \['image_cache_size'\], which a run folder does not record"):
+        with pytest.raises(ValueError, match=r"made with \['render_mode'\], which a run folder does not record"):
             EnvConfig.of(env)
     finally:
         env.close()
