@@ -42,8 +42,8 @@ def field_types(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
 def type_text(kinds: tuple[Any, ...], optional: bool) -> str:
     """``an int``, ``a number``, ``a str or a list of str``, ... (``or None`` if optional)."""
     names = {int: "an int", float: "a number (int or float)", bool: "a bool", str: "a str", Path: "a path"}
-    lists = (list[str], tuple[str, ...])
-    words = [names.get(kind) or ("a list of str" if kind in lists else _article(kind.__name__)) for kind in kinds]
+    names.update({list[str]: "a list of str", tuple[str, ...]: "a list of str", list[int]: "a list of int"})
+    words = [names.get(kind) or _article(kind.__name__) for kind in kinds]
     return " or ".join(words + (["None"] if optional else []))
 
 
@@ -81,6 +81,10 @@ def check_value(
 _WRONG = object()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
     """``value`` as the first of ``kinds`` it is (see :func:`check_value`), else ``_WRONG``."""
     for kind in kinds:
@@ -98,6 +102,8 @@ def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
             return list(value)
         if kind == tuple[str, ...] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
+        if kind == list[int] and isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+            return [int(v) for v in value]
         if isinstance(kind, type) and kind not in (bool, int, float, str, Path) and isinstance(value, kind):
             return value
     return _WRONG

@@ -314,3 +314,29 @@ def test_the_smoke_suite_of_two_seeds_in_two_jobs_resumes_a_run_that_lost_its_re
     board = json.loads((tmp_path / "leaderboard.json").read_text())
     assert all(row["seeds"] == 2 for row in board["tasks"]["long"]["agents"].values())
     assert (tmp_path / "logs").is_dir() and os.listdir(tmp_path / "logs")
+
+
+def test_the_bench_flags_are_the_fields_of_bench_settings_and_refuse_what_they_refuse(capsys):
+    """One declaration per knob: each BenchSettings field is a flag whose help is its docstring; its range is checked
+    by the command line and by the dataclass alike."""
+    from agents.config import field_docstrings
+    from agents.experiments.bench import BenchSettings
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for setting in dataclasses.fields(BenchSettings):
+        assert "--" + setting.name.replace("_", "-") in text, setting.name
+        assert field_docstrings(BenchSettings)[setting.name] in text, setting.name
+    refused = {"--jobs": ("0", "expected a positive integer"), "--bootstrap-reps": ("5", "expected an integer >= 10")}
+    for flag, (value, expected) in refused.items():
+        argv, message = [flag, value], f"argument {flag}: {expected}"
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        BenchSettings(jobs=0)
+    with pytest.raises(ValueError, match="budget must be one of"):
+        BenchSettings(budget="tiny")
+    with pytest.raises(ValueError, match="a seed is listed twice"):
+        BenchSettings(seeds=[1, 1])

@@ -44,10 +44,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from agents.config import AgentConfig
+from agents.config import AgentConfig, Bound, annotated_bounds, check_fields, field_docstrings
 from agents.experiments.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
 from agents.training.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
 from agents.training.trainer import EvaluationEvent, Trainer, TrainerCallback
@@ -889,7 +890,52 @@ for every pair, the minimum detectable effect at these seeds.
 """
 
 
+@dataclass
+class BenchSettings:
+    """What ``diffusion-gym bench`` runs, and where. The command line's flags are these fields (each docstring is its
+    flag's help); validated on construction: ``TypeError``/``ValueError`` naming the field."""
+
+    tasks: list[str] = field(default_factory=lambda: ["long"])
+    """comma-separated registered tasks"""
+    agents: list[str] = field(default_factory=lambda: ["ddpo", "loop", "herd"])
+    """comma-separated agents or variants; every pair is compared"""
+    seeds: list[int] = field(default_factory=lambda: list(range(5)))
+    """a count N (seeds 0..N-1), a list 0,3,7 or a range 5-9; the same seeds for every task and agent, paired"""
+    output_dir: Path = Path("runs/bench")
+    """the bench folder: <task>/<agent>-seed<seed>/ run folders, logs/, leaderboard.json and .md, figures; rerunning
+    into it continues the bench"""
+    budget: str = "full"
+    """full: each task's registered sample budget; smoke: 2 epochs of 4 samples, 3 DDIM steps, 4 held-out samples,
+    seconds per run (CI)"""
+    jobs: Annotated[int, Bound(1)] = 1
+    """runs at once: 1 trains in this process one run after the other; N > 1 starts N subprocesses of one torch
+    thread each (one per core)"""
+    bootstrap_reps: Annotated[int | None, Bound(10)] = None
+    """bootstrap replications of every confidence interval (None: 2000; rliable's own default is 50000)"""
+    archive: Path | None = None
+    """restore the finished runs archived in this folder first, and archive every run's summary files there as it
+    finishes (run.json, results.json, metrics.jsonl, per_prompt_gold.json; no checkpoints): commit it and the bench
+    continues from it on another machine"""
+    summarise_only: bool = False
+    """train nothing: write the leaderboard from the runs finished so far"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, annotated_bounds(BenchSettings), {"budget": BUDGETS})
+        self.seeds = check_seeds(self.seeds)
+
+
+# how the command line reads the fields that are not numbers (the numbers: their declared type and range)
+BENCH_FLAG_PARSERS: dict[str, Callable[[str], object]] = {
+    "tasks": name_list,
+    "agents": name_list,
+    "seeds": seed_spec,
+    "output_dir": Path,
+    "archive": Path,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from agents.cli import setting_type
     from diffusion_gym.tasks import get_task, task_names
 
     tasks = "\n".join(f"  {name:<10} {get_task(name).description}" for name in task_names())
@@ -900,63 +946,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"tasks:\n{tasks}\n\nagents (besides the plain agent names):\n{agents}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--tasks", type=name_list, default=["long"], help="comma-separated registered tasks (default: long)"
-    )
-    parser.add_argument(
-        "--agents",
-        type=name_list,
-        default=["ddpo", "loop", "herd"],
-        help="comma-separated agents or variants; every pair is compared (default: ddpo,loop,herd)",
-    )
-    parser.add_argument(
-        "--seeds",
-        type=seed_spec,
-        default=seed_spec("5"),
-        help="a count N (seeds 0..N-1), a list 0,3,7 or a range 5-9; the same seeds for every task and agent, "
-        "paired (default: 5)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("runs/bench"),
-        help="the bench folder: <task>/<agent>-seed<seed>/ run folders, logs/, leaderboard.json and .md, figures; "
-        "rerunning into it continues the bench (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--budget",
-        choices=BUDGETS,
-        default="full",
-        help="full: each task's registered sample budget; smoke: 2 epochs of 4 samples, 3 DDIM steps, 4 held-out "
-        "samples, seconds per run (CI) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="runs at once: 1 trains in this process one run after the other; N > 1 starts N subprocesses of one "
-        "torch thread each (one per core) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--summarise-only",
-        action="store_true",
-        help="train nothing: write the leaderboard from the runs finished so far",
-    )
-    parser.add_argument(
-        "--bootstrap-reps",
-        type=int,
-        default=None,
-        help="bootstrap replications of every confidence interval (default: 2000; rliable's own default is 50000)",
-    )
-    parser.add_argument(
-        "--archive",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="restore the finished runs archived in DIR first, and archive every run's summary files there as it "
-        "finishes (run.json, results.json, metrics.jsonl, per_prompt_gold.json; no checkpoints): commit DIR and "
-        "the bench continues from it on another machine",
-    )
+    defaults = BenchSettings()
+    for setting in dataclasses.fields(BenchSettings):
+        name, default = setting.name, getattr(defaults, setting.name)
+        flag, help_text = "--" + name.replace("_", "-"), field_docstrings(BenchSettings)[name].replace("%", "%%")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=f"{help_text} (default: off)")
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, list) else "none" if default is None else default
+        parser.add_argument(
+            flag,
+            type=BENCH_FLAG_PARSERS.get(name) or (None if name == "budget" else setting_type(BenchSettings, name)),
+            choices=BUDGETS if name == "budget" else None,
+            default=default,
+            metavar="DIR" if name == "archive" else None,
+            help=f"{help_text} (default: {shown})",
+        )
     parser.add_argument("--run-one", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
     return parser
 
@@ -965,41 +970,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``diffusion-gym bench``: see :func:`build_parser`'s help."""
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.jobs < 1:
-        parser.error(f"argument --jobs: must be >= 1, got {args.jobs}")
-    if args.bootstrap_reps is not None and args.bootstrap_reps < 10:
-        parser.error(f"argument --bootstrap-reps: must be >= 10, got {args.bootstrap_reps}")
+    try:
+        settings = BenchSettings(
+            **{setting.name: getattr(args, setting.name) for setting in dataclasses.fields(BenchSettings)}
+        )
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
     if args.run_one is not None:
         task, agent, seed = args.run_one
-        return run_one_main(task, agent, int(seed), args.output_dir, args.budget)
+        return run_one_main(task, agent, int(seed), settings.output_dir, settings.budget)
     try:
-        plan_bench(args.tasks, args.agents, args.seeds, args.output_dir, args.budget)  # names checked up front
+        plan_bench(settings.tasks, settings.agents, settings.seeds, settings.output_dir, settings.budget)  # names
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.summarise_only:
-        if args.archive is not None:
-            restore_archived_runs(args.archive, args.output_dir)
+    if settings.summarise_only:
+        if settings.archive is not None:
+            restore_archived_runs(settings.archive, settings.output_dir)
         board = summarise_bench(
-            args.output_dir, args.tasks, args.agents, args.seeds, args.budget, args.bootstrap_reps, args.archive
+            settings.output_dir,
+            settings.tasks,
+            settings.agents,
+            settings.seeds,
+            settings.budget,
+            settings.bootstrap_reps,
+            settings.archive,
         )
     else:
         try:
             board = bench(
-                args.tasks,
-                args.agents,
-                args.seeds,
-                args.output_dir,
-                args.budget,
-                args.jobs,
-                reps=args.bootstrap_reps,
-                archive_dir=args.archive,
+                settings.tasks,
+                settings.agents,
+                settings.seeds,
+                settings.output_dir,
+                settings.budget,
+                settings.jobs,
+                reps=settings.bootstrap_reps,
+                archive_dir=settings.archive,
             )
         except RuntimeError as error:
             print(error, file=sys.stderr)
             return 1
-    print((args.output_dir / "leaderboard.md").read_text())
-    print(f"leaderboard: {args.output_dir / LEADERBOARD_FILE}")
+    print((settings.output_dir / "leaderboard.md").read_text())
+    print(f"leaderboard: {settings.output_dir / LEADERBOARD_FILE}")
     return 0 if board is not None else 1
 
 
@@ -1012,6 +1025,7 @@ __all__ = [
     "BUDGETS",
     "BenchAgent",
     "BenchRun",
+    "BenchSettings",
     "SUMMARY_FILES",
     "archive_finished_runs",
     "bench",
