@@ -102,7 +102,7 @@ def reevaluate(run_dir: str | Path, samples_per_prompt: int = 4, eval_prompts: s
 # ----------------------------------------------------------------------------------------------- the command
 def build_parser(prog: str = "diffusion-gym evaluate") -> argparse.ArgumentParser:
     """``diffusion-gym evaluate RUN_DIR``'s flags."""
-    from agents.cli import positive_int
+    from agents.cli import positive_int, prompt_text, run_folder
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -110,12 +110,17 @@ def build_parser(prog: str = "diffusion-gym evaluate") -> argparse.ArgumentParse
         "checkpoint on the same new seeds, the mean change with its 95%% CI; prints a markdown table and writes "
         f"{EVALUATION_FILE} into the run folder.",
     )
-    parser.add_argument("run_dir", type=Path, help="a run folder written by diffusion-gym run (with checkpoints/)")
+    parser.add_argument(
+        "run_dir", type=run_folder, help="a run folder written by diffusion-gym run (with checkpoints/)"
+    )
     parser.add_argument(
         "--samples-per-prompt", type=positive_int, default=4, help="samples of each eval prompt per model (default: 4)"
     )
     parser.add_argument(
-        "--eval-prompts", default=None, help="a prompt set or one prompt (default: the run's evaluation prompts)"
+        "--eval-prompts",
+        type=prompt_text,
+        default=None,
+        help="a prompt set or one prompt (default: the run's evaluation prompts)",
     )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     return parser
@@ -123,12 +128,16 @@ def build_parser(prog: str = "diffusion-gym evaluate") -> argparse.ArgumentParse
 
 def main(argv: Sequence[str] | None = None, prog: str = "diffusion-gym evaluate") -> dict[str, Any]:
     """``diffusion-gym evaluate``: :func:`reevaluate` of the parsed flags; prints its table, returns the result."""
-    args = build_parser(prog).parse_args(None if argv is None else list(argv))
+    parser = build_parser(prog)
+    args = parser.parse_args(None if argv is None else list(argv))
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = reevaluate(args.run_dir, args.samples_per_prompt, args.eval_prompts)
+    try:  # a corrupt run.json, no intact checkpoint, a prompt the run's reward cannot score: before anything is written
+        result = reevaluate(args.run_dir, args.samples_per_prompt, args.eval_prompts)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(f"argument run_dir: {error}")
     print(result.pop("table"))
     return result
 

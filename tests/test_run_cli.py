@@ -449,8 +449,13 @@ def test_evaluate_run_compares_the_checkpoint_with_the_base_model(tiny_pipeline,
         evaluate_run.main([str(folder), "--samples-per-prompt", "0"])
     assert "--samples-per-prompt" in capsys.readouterr().err
     shutil.rmtree(folder / "checkpoints")
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(SystemExit):  # an argparse error naming the problem, not a traceback
         evaluate_run.main([str(folder)])
+    assert "argument run_dir:" in (err := capsys.readouterr().err) and "no complete checkpoint" in err
+    for bad, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "is not a run folder (no run.json)")):
+        with pytest.raises(SystemExit):
+            evaluate_run.main([str(bad)])
+        assert problem in capsys.readouterr().err
 
 
 def test_gold_vs_proxy_is_drawn_against_the_kl_when_the_runs_logged_it(tmp_path, capsys):
