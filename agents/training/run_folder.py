@@ -109,8 +109,8 @@ class RunSettings:
         if isinstance(self.output_dir, str) and not self.output_dir.strip():
             raise ValueError("output_dir is empty: give the run folder (an empty path would write into the cwd)")
         check_fields(self, RUN_SETTINGS_BOUNDS, {})
+        self.env = self.env.checked()  # its ranges; a path object as the model's name
         check_fields(self.env, ENV_BOUNDS, {"dtype": DTYPE_NAMES})  # a run's env settings are JSON: plain types
-        self.env = self.env.checked()
         self.config.validate()
         check_output_dir(self.output_dir)
 
