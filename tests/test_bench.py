@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from agents.experiments.bench import (
     PER_PROMPT_FILE,
     bench,
     budget_task,
+    leaderboard,
     main,
     plan_bench,
     summarise_bench,
@@ -292,6 +294,25 @@ def test_the_multi_task_scores_gold_per_prompt(tmp_path):
     assert len(summary["per_prompt_gain"]) == 8 and summary["per_prompt_gain"].count(None) == 4
     assert "Gold gain per evaluation prompt" in (tmp_path / "leaderboard.md").read_text()
     assert board["tasks"]["multi"]["agents"]["ddpo"]["seeds"] == 1
+
+
+def test_the_prompts_of_a_per_prompt_task_are_rliables_tasks(tmp_path):
+    """``multi``'s per-prompt gains of every seed: the IQM over (seed, prompt) and P(a > b) averaged over prompts.
+    DDPO gains 0.10 + 0.01 j on prompt j, LOOP 0.04 + 0.01 j (+ 0.001 x seed each): DDPO wins on every prompt."""
+    prompts = resolve_prompts("shapes-multi")
+    for planned in plan_bench(["multi"], ["ddpo", "loop"], [0, 1, 2], tmp_path, budget="smoke"):
+        fake_run(planned.settings)
+        gain = {"ddpo": 0.10, "loop": 0.04}[planned.agent] + 0.001 * planned.seed
+        final = [0.8 + gain + 0.01 * j for j in range(len(prompts))]
+        record = {"prompts": prompts, "by_samples": {"0": [0.8] * len(prompts), "8": final}}
+        (planned.settings.output_dir / PER_PROMPT_FILE).write_text(json.dumps(record))
+    _, details = leaderboard(tmp_path, ["multi"], ["ddpo", "loop"], [0, 1, 2], reps=REPS)
+    ddpo = details["tasks"]["multi"]["agents"]["ddpo"]
+    assert np.array(ddpo["per_prompt_gain_by_seed"]).shape == (3, 8) and ddpo["per_prompt_seeds"] == [0, 1, 2]
+    by_hand = np.sort([0.10 + 0.001 * seed + 0.01 * j for seed in range(3) for j in range(8)])[6:18].mean()
+    assert ddpo["per_prompt_iqm"]["point"] == pytest.approx(by_hand)  # the middle 12 of 24 scores
+    (pair,) = details["tasks"]["multi"]["pairs"]
+    assert pair["per_prompt_prob_improvement"]["point"] == 1.0 and pair["per_prompt_prob_improvement"]["low"] == 1.0
 
 
 @pytest.mark.slow

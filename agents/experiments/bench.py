@@ -464,7 +464,7 @@ def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
     """Per evaluation prompt, the base model's and the final gold, mean over the seeds whose run folder recorded
     both (``per_prompt_gold.json``): ``{"prompts", "per_prompt_base", "per_prompt_final", "per_prompt_gain"}``."""
     prompts: list[str] = []
-    base_rows, final_rows = [], []
+    base_rows, final_rows, seeds = [], [], []
     for seed in runs.seeds:
         path = output_dir / task / f"{runs.agent}-seed{seed}" / PER_PROMPT_FILE
         if not path.exists():
@@ -477,6 +477,7 @@ def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
         prompts = record["prompts"]
         base_rows.append(by_samples["0"])
         final_rows.append(by_samples[last])
+        seeds.append(seed)
     if not base_rows:
         return {}
     base = np.array(base_rows, dtype=float)  # (seeds, prompts); None -> nan
@@ -488,6 +489,8 @@ def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
             "per_prompt_base": np.nanmean(base, axis=0).tolist(),
             "per_prompt_final": np.nanmean(final, axis=0).tolist(),
             "per_prompt_gain": np.nanmean(final - base, axis=0).tolist(),
+            "per_prompt_seeds": seeds,
+            "per_prompt_gain_by_seed": (final - base).tolist(),  # (seeds, prompts)
         }
 
 
@@ -578,6 +581,8 @@ def leaderboard(
                     "mde": minimum_detectable_effect(pair_sd, len(list(seeds))),
                 }  # fmt: skip
             )
+        if task.per_prompt:
+            per_prompt_statistics(detail, reps)
         sd = pooled_std_of_differences(differences) if differences else math.nan
         entry["mde"] = minimum_detectable_effect(sd, len(list(seeds)))
         detail["std_of_paired_differences"] = sd
@@ -585,6 +590,39 @@ def leaderboard(
         details["tasks"][task_name] = detail
     details["across_tasks"] = across_tasks(details, tasks, agents, reps)
     return json_safe(board), json_safe(details)
+
+
+def per_prompt_statistics(detail: dict, reps: int) -> None:
+    """A per-prompt task's evaluation prompts as rliable's tasks: per agent, the IQM of the per-prompt gold gain over
+    (seed, prompt) with a bootstrap CI stratified by prompt (``per_prompt_iqm``); per pair, P(a > b) on a prompt,
+    averaged over the prompts, with its CI (``per_prompt_prob_improvement``; over the seeds both finished). Only
+    the prompts every seed evaluated count (a small evaluation leaves some out). Added to ``detail`` in place."""
+    from agents.experiments.bench_stats import iqm_interval, probability_of_improvement
+
+    def matrix(agent: str, seeds: Sequence[int] | None = None) -> np.ndarray | None:
+        row = detail["agents"][agent]
+        if not row.get("per_prompt_gain_by_seed"):
+            return None
+        gains = np.array(row["per_prompt_gain_by_seed"], dtype=float)  # (seeds, prompts)
+        if seeds is not None:
+            gains = gains[[row["per_prompt_seeds"].index(s) for s in seeds]]
+        return gains
+
+    for agent, row in detail["agents"].items():
+        gains = matrix(agent)
+        if gains is not None:
+            evaluated = gains[:, np.isfinite(gains).all(axis=0)]
+            row["per_prompt_iqm"] = dataclasses.asdict(iqm_interval(evaluated, reps=reps))
+    for pair in detail["pairs"]:
+        a, b = detail["agents"][pair["a"]], detail["agents"][pair["b"]]
+        if not (a.get("per_prompt_gain_by_seed") and b.get("per_prompt_gain_by_seed")):
+            continue
+        common = sorted(set(a["per_prompt_seeds"]) & set(b["per_prompt_seeds"]))
+        x, y = matrix(pair["a"], common), matrix(pair["b"], common)
+        evaluated = np.isfinite(x).all(axis=0) & np.isfinite(y).all(axis=0)
+        if common and evaluated.any():
+            interval = probability_of_improvement(x[:, evaluated], y[:, evaluated], reps=reps)
+            pair["per_prompt_prob_improvement"] = dataclasses.asdict(interval)
 
 
 def across_tasks(details: dict, tasks: Sequence[str], agents: Sequence[str], reps: int) -> dict:
@@ -754,6 +792,29 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
             ]
             for agent, row in per_prompt.items():
                 lines.append(f"| {agent} | " + " | ".join(_number(v, 3) for v in row["per_prompt_gain"]) + " |")
+            lines += [
+                "",
+                "The prompts as rliable's tasks (per-prompt gold gain of every seed): IQM over (seed, prompt) with a "
+                "bootstrap 95% CI stratified by prompt; P(a > b) on a prompt, averaged over the prompts. rliable "
+                "resamples the seeds of each prompt independently, as if a seed's prompts were independent runs: "
+                "where seeds differ as a whole (one seed good on every prompt), these CIs are too narrow; the "
+                "per-seed table below is the decision:",
+                "",
+                "| agent | IQM per-prompt gain [95% CI] |",
+                "|---|---:|",
+            ]
+            for agent, row in per_prompt.items():
+                if row.get("per_prompt_iqm"):
+                    value = row["per_prompt_iqm"]
+                    lines.append(
+                        f"| {agent} | {_number(value['point'])} [{_number(value['low'])}, {_number(value['high'])}] |"
+                    )
+            pairs = [pair for pair in detail["pairs"] if pair.get("per_prompt_prob_improvement")]
+            if pairs:
+                lines += ["", "| a | b | P(a > b) over prompts [95% CI] |", "|---|---|---:|"]
+                for pair in pairs:
+                    point, low, high = (pair["per_prompt_prob_improvement"][k] for k in ("point", "low", "high"))
+                    lines.append(f"| {pair['a']} | {pair['b']} | {point:.3f} [{low:.3f}, {high:.3f}] |")
         if entry["pairs"]:
             lines += [
                 "",
