@@ -258,9 +258,9 @@ NOT_SETTING_FLAGS = ("agent", "config", "output_dir", "label", "env", "resume", 
 
 
 def setting_default(name: str) -> object:
-    """The declared default of the RunSettings or EnvConfig field ``name``."""
-    owner = setting_flags()[name].owner
-    return {field.name: field.default for field in dataclasses.fields(owner)}[name]
+    """The declared default of the RunSettings or EnvConfig field ``name`` (the two share no field name)."""
+    declared = {field.name: field.default for owner in (EnvConfig, RunSettings) for field in dataclasses.fields(owner)}
+    return declared[name]
 
 
 def spelled(value: object) -> str:
