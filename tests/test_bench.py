@@ -228,6 +228,13 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
     for name in ("leaderboard.md", "bench_summary.json", "leaderboard_iqm.png", "performance_profiles.png",
                  "gold_curves.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0
+    # LOOP's seed 0 gains +0.04 at most (never +0.05): a run that did not learn, counted as such
+    summary = json.loads((tmp_path / "bench_summary.json").read_text())["tasks"]["long"]["agents"]
+    assert (summary["ddpo"]["did_not_learn"], summary["loop"]["did_not_learn"]) == ([], [0])
+    assert (
+        "| 0/2 |" in (tmp_path / "leaderboard.md").read_text()
+        and "| 1/2 (seed 0) |" in (tmp_path / "leaderboard.md").read_text()
+    )
     # a task with no finished run yet is named, not printed as an empty table
     summarise_bench(tmp_path, ["long", "multi"], ["ddpo", "loop"], [0, 1], "smoke", REPS)
     text = (tmp_path / "leaderboard.md").read_text()

@@ -460,6 +460,20 @@ def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
     )
 
 
+# a run whose held-out gold gain never reaches this at any evaluation did not learn (the leaderboard counts them)
+LEARNED_GAIN = 0.05
+
+
+def seeds_that_did_not_learn(runs: AgentOnTask) -> list[int]:
+    """The seeds whose held-out gold gain over the base model stayed below :data:`LEARNED_GAIN` at every
+    evaluation: failed runs, which the IQM discounts and the mean does not."""
+    found = held_out_gains(runs.results, "gold")
+    if found is None:
+        return []
+    _, gains, _ = found  # (S, P)
+    return [seed for seed, row in zip(runs.seeds, gains, strict=True) if np.nanmax(row) < LEARNED_GAIN - 1e-9]
+
+
 def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
     """Per evaluation prompt, the base model's and the final gold, mean over the seeds whose run folder recorded
     both (``per_prompt_gold.json``): ``{"prompts", "per_prompt_base", "per_prompt_final", "per_prompt_gain"}``."""
@@ -550,6 +564,7 @@ def leaderboard(
                     "base_gold": [r.base.gold for r in runs.results],
                     "final_gold": [r.final.gold for r in runs.results],
                     "gain": runs.gains().tolist(),
+                    "did_not_learn": seeds_that_did_not_learn(runs),
                     "auc": auc.tolist(),
                     "auc_iqm": None if auc_interval is None else dataclasses.asdict(auc_interval),
                     "normalised_final": normalised_gold(
@@ -742,6 +757,13 @@ def _number(value: float | None, digits: int = 4, signed: bool = True) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def failed_seeds(seeds: list[int], out_of: int) -> str:
+    """``0/6``, or ``1/6 (seed 5)``."""
+    if not seeds:
+        return f"0/{out_of}"
+    return f"{len(seeds)}/{out_of} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+
+
 def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
     """``leaderboard.md``: per task the agents' IQM gold gain with CI, AUC, crossings; the pairs; the MDE."""
     lines = [
@@ -750,7 +772,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "Final held-out gold gain over the base model (fresh noise, the same noise for every agent and seed): IQM "
         "over seeds with a stratified bootstrap 95% CI (rliable); AUC: area under the held-out gold curve, "
         "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
-        "the seed-mean gain first reaches +0.05 and +0.10. P(a > b): probability of improvement with its 95% CI; "
+        "the seed-mean gain first reaches +0.05 and +0.10; did not learn: the seeds whose gain stayed below "
+        f"+{LEARNED_GAIN:.2f} at every evaluation. P(a > b): probability of improvement with its 95% CI; "
         f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
         "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
         "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
@@ -763,8 +786,9 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         detail = details["tasks"][task]
         lines += [f"## {task} (MDE {_number(entry['mde'], signed=False)})", ""]
         lines += [
-            "| agent | seeds | IQM gold gain [95% CI] | AUC (IQM) | samples to +0.05 | samples (min) to +0.10 |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| agent | seeds | IQM gold gain [95% CI] | AUC (IQM) | samples to +0.05 | samples (min) to +0.10 | "
+            "did not learn |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for agent, row in entry["agents"].items():
             auc = detail["agents"][agent]["auc_iqm"]
@@ -773,7 +797,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
                 f"| {agent} | {row['seeds']} | {_number(row['iqm'])} [{_number(row['ci_low'])}, "
                 f"{_number(row['ci_high'])}] | {_number(auc['point'] if auc else None, 3)} | "
                 f"{row['samples_to_0.05'] if row['samples_to_0.05'] is not None else 'not reached'} | "
-                f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} |"
+                f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} | "
+                f"{failed_seeds(detail['agents'][agent]['did_not_learn'], row['seeds'])} |"
             )
         per_prompt = {agent: row for agent, row in detail["agents"].items() if row.get("per_prompt_gain")}
         if per_prompt:
