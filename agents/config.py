@@ -248,6 +248,10 @@ class AgentConfig:
     """NFT: 'none': sample the training images through the env like every agent; k: with a private deterministic (eta =
     0) DDIM of k steps, guided (the held-out evaluation keeps the env's sampler)
     """
+    nft_optimality: str = "max-deviation"
+    """NFT: how rewards become optimality probabilities r in [0, 1]: 'max-deviation' (the group's farthest sample
+    reaches 0 or 1) or 'two-std' (two standard deviations reach 0 or 1, clipped)
+    """
     nft_old_ema: Annotated[float, Bound(0, 1, high_open=True, note="1 would never update the sampling policy")] = 0.0
     """NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta (0: the old
     policy is the current one at each epoch's start)
@@ -319,7 +323,12 @@ class AgentConfig:
 # The range of every numeric AgentConfig field, from its annotation (fields without one: any value of their type);
 # checked by AgentConfig.validate, and by the CLI's flags (agents.cli) with the same words.
 AGENT_CONFIG_BOUNDS: dict[str, Bound] = annotated_bounds(AgentConfig)
-AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {"attention": ATTENTION_PROCESSORS}
+# NFT's normalisations of rewards into optimality probabilities (agents.algorithms.math.optimality_probabilities)
+OPTIMALITY_SCALES = ("max-deviation", "two-std")
+AGENT_CONFIG_CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ATTENTION_PROCESSORS,
+    "nft_optimality": OPTIMALITY_SCALES,
+}
 
 
 def herd_bases() -> tuple[str, ...]:

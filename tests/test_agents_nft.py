@@ -4,6 +4,7 @@ fine-tuning, both samplers, the soft-updated old policy) and an exact resume fro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -100,6 +101,29 @@ def test_optimality_probabilities_by_hand():
         optimality_probabilities(torch.zeros(3), ["a", "b"])
     with pytest.raises(ValueError, match="expected 1-d"):
         optimality_probabilities(torch.zeros(3, 1))
+
+
+def test_optimality_probabilities_at_two_standard_deviations_by_hand():
+    """``scale="two-std"``: r = 0.5 + 0.5 clip(d / (2 sigma), -1, 1), sigma the population standard deviation.
+    (1, 2, 4, 5): sigma = sqrt(10 / 4) = 1.5811, d / (2 sigma) = (-0.6325, -0.3162, 0.3162, 0.6325).
+    (0 x 9, 10): mean 1, sigma = sqrt((9 + 81) / 10) = 3; the outlier's 9 / 6 = 1.5 is clipped to 1, the others
+    -1 / 6: r = 0.4167 (with max-deviation they would get 0.4444 and the outlier 1 too).
+    Per group: ("a", "a", "b", "b") over (1, 2, 4, 5): sigma = 0.5 per pair, r = (0.25, 0.75) each.
+
+    Catches: the sample standard deviation (n - 1), no clip, the max deviation in its place."""
+    two_std = functools.partial(optimality_probabilities, scale="two-std")
+    torch.testing.assert_close(
+        two_std(torch.tensor([1.0, 2.0, 4.0, 5.0])), torch.tensor([0.1838, 0.3419, 0.6581, 0.8162]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        two_std(torch.tensor([0.0] * 9 + [10.0])), torch.tensor([5 / 12] * 9 + [1.0]), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        two_std(torch.tensor([1.0, 2.0, 4.0, 5.0]), ["a", "a", "b", "b"]), torch.tensor([0.25, 0.75, 0.25, 0.75])
+    )
+    torch.testing.assert_close(two_std(torch.full((3,), 0.7)), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        optimality_probabilities(torch.zeros(3), scale="std")
 
 
 def test_stratified_timesteps_take_one_draw_per_stratum():

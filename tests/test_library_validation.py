@@ -87,7 +87,7 @@ def test_agent_config_takes_numpy_scalars_and_ints_for_floats_as_plain_numbers()
         ({"eval_samples": 0}, ValueError, "eval_samples must be >= 1, got 0"),
         ({"env": EnvConfig(dtype="float64")}, ValueError, "dtype must be one of ('float32', 'float16', 'bfloat16')"),
         ({"env": EnvConfig(num_inference_steps=0)}, ValueError, "num_inference_steps must be an int >= 1, got 0"),
-        ({"env": EnvConfig(latent_bound=float("nan"))}, ValueError, "latent_bound must be a finite number > 0, got nan"),
+        ({"env": EnvConfig(latent_bound=float("nan"))}, ValueError, "latent_bound must be a finite number > 0"),
         ({"env": {"model": "shapes"}}, TypeError, "env must be an EnvConfig, got dict"),
         ({"output_dir": ""}, ValueError, "output_dir is empty"),
         ({"config": {"batch_size": 2}}, TypeError, "config must be an AgentConfig, got dict"),

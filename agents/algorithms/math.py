@@ -20,6 +20,7 @@ from collections import deque
 
 import torch
 
+from agents.config import OPTIMALITY_SCALES
 from diffusion_gym.ddim import MIN_STD, ddim_step_kl, ddim_step_log_prob
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "leave_one_out_baseline",
     "nft_loss",
     "normalize_advantages",
+    "OPTIMALITY_SCALES",
     "optimality_probabilities",
     "ppo_clipped_loss",
     "reward_weights",
@@ -255,7 +257,9 @@ def sample_train_timesteps(
 
 
 # ------------------------------------------------------------------------------------------ forward-process RL (NFT)
-def optimality_probabilities(rewards: torch.Tensor, groups: list[str] | None = None) -> torch.Tensor:
+def optimality_probabilities(
+    rewards: torch.Tensor, groups: list[str] | None = None, scale: str = "max-deviation"
+) -> torch.Tensor:
     r"""DiffusionNFT's optimality probability :math:`r_i \in [0, 1]` of each sample, ``(N,)``, from rewards ``(N,)``:
 
     .. math:: r_i = \tfrac12 + \tfrac12\, \frac{R_i - \bar R}{\max_j |R_j - \bar R|}
@@ -266,7 +270,14 @@ def optimality_probabilities(rewards: torch.Tensor, groups: list[str] | None = N
     A standard-deviation normalisation clipped to :math:`[-1, 1]` instead pushes most samples to 0 or 1 once the
     batch's reward spread shrinks (issue 31: 4 of 6 runs collapsed). A group of one sample is normalised against
     the whole batch (its mean and largest deviation), as :func:`leave_one_out_baseline` falls back.
+
+    ``scale="two-std"``: :math:`r_i = \tfrac12 + \tfrac12\,\mathrm{clip}\big((R_i - \bar R) / (2\sigma), -1, 1\big)`
+    with :math:`\sigma` the group's population standard deviation: two standard deviations reach 0 or 1, so most
+    samples keep a push proportional to their advantage instead of the extreme sample setting the scale for all
+    (the middle ground between the two normalisations above; docs/experiments/2026-12-07-nft.md).
     """
+    if scale not in OPTIMALITY_SCALES:
+        raise ValueError(f"scale must be one of {OPTIMALITY_SCALES}, got {scale!r}")
     check_shapes(1, rewards=rewards)
     if not bool(torch.isfinite(rewards).all()):
         raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
@@ -274,20 +285,22 @@ def optimality_probabilities(rewards: torch.Tensor, groups: list[str] | None = N
         raise ValueError(f"got {len(groups)} group labels for {rewards.shape[0]} rewards")
     rewards = rewards.detach().double().cpu()
 
-    def scaled(values: torch.Tensor, mean: torch.Tensor, deviation: torch.Tensor) -> torch.Tensor:
-        if float(deviation) == 0.0:
-            return torch.full_like(values, 0.5)
-        return 0.5 + 0.5 * (values - mean) / deviation
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        """The normaliser of a group's rewards: its largest absolute deviation, or two standard deviations."""
+        deviations = values - values.mean()
+        return deviations.abs().max() if scale == "max-deviation" else 2 * deviations.pow(2).mean().sqrt()
 
-    batch_mean = rewards.mean()
-    batch_deviation = (rewards - batch_mean).abs().max()
-    optimality = scaled(rewards, batch_mean, batch_deviation)  # (N,): batch-wide (also each lone sample's)
+    def scaled(values: torch.Tensor, mean: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+        if float(normaliser) == 0.0:
+            return torch.full_like(values, 0.5)
+        return 0.5 + 0.5 * ((values - mean) / normaliser).clamp(-1.0, 1.0)  # no clip at max-deviation: |.| <= 1
+
+    optimality = scaled(rewards, rewards.mean(), spread(rewards))  # (N,): batch-wide (also each lone sample's)
     if groups is not None:
         for group in dict.fromkeys(groups):
             rows = torch.tensor([i for i, g in enumerate(groups) if g == group])
             if len(rows) >= 2:
-                mean = rewards[rows].mean()
-                optimality[rows] = scaled(rewards[rows], mean, (rewards[rows] - mean).abs().max())
+                optimality[rows] = scaled(rewards[rows], rewards[rows].mean(), spread(rewards[rows]))
     return optimality.float()
 
 

@@ -160,7 +160,7 @@ class NFTAgent(Agent):
     def advantages(self, samples: Trajectories) -> torch.Tensor:
         """The optimality probabilities ``(N,)`` in [0, 1]: per prompt with ``per_prompt_stats``, else batch-wide."""
         groups = list(samples.prompts) if self.config.per_prompt_stats else None
-        return optimality_probabilities(samples.rewards, groups)
+        return optimality_probabilities(samples.rewards, groups, scale=self.config.nft_optimality)
 
     def training_points(self, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each clean latent's ``nft_timesteps`` training timesteps ``(N, k)`` (stratified) and noises

@@ -93,6 +93,12 @@ VARIANTS: dict[str, Variant] = {
             "NFT with its training samples from a deterministic 5-step DDIM (evaluation: the env's sampler)",
         ),
         Variant(
+            "nft-two-std",
+            "nft",
+            {"nft_optimality": "two-std"},
+            "NFT with r = 1/2 + clip((R - mean) / (4 sd), -1/2, 1/2): every sample pushes, not the extreme one alone",
+        ),
+        Variant(
             "nft-t16",
             "nft",
             {"nft_timesteps": 16},
