@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _scripts import REPO
 
-from agents import AgentConfig, RunSettings, Trainer
+from agents import AgentConfig, EnvConfig, RunSettings, Trainer
 from agents.command import main
 from agents.training.run_folder import RESULTS_FILE, RUN_SETTINGS_FILE
 from diffusion_gym.tasks import get_task
@@ -48,6 +48,12 @@ def test_the_task_fills_the_settings_it_names_and_changes_win():
     assert (settings.epochs, settings.eval_every, settings.env.num_inference_steps) == (3, 5, 10)
     expected = AgentConfig(batch_size=long.batch_size, batches_per_epoch=long.batches_per_epoch)
     assert settings.config == expected.with_agent_defaults("ddpo")  # the learning rate recorded as a number
+    # an env argument changes the task's env; an env given whole is used as given
+    changed = RunSettings.for_task("long", "ddpo", "runs/x", num_inference_steps=4, latent_bound=20.0)
+    assert changed.env == EnvConfig(prompts="shapes-long", num_inference_steps=4, latent_bound=20.0)
+    own = EnvConfig(model="/my/pipeline", prompts="a cat")
+    assert RunSettings.for_task("long", "ddpo", "runs/x", env=own).env == own
+    assert RunSettings.for_task("long", "ddpo", "runs/x", env=own, dtype="bfloat16").env.dtype == "bfloat16"
     with pytest.raises(ValueError, match="unknown task 'lnog'"):
         RunSettings.for_task("lnog", "ddpo", "runs/x")
     with pytest.raises(TypeError, match="task must be a task name"):

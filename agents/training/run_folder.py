@@ -125,8 +125,9 @@ class RunSettings:
     ) -> RunSettings:
         """The settings of ``agent`` on a registered task (its name or a :class:`~diffusion_gym.tasks.Task`): the
         task's model, reward, prompts, evaluation and budget (``config``'s batch size and batches per epoch are the
-        task's unless ``config`` is given), then ``changes``: any other field, or a field of the env's arguments
-        (``num_inference_steps=2``: the task's env with that change). The default task ``"long"`` is what
+        task's unless ``config`` is given), then ``changes``: any other field, a field of the env's arguments
+        (``num_inference_steps=2``: the task's env with that change), or ``env`` (an :class:`EnvConfig` used as
+        given, instead of the task's). The default task ``"long"`` is what
         ``diffusion-gym run`` and ``make run`` train; the bench builds each of its runs here too."""
         from diffusion_gym.tasks import Task, get_task
 
@@ -137,11 +138,13 @@ class RunSettings:
         if config is None:
             config = AgentConfig(batch_size=task.batch_size, batches_per_epoch=task.batches_per_epoch)
         config = config.with_agent_defaults(agent)  # recorded in run.json as numbers, as the CLI records them
-        values = {**task_run_fields(task), **changes}
-        env_values = {name: values.pop(name) for name in EnvConfig.fields() if name in values}
-        env = values.pop("env", EnvConfig())
-        env = dataclasses.replace(env, **env_values)
-        return cls(agent=agent, config=config, output_dir=Path(output_dir), env=env, **values)
+        task_values = task_run_fields(task)
+        env = changes.pop("env", None)  # given whole: the task's env arguments do not apply
+        if env is None:
+            env = EnvConfig.from_mapping(task_values)
+        env = dataclasses.replace(env, **{name: changes.pop(name) for name in EnvConfig.fields() if name in changes})
+        run_values = {name: value for name, value in task_values.items() if name not in EnvConfig.fields()}
+        return cls(agent=agent, config=config, output_dir=Path(output_dir), env=env, **{**run_values, **changes})
 
     @property
     def name(self) -> str:
