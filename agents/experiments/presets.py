@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agents.envs import EnvConfig
+from diffusion_gym.env_config import EnvConfig
 
 STANDARD_PROMPT = (
     "A black cat and golden retriever dog. A hot ocean-side beach. Dramatic atmosphere, centered, rule of thirds, "

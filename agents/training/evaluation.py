@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from agents.algorithms.base import Agent
-from agents.envs import EnvConfig
+from diffusion_gym.env_config import EnvConfig
 
 RUN_EVAL_SEED = 1_000_000  # a run's held-out sample i uses noise seed RUN_EVAL_SEED + i, in every run
 REEVAL_SEED = 2_000_000  # a re-evaluation's sample i: REEVAL_SEED + i, new to every run

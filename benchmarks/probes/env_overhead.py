@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from agents.envs import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
+from diffusion_gym.env_config import TINY_LATENT_BOUND, TINY_PROMPTS, TINY_REWARD, EnvConfig
 from diffusion_gym.rewards import make_reward
 from diffusion_gym.sampling import PretrainedPolicy, ddim_policy_step, guided_noise_prediction
 

@@ -68,7 +68,7 @@ from agents import AGENT_NAMES, Agent, AgentConfig, EnvConfig, EpochResult, make
 from agents.algorithms.math import gaussian_step_kl, sample_train_timesteps
 from agents.algorithms.policy import DiffusionPolicy
 from agents.cli import add_agent_config_flags, config_from_args
-from agents.envs import TINY_LATENT_BOUND, TINY_REWARD
+from diffusion_gym.env_config import TINY_LATENT_BOUND, TINY_REWARD
 
 TARGET = 1.15  # the target: an epoch takes at most 1.15x its bare compute
 
