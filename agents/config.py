@@ -90,7 +90,7 @@ def _plain(value: Any, kinds: tuple[Any, ...]) -> Any:
     for kind in kinds:
         if kind is bool and isinstance(value, bool):
             return value
-        if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if kind is int and _is_int(value):
             return int(value)
         if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             return value if type(value) in (int, float) else float(value)
