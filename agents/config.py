@@ -252,6 +252,10 @@ class AgentConfig:
     """NFT: how rewards become optimality probabilities r in [0, 1]: 'max-deviation' (the group's farthest sample
     reaches 0 or 1) or 'two-std' (two standard deviations reach 0 or 1, clipped)
     """
+    nft_group_size: Annotated[int | None, Bound(2, note="a group of one has no mean to compare with")] = None
+    """NFT: 'none': training prompts drawn uniformly; K: batch_size / K prompts, each sampled K times, so that every
+    sample's optimality is normalised within its prompt's K samples (with per_prompt_stats; DiffusionNFT's groups)
+    """
     nft_old_ema: Annotated[float, Bound(0, 1, high_open=True, note="1 would never update the sampling policy")] = 0.0
     """NFT: soft update of the old (sampling) policy after each epoch, old <- ema * old + (1 - ema) * theta (0: the old
     policy is the current one at each epoch's start)

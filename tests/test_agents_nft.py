@@ -266,6 +266,32 @@ def test_nft_refuses_herd_and_bad_knobs_before_building_anything(env):
             make_agent("nft", env, one_update_config(**{field: value}))
 
 
+def test_nft_groups_sample_each_prompt_k_times_and_normalise_within_them(env, tiny_pipeline):
+    """``nft_group_size`` 2 with a batch of 4: two prompts, each twice in a row, and each sample's optimality is
+    normalised within its own pair (rewards (0.9, 0.1, 0.5, 0.3): r = (1, 0, 1, 0), not the batch's
+    (1, 0, 0.75, 0.25))."""
+    settings = EnvConfig(
+        tiny_pipeline, TINY_REWARD, TINY_PROMPTS, num_inference_steps=3, latent_bound=TINY_LATENT_BOUND
+    )
+    four = settings.make(num_envs=4)
+    agent = make_agent("nft", four, one_update_config(batch_size=4, nft_group_size=2, per_prompt_stats=True))
+    try:
+        for _ in range(5):
+            prompts = agent.sample_prompts()
+            assert len(prompts) == 4 and prompts[0] == prompts[1] and prompts[2] == prompts[3]
+        samples = dataclasses.replace(
+            agent.collect()[0], prompts=["a", "a", "b", "b"], rewards=torch.tensor([0.9, 0.1, 0.5, 0.3])
+        )
+        torch.testing.assert_close(agent.advantages(samples), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    finally:
+        agent.close()
+        four.close()
+    with pytest.raises(ValueError, match="batch_size=2 must be a multiple of nft_group_size=4"):
+        make_agent("nft", env, one_update_config(nft_group_size=4))
+    with pytest.raises(ValueError, match="nft_group_size must be >= 2"):
+        make_agent("nft", env, one_update_config(nft_group_size=1))
+
+
 @pytest.mark.parametrize("overrides", [{"nft_sampling_steps": 2, "nft_old_ema": 0.5}, {"lora_rank": 0}])
 def test_a_resumed_nft_run_continues_exactly(env, tmp_path, overrides):
     """Three epochs straight, and two epochs then a resume from the checkpoint for the third: the same history

@@ -173,6 +173,13 @@ class Agent:
         rows = self.rng.integers(len(self.prompts), size=self.config.batch_size)
         return [self.prompts[i] for i in rows]
 
+    def sample_prompt_groups(self, group_size: int) -> list[str]:
+        """``batch_size / group_size`` training prompts (uniformly, with replacement), each repeated ``group_size``
+        times consecutively: the K samples per prompt of LOOP and of NFT's groups (``batch_size`` must be a
+        multiple, checked by the agent's :meth:`configure`)."""
+        rows = self.rng.integers(len(self.prompts), size=self.config.batch_size // group_size)
+        return [self.prompts[i] for i in rows for _ in range(group_size)]
+
     def collect(self) -> list[Trajectories]:
         """``batches_per_epoch`` batches from the current policy.
 

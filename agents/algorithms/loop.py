@@ -37,9 +37,7 @@ class LOOPAgent(Agent):
 
     def sample_prompts(self) -> list[str]:
         """``batch_size / K`` prompts, each repeated ``K`` times (consecutively)."""
-        k = self.config.loop_k
-        rows = self.rng.integers(len(self.prompts), size=self.config.batch_size // k)
-        return [self.prompts[i] for i in rows for _ in range(k)]
+        return self.sample_prompt_groups(self.config.loop_k)
 
     def advantages(self, samples: Trajectories) -> torch.Tensor:
         baseline = leave_one_out_baseline(samples.rewards, samples.prompts)  # (N,)

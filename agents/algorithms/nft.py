@@ -23,6 +23,11 @@ What it frees: no per-step log-probability, no stored trajectory (only :math:`x_
 guidance scale, decoded and scored through ``env.unwrapped.diffusion`` (``decode_latents``, ``score_images``). The
 held-out evaluation (:meth:`Agent.generate`) always goes through the env, the same sampler for every agent.
 
+Groups: with ``nft_group_size`` K each batch holds ``batch_size / K`` prompts sampled K times each, and (with
+``per_prompt_stats``) every sample's :math:`r` is normalised within its prompt's K samples, DiffusionNFT's groups;
+without it prompts are drawn uniformly and a prompt's group is whatever the batch holds of it (on a one-prompt task,
+the whole batch either way).
+
 The old policy: ``nft_old_ema`` 0 (default) makes it the current policy at the start of each epoch (the samples
 are on-policy). ``nft_old_ema`` :math:`\lambda > 0` keeps a separate copy of the trainable weights, softly updated
 after each epoch, :math:`\theta_{old} \leftarrow \lambda\theta_{old} + (1 - \lambda)\theta` (the paper's soft
@@ -65,6 +70,13 @@ class NFTAgent(Agent):
                 "record (choose another --herd-base)"
             )
         super().__init__(env, config, relabeler=relabeler, distributed=distributed)
+
+    @classmethod
+    def configure(cls, config: AgentConfig) -> AgentConfig:
+        group = config.nft_group_size
+        if group is not None and config.batch_size % group != 0:
+            raise ValueError(f"batch_size={config.batch_size} must be a multiple of nft_group_size={group}")
+        return config
 
     def setup(self) -> None:
         """The old policy's weights (``nft_old_ema > 0``) and the private few-step scheduler
@@ -109,6 +121,12 @@ class NFTAgent(Agent):
                 self.old_parameters[name].mul_(ema).add_(parameter.detach(), alpha=1.0 - ema)
 
     # ------------------------------------------------------------------------------ sampling
+    def sample_prompts(self) -> list[str]:
+        """Uniform prompts, or ``batch_size / K`` prompts sampled ``K = nft_group_size`` times each."""
+        if self.config.nft_group_size is None:
+            return super().sample_prompts()
+        return self.sample_prompt_groups(self.config.nft_group_size)
+
     def collect(self) -> list[Trajectories]:
         """The epoch's batches from the old policy: through the env, or with the private few-step sampler."""
         with self.old_policy():

@@ -104,6 +104,12 @@ VARIANTS: dict[str, Variant] = {
             {"nft_timesteps": 16},
             "NFT with 16 noised points per image, not 4: 4x the noise draws behind each image's gradient (issue 31)",
         ),
+        Variant(
+            "nft-k4",
+            "nft",
+            {"nft_group_size": 4},
+            "NFT with K = 4 samples per prompt, r normalised within each prompt's four (DiffusionNFT's groups)",
+        ),
         Variant("herd", "herd", {}, "HERD over LOOP (the default base): 1 batch of relabeled trajectories replayed"),
         Variant("herd-ddpo", "herd", {"herd_base": "ddpo"}, "HERD over DDPO, 1 batch replayed (the paper's HERD)"),
         Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),
