@@ -253,9 +253,24 @@ def test_nft_runs_end_to_end(env, overrides):
         agent.close()
 
 
-def test_nft_refuses_herd_and_bad_knobs_before_building_anything(env):
-    with pytest.raises(ValueError, match="nft does not compose with HERD"):
-        make_agent("herd", env, one_update_config(herd_base="nft"))
+def test_herd_over_nft_trains_on_last_epochs_images_under_one_sentence(env):
+    """HERD over NFT: the second epoch trains on its 2 new samples and the 2 relabeled ones of the first epoch (each
+    under one sentence of its prompt, its reward recomputed for that sentence); the checkpoint keeps the buffer."""
+    agent = make_agent("herd", env, one_update_config(herd_base="nft", per_prompt_stats=True))
+    try:
+        first, second = agent.train_epoch(), agent.train_epoch()
+        assert first.metrics["num_train_samples"] == 2.0 and second.metrics["num_train_samples"] == 4.0
+        assert math.isfinite(second.metrics["herd_relabeled_reward_mean"])
+        (replayed,) = agent.relabeler.history
+        assert all(prompt.count(".") == 1 for prompt in replayed.prompts), replayed.prompts  # one sentence each
+        assert agent.state_dict()["relabeler"]["history"] is not None
+    finally:
+        agent.close()
+
+
+def test_nft_refuses_uncorrected_herd_and_bad_knobs_before_building_anything(env):
+    with pytest.raises(ValueError, match="herd over nft needs herd_off_policy_correction"):
+        make_agent("herd", env, one_update_config(herd_base="nft", herd_off_policy_correction=False))
     for field, value, message in [
         ("nft_beta", 0.0, "nft_beta must be"),
         ("nft_timesteps", 0, "nft_timesteps must be"),

@@ -28,6 +28,12 @@ Groups: with ``nft_group_size`` K each batch holds ``batch_size / K`` prompts sa
 without it prompts are drawn uniformly and a prompt's group is whatever the batch holds of it (on a one-prompt task,
 the whole batch either way).
 
+Per-sentence rewards: ``make_agent("herd", env, config)`` with ``herd_base="nft"`` (the ``herd-nft`` variant)
+adds HERD's replay to each epoch's samples: last epoch's clean images, each under one random sentence of its prompt
+with its reward recomputed for that sentence. NFT needs only :math:`x_0`, its prompt and its reward, so a relabeled
+image is a training sample like any other (no importance weight: the loss has no behaviour density), and with
+``per_prompt_stats`` each sentence's images are normalised among themselves.
+
 The old policy: ``nft_old_ema`` 0 (default) makes it the current policy at the start of each epoch (the samples
 are on-policy). ``nft_old_ema`` :math:`\lambda > 0` keeps a separate copy of the trainable weights, softly updated
 after each epoch, :math:`\theta_{old} \leftarrow \lambda\theta_{old} + (1 - \lambda)\theta` (the paper's soft
@@ -64,10 +70,10 @@ class NFTAgent(Agent):
     name = "nft"
 
     def __init__(self, env, config: AgentConfig, *, relabeler=None, distributed=None):
-        if relabeler is not None:  # before any state changes (the policy adds an adapter to the shared UNet)
+        if relabeler is not None and not config.herd_off_policy_correction:  # before any state changes
             raise ValueError(
-                "nft does not compose with HERD: HERD's replay rescores behaviour log-probs, which nft does not "
-                "record (choose another --herd-base)"
+                "herd over nft needs herd_off_policy_correction (the default): without it HERD rescores the "
+                "replay's behaviour log-probs, which nft's loss never reads"
             )
         super().__init__(env, config, relabeler=relabeler, distributed=distributed)
 

@@ -110,6 +110,13 @@ VARIANTS: dict[str, Variant] = {
             {"nft_group_size": 4},
             "NFT with K = 4 samples per prompt, r normalised within each prompt's four (DiffusionNFT's groups)",
         ),
+        Variant(
+            "herd-nft",
+            "herd",
+            {"herd_base": "nft", "herd_buffer_batches": 2},
+            "HERD over NFT: every image of the last epoch replayed under one sentence of its prompt, its reward "
+            "recomputed for it (a reward per sentence; issue 31)",
+        ),
         Variant("herd", "herd", {}, "HERD over LOOP (the default base): 1 batch of relabeled trajectories replayed"),
         Variant("herd-ddpo", "herd", {"herd_base": "ddpo"}, "HERD over DDPO, 1 batch replayed (the paper's HERD)"),
         Variant("herd-b2", "herd", {"herd_buffer_batches": 2}, "HERD with 2 batches replayed (paper's HERD-b2)"),
