@@ -23,6 +23,7 @@ from agents.experiments.bench import (
     leaderboard,
     main,
     plan_bench,
+    stalled_seeds,
     summarise_bench,
 )
 from agents.training.evaluation import RUN_EVAL_SEED, Scores, evaluate
@@ -166,6 +167,20 @@ def test_a_seed_gives_every_agent_the_same_evaluation_noise_and_the_same_first_b
 GAINS = {"ddpo": 0.10, "loop": 0.04}  # + 0.01 x seed: ddpo beats loop on every seed
 
 
+def test_stalled_seeds_by_hand():
+    """A seed stalled when its best gain is below a third of its agent's median seed's: DDPO on ``long`` (the
+    verdict suite's seed 5, +0.026 against a median of +0.119) stalled; ``multi``'s slow and even seeds did not;
+    an agent that gains nothing anywhere has no stalled seed."""
+    long_ddpo = [0.134, 0.112, 0.119, 0.086, 0.119, 0.026]  # median 0.1155: threshold 0.0385
+    assert stalled_seeds(range(6), long_ddpo) == [5]
+    multi_loop = [0.033, 0.026, 0.045, 0.027, 0.019, 0.026]  # median 0.0265: threshold 0.0088
+    assert stalled_seeds(range(6), multi_loop) == []
+    assert stalled_seeds([3, 4, 7], [0.09, 0.02, 0.10]) == [4]  # seeds are reported by their own numbers
+    assert stalled_seeds([0, 1], [-0.01, 0.0]) == []
+    with pytest.raises(ValueError, match="best gains for 3 seeds"):
+        stalled_seeds([0, 1, 2], [0.1, 0.2])
+
+
 def fake_run(settings: RunSettings) -> None:
     """A finished run folder without training: gold gains GAINS[agent] + 0.01 x seed, evaluated every epoch."""
     folder = Path(settings.output_dir)
@@ -228,13 +243,10 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
     for name in ("leaderboard.md", "bench_summary.json", "leaderboard_iqm.png", "performance_profiles.png",
                  "gold_curves.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0
-    # LOOP's seed 0 gains +0.04 at most (never +0.05): a run that did not learn, counted as such
+    # LOOP's seeds gain +0.04 and +0.05: lower than DDPO's, but neither stalled against its sibling
     summary = json.loads((tmp_path / "bench_summary.json").read_text())["tasks"]["long"]["agents"]
-    assert (summary["ddpo"]["did_not_learn"], summary["loop"]["did_not_learn"]) == ([], [0])
-    assert (
-        "| 0/2 |" in (tmp_path / "leaderboard.md").read_text()
-        and "| 1/2 (seed 0) |" in (tmp_path / "leaderboard.md").read_text()
-    )
+    assert (summary["ddpo"]["stalled"], summary["loop"]["stalled"]) == ([], [])
+    assert "| 0/2 |" in (tmp_path / "leaderboard.md").read_text()
     # a task with no finished run yet is named, not printed as an empty table
     summarise_bench(tmp_path, ["long", "multi"], ["ddpo", "loop"], [0, 1], "smoke", REPS)
     text = (tmp_path / "leaderboard.md").read_text()

@@ -460,18 +460,32 @@ def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
     )
 
 
-# a run whose held-out gold gain never reaches this at any evaluation did not learn (the leaderboard counts them)
-LEARNED_GAIN = 0.05
+# a seed stalled when its best held-out gold gain stays below this fraction of its agent's median seed on the task
+STALL_FRACTION = 1 / 3
 
 
-def seeds_that_did_not_learn(runs: AgentOnTask) -> list[int]:
-    """The seeds whose held-out gold gain over the base model stayed below :data:`LEARNED_GAIN` at every
-    evaluation: failed runs, which the IQM discounts and the mean does not."""
+def stalled_seeds(seeds: Sequence[int], best_gains: Sequence[float], fraction: float = STALL_FRACTION) -> list[int]:
+    """The seeds whose best gain (over every evaluation) is below ``fraction`` of the median best gain of all the
+    ``seeds`` (one agent on one task): runs that failed where their siblings learned, which the IQM discounts and
+    the mean does not. Relative to the agent's own seeds, so that one rule fits a task where every run gains
+    +0.03 (``multi`` at this budget) and one where they gain +0.12 (``long``); an agent that learns nothing on any
+    seed has no stalled seed (its IQM says so). None when the median best gain is not positive."""
+    best = np.asarray(best_gains, dtype=float)  # (S,)
+    if best.shape != (len(seeds),):
+        raise ValueError(f"got {best.shape} best gains for {len(seeds)} seeds")
+    median = float(np.median(best)) if len(best) else math.nan
+    if not median > 0:
+        return []
+    return [seed for seed, gain in zip(seeds, best, strict=True) if gain < fraction * median]
+
+
+def seeds_that_stalled(runs: AgentOnTask) -> list[int]:
+    """:func:`stalled_seeds` of ``runs``, from each seed's held-out gold curve."""
     found = held_out_gains(runs.results, "gold")
     if found is None:
         return []
     _, gains, _ = found  # (S, P)
-    return [seed for seed, row in zip(runs.seeds, gains, strict=True) if np.nanmax(row) < LEARNED_GAIN - 1e-9]
+    return stalled_seeds(runs.seeds, np.nanmax(gains, axis=1))
 
 
 def per_prompt_gains(output_dir: Path, task: str, runs: AgentOnTask) -> dict:
@@ -564,7 +578,7 @@ def leaderboard(
                     "base_gold": [r.base.gold for r in runs.results],
                     "final_gold": [r.final.gold for r in runs.results],
                     "gain": runs.gains().tolist(),
-                    "did_not_learn": seeds_that_did_not_learn(runs),
+                    "stalled": seeds_that_stalled(runs),
                     "auc": auc.tolist(),
                     "auc_iqm": None if auc_interval is None else dataclasses.asdict(auc_interval),
                     "normalised_final": normalised_gold(
@@ -772,8 +786,9 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "Final held-out gold gain over the base model (fresh noise, the same noise for every agent and seed): IQM "
         "over seeds with a stratified bootstrap 95% CI (rliable); AUC: area under the held-out gold curve, "
         "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
-        "the seed-mean gain first reaches +0.05 and +0.10; did not learn: the seeds whose gain stayed below "
-        f"+{LEARNED_GAIN:.2f} at every evaluation. P(a > b): probability of improvement with its 95% CI; "
+        "the seed-mean gain first reaches +0.05 and +0.10; stalled: the seeds whose best gain at any evaluation "
+        f"stayed below {STALL_FRACTION:.2f} x its agent's median seed's best (failed runs the IQM discounts). "
+        "P(a > b): probability of improvement with its 95% CI; "
         f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
         "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
         "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
@@ -787,7 +802,7 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         lines += [f"## {task} (MDE {_number(entry['mde'], signed=False)})", ""]
         lines += [
             "| agent | seeds | IQM gold gain [95% CI] | AUC (IQM) | samples to +0.05 | samples (min) to +0.10 | "
-            "did not learn |",
+            "stalled |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for agent, row in entry["agents"].items():
@@ -798,7 +813,7 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
                 f"{_number(row['ci_high'])}] | {_number(auc['point'] if auc else None, 3)} | "
                 f"{row['samples_to_0.05'] if row['samples_to_0.05'] is not None else 'not reached'} | "
                 f"{row['samples_to_0.10'] if row['samples_to_0.10'] is not None else 'not reached'}{minutes} | "
-                f"{failed_seeds(detail['agents'][agent]['did_not_learn'], row['seeds'])} |"
+                f"{failed_seeds(detail['agents'][agent]['stalled'], row['seeds'])} |"
             )
         per_prompt = {agent: row for agent, row in detail["agents"].items() if row.get("per_prompt_gain")}
         if per_prompt:
