@@ -23,6 +23,8 @@ from agents.experiments.bench import (
     leaderboard,
     main,
     plan_bench,
+    seed_spec,
+    seeds_text,
     stalled_seeds,
     summarise_bench,
 )
@@ -179,6 +181,14 @@ def test_stalled_seeds_by_hand():
     assert stalled_seeds([0, 1], [-0.01, 0.0]) == []
     with pytest.raises(ValueError, match="best gains for 3 seeds"):
         stalled_seeds([0, 1, 2], [0.1, 0.2])
+
+
+def test_the_seeds_a_command_prints_read_back_as_the_same_seeds():
+    """The leaderboard's and each run's regenerating command name their seeds so that ``--seeds`` reads them back:
+    one seed 0 is ``0-0`` (a bare ``0`` would be a count of none)."""
+    for seeds, text in [([0], "0-0"), ([3], "3-3"), ([0, 1, 2, 3, 4, 5], "0-5"), ([0, 3, 7], "0,3,7"), ([2, 1], "2,1")]:
+        assert seeds_text(seeds) == text
+        assert seed_spec(text) == seeds
 
 
 def fake_run(settings: RunSettings) -> None:

@@ -157,7 +157,7 @@ def bench_command(task: str, agent: str, seed: int, output_dir: Path, budget: st
             "--agents",
             agent,
             "--seeds",
-            f"{seed}-{seed}",
+            seeds_text([seed]),
             "--budget",
             budget,
             "--output-dir",
@@ -708,7 +708,7 @@ def summarise_bench(
             "--agents",
             ",".join(agents),
             "--seeds",
-            ",".join(str(s) for s in seeds),
+            seeds_text(seeds),
             "--budget",
             budget,
             "--output-dir",
@@ -949,6 +949,15 @@ def plot_bench(
 
 
 # ----------------------------------------------------------------------------------------------- command line
+def seeds_text(seeds: Sequence[int]) -> str:
+    """The ``--seeds`` text that :func:`seed_spec` reads back as ``seeds``: ``"0-5"`` for a run of consecutive
+    seeds (one seed too: ``"3-3"``, since ``"3"`` is a count), else ``"0,3,7"``."""
+    seeds = list(seeds)
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
 def seed_spec(text: str) -> list[int]:
     """``"5"`` -> seeds 0..4; ``"0,3,7"`` -> those; ``"5-9"`` -> 5..9 (argparse type)."""
     try:
