@@ -18,10 +18,10 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks multi --agents ddpo,loop --seeds 0-5                     # LOOP K=4 vs PPO where prompts differ
   bench --tasks long --agents nft --seeds 0-5                            # issue 31's agent on the bench
   bench --tasks multi --agents nft --seeds 0-5                           # issue 31: its IQM on multi against DDPO's
-  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation
   bench --tasks long --agents herd-b2 --seeds 0-5                        # HERD-b2 vs HERD
   bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
   bench --tasks long --agents ddpo,ddpo-aa --seeds 6-11                  # A/A no. 2
+  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
   bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap
   bench --tasks long --agents ddpo,ddpo-aa --seeds 12-17                 # A/A no. 3
   bench --tasks long --agents nft-t16 --seeds 0-5                        # issue 31: more information per sample?
