@@ -16,7 +16,6 @@ from agents.config import (
     AgentConfig,
     Bound,
     agent_config_choices,
-    agent_config_help,
     annotated_bounds,
     check_value,
     field_docstrings,
@@ -180,35 +179,51 @@ def _first(kinds_optional: tuple[tuple[type, ...], bool]) -> tuple[type, bool]:
     return kinds_optional[0][0], kinds_optional[1]
 
 
+def add_field_flag(
+    group: argparse._ActionsContainer,
+    cls: type,
+    name: str,
+    default: object,
+    *,
+    parse: Callable[[str], object] | None = None,
+    choices: list | tuple | None = None,
+    negatable: bool = False,
+    shown: str | None = None,
+    note: str = "",
+    metavar: str | None = None,
+) -> None:
+    """One flag ``--<name>`` for the field ``name`` of the configuration dataclass ``cls``: its docstring is the help,
+    then the default (``shown``: how to spell it, else :func:`spelled` of ``default``) and ``note``. A bool field is
+    a switch (``negatable``: ``--x`` and ``--no-x``); any other field reads its text with ``parse``, else with its
+    declared number type and range (:func:`setting_type`) unless ``choices`` alone say what it takes."""
+    option = "--" + name.replace("_", "-")
+    help_text = field_docstrings(cls)[name].replace("%", "%%")
+    if isinstance(default, bool):
+        action = argparse.BooleanOptionalAction if negatable else "store_true"
+        state = "on" if default else "off"
+        group.add_argument(option, dest=name, action=action, default=default, help=f"{help_text} (default: {state})")
+        return
+    if parse is None and choices is None:
+        parse = setting_type(cls, name)
+    help_text += f" (default: {spelled(default) if shown is None else shown})" + (f"; {note}" if note else "")
+    group.add_argument(option, dest=name, type=parse, choices=choices, default=default, metavar=metavar, help=help_text)
+
+
 def add_agent_config_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per AgentConfig field: --batch-size, --lora-rank, --herd-keep-history/--no-herd-keep-history, ...;
     values are checked as :meth:`AgentConfig.validate` checks them (the same bounds and choices)."""
     for field, kind, is_optional in agent_config_fields():
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        description = agent_config_help()[field.name] or f"AgentConfig.{field.name}"
-        flag = "--" + field.name.replace("_", "-")
-        if kind is bool:
-            state = "on" if default else "off"
-            group.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{description} (default: {state})",
-            )
-            continue
-        if kind in (int, float):
-            parse = setting_type(AgentConfig, field.name)
-        else:
-            parse = optional(prompt_text) if is_optional else prompt_text
         choices = agent_config_choices().get(field.name)
-        group.add_argument(
-            flag,
-            dest=field.name,
-            type=parse,
+        parse = None if kind in (int, float, bool) else optional(prompt_text) if is_optional else prompt_text
+        add_field_flag(
+            group,
+            AgentConfig,
+            field.name,
+            default,
+            parse=parse,
             choices=list(choices) if choices is not None else None,
-            default=default,
-            help=description + " (default: %(default)s)",
+            negatable=True,
         )
 
 
@@ -274,24 +289,19 @@ def add_setting_flags(groups: dict[str, argparse._ArgumentGroup], task: object) 
     no parser default (the task's value applies where the flag is not given, else the field's)."""
     from_task = task_run_fields(task)
     for name, flag in setting_flags().items():
-        default, help_text = setting_default(name), field_docstrings(flag.owner)[name].replace("%", "%%")
-        option = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            groups[flag.group].add_argument(option, action="store_true", help=f"{help_text} (default: off)")
-            continue
-        if name in from_task:
-            help_text += f" (default: {spelled(from_task[name])} in the task {task.name}; {spelled(default)} without)"
+        default, shown = setting_default(name), None
+        if name in from_task and not isinstance(default, bool):
+            shown = f"{spelled(from_task[name])} in the task {task.name}; {spelled(default)} without"
             default = None
-        else:
-            help_text += f" (default: {spelled(default)})"
-        if flag.note:
-            help_text += f"; {flag.note}"
-        groups[flag.group].add_argument(
-            option,
-            type=flag.parse or (None if flag.choices else setting_type(flag.owner, name)),
+        add_field_flag(
+            groups[flag.group],
+            flag.owner,
+            name,
+            default,
+            parse=flag.parse,
             choices=flag.choices,
-            default=default,
-            help=help_text,
+            shown=shown,
+            note=flag.note,
         )
 
 

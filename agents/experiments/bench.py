@@ -48,7 +48,7 @@ from typing import Annotated
 
 import numpy as np
 
-from agents.config import AgentConfig, Bound, annotated_bounds, check_fields, field_docstrings
+from agents.config import AgentConfig, Bound, annotated_bounds, check_fields
 from agents.experiments.comparison import VARIANTS, continue_or_start, crossings, held_out_band, held_out_gains
 from agents.training.run_folder import RESULTS_FILE, RunResult, RunSettings, json_safe, read_run_result
 from agents.training.trainer import EvaluationEvent, Trainer, TrainerCallback
@@ -1045,7 +1045,7 @@ BENCH_FLAG_PARSERS: dict[str, Callable[[str], object]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agents.cli import setting_type
+    from agents.cli import add_field_flag
     from diffusion_gym.tasks import get_task, task_names
 
     tasks = "\n".join(f"  {name:<10} {get_task(name).description}" for name in task_names())
@@ -1059,18 +1059,15 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = BenchSettings()
     for setting in dataclasses.fields(BenchSettings):
         name, default = setting.name, getattr(defaults, setting.name)
-        flag, help_text = "--" + name.replace("_", "-"), field_docstrings(BenchSettings)[name].replace("%", "%%")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=f"{help_text} (default: off)")
-            continue
-        shown = ",".join(map(str, default)) if isinstance(default, list) else "none" if default is None else default
-        parser.add_argument(
-            flag,
-            type=BENCH_FLAG_PARSERS.get(name) or (None if name == "budget" else setting_type(BenchSettings, name)),
+        add_field_flag(
+            parser,
+            BenchSettings,
+            name,
+            default,
+            parse=BENCH_FLAG_PARSERS.get(name),
             choices=BUDGETS if name == "budget" else None,
-            default=default,
+            shown=",".join(map(str, default)) if isinstance(default, list) else None,
             metavar="DIR" if name == "archive" else None,
-            help=f"{help_text} (default: {shown})",
         )
     parser.add_argument("--run-one", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
     return parser
