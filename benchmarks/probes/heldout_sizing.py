@@ -3,13 +3,13 @@
     python benchmarks/probes/heldout_sizing.py --family-size 256 --epochs 160 --seed 0 \
         --output-dir runs/heldout-sizing
 
-Trains DDPO (the bench's settings for ``heldout``: 16 x 2 fresh samples an epoch, 10 DDIM steps, one torch thread)
-on the first ``--family-size`` prompts of ``shapes-train`` (256: the task as registered; fewer: a smaller family,
-each prompt seen more often) for ``--epochs`` epochs, scoring the 120 unseen ``shapes-heldout`` prompts every
-``--eval-every`` epochs on the runs' fixed evaluation noise. The run folder is a normal one (``metrics.jsonl``:
-``eval_gold`` and ``elapsed_seconds`` at each evaluation, so the curve reads against samples and wall minutes);
-rerunning the same command resumes it. Issue 28: "if no size shows a gain within 30 minutes of a single seed,
-commit the measured curve and say so".
+Trains an agent (``--agent``, default DDPO) with the bench's settings for ``heldout`` (16 x 2 fresh samples an
+epoch, 10 DDIM steps, one torch thread) on the first ``--family-size`` prompts of ``shapes-train`` (256: the task
+as registered; fewer: a smaller family, each prompt seen more often) for ``--epochs`` epochs, scoring the 120
+unseen ``shapes-heldout`` prompts every ``--eval-every`` epochs on the runs' fixed evaluation noise. The run
+folder is a normal one (``metrics.jsonl``: ``eval_gold`` and ``elapsed_seconds`` at each evaluation, so the curve
+reads against samples and wall minutes); rerunning the same command resumes it. Issue 28: "if no size shows a
+gain within 30 minutes of a single seed, commit the measured curve and say so".
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=160, help="epochs of 32 fresh samples (default: 160)")
     parser.add_argument("--eval-every", type=int, default=20, help="epochs between evaluations (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (default: 0)")
+    parser.add_argument("--agent", default="ddpo", help="the agent (default: ddpo; loop: K = 4 samples per prompt)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/heldout-sizing"), help="parent folder")
     args = parser.parse_args(argv)
     if not 1 <= args.family_size <= 256:
@@ -46,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     config = AgentConfig(seed=args.seed, batch_size=task.batch_size, batches_per_epoch=task.batches_per_epoch)
     settings = RunSettings.for_task(
         task,
-        "ddpo",
-        args.output_dir / f"ddpo-family{args.family_size}-seed{args.seed}",
+        args.agent,
+        args.output_dir / f"{args.agent}-family{args.family_size}-seed{args.seed}",
         config,
         prompts=prompt_set,
         epochs=args.epochs,
         eval_every=args.eval_every,
         threads=1,
-        label=f"ddpo-family{args.family_size}",
+        label=f"{args.agent}-family{args.family_size}",
     )
     settings = continue_or_start(settings)
     if settings is None:
