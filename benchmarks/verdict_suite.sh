@@ -19,8 +19,8 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks long --agents nft --seeds 0-5                            # issue 31's agent on the bench
   bench --tasks multi --agents nft --seeds 0-5                           # issue 31: its IQM on multi against DDPO's
   bench --tasks long --agents herd-b2 --seeds 0-5                        # HERD-b2 vs HERD
-  bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
   bench --tasks long --agents ddpo,ddpo-aa --seeds 6-11                  # A/A no. 2
+  bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
   bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
   bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap
   bench --tasks long --agents ddpo,ddpo-aa --seeds 12-17                 # A/A no. 3
