@@ -105,6 +105,12 @@ VARIANTS: dict[str, Variant] = {
             "NFT with 16 noised points per image, not 4: 4x the noise draws behind each image's gradient (issue 31)",
         ),
         Variant(
+            "nft-soft",
+            "nft",
+            {"nft_old_ema": 0.5},
+            "NFT sampling from a soft-updated old policy, old <- 0.5 old + 0.5 theta after each epoch (the paper's)",
+        ),
+        Variant(
             "nft-k4",
             "nft",
             {"nft_group_size": 4},
