@@ -20,6 +20,7 @@ from agents.experiments.bench import (
     PER_PROMPT_FILE,
     bench,
     budget_task,
+    compared,
     leaderboard,
     main,
     plan_bench,
@@ -166,7 +167,7 @@ def test_a_seed_gives_every_agent_the_same_evaluation_noise_and_the_same_first_b
 
 
 # ----------------------------------------------------------------------------------------------- resume
-GAINS = {"ddpo": 0.10, "loop": 0.04}  # + 0.01 x seed: ddpo beats loop on every seed
+GAINS = {"ddpo": 0.10, "loop": 0.04, "ddpo-aa": 0.10}  # + 0.01 x seed: ddpo beats loop on every seed
 
 
 def test_stalled_seeds_by_hand():
@@ -181,6 +182,15 @@ def test_stalled_seeds_by_hand():
     assert stalled_seeds([0, 1], [-0.01, 0.0]) == []
     with pytest.raises(ValueError, match="best gains for 3 seeds"):
         stalled_seeds([0, 1, 2], [0.1, 0.2])
+
+
+def test_calibration_agents_are_paired_with_their_reference_only():
+    """The A/A twin and the handicaps are compared with DDPO, not with LOOP nor with each other (the twin's seeds
+    are not paired with LOOP's); every other pair is compared."""
+    assert compared("ddpo", "loop") and compared("herd-b2", "nft") and compared("my-agent", "ddpo")
+    assert compared("ddpo", "ddpo-aa") and compared("ddpo-half-batch", "ddpo")
+    assert not compared("loop", "ddpo-aa") and not compared("ddpo-half-lr", "herd-b2")
+    assert not compared("ddpo-aa", "ddpo-half-batch")
 
 
 def test_the_seeds_a_command_prints_read_back_as_the_same_seeds():
@@ -261,6 +271,12 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
     summarise_bench(tmp_path, ["long", "multi"], ["ddpo", "loop"], [0, 1], "smoke", REPS)
     text = (tmp_path / "leaderboard.md").read_text()
     assert "## long" in text and "## multi" not in text and "No finished run yet on: multi." in text
+
+
+def test_the_leaderboard_pairs_the_a_a_twin_with_ddpo_only(tmp_path):
+    board = bench(["long"], ["ddpo", "loop", "ddpo-aa"], [0, 1], tmp_path, budget="smoke", run_one=fake_run, reps=REPS)
+    pairs = [(pair["a"], pair["b"]) for pair in board["tasks"]["long"]["pairs"]]
+    assert pairs == [("ddpo", "loop"), ("ddpo", "ddpo-aa")]
 
 
 def test_an_archived_bench_continues_in_another_folder_without_rerunning_its_runs(tmp_path):

@@ -67,23 +67,51 @@ MIN_SEEDS_FOR_DECISION = 5
 
 @dataclass(frozen=True)
 class BenchAgent:
-    """An agent of the bench: an agent name with ``AgentConfig`` overrides (over the task's budget), and a seed
-    offset (the A/A twin's other seed stream)."""
+    """An agent of the bench: an agent name with ``AgentConfig`` overrides (over the task's budget), a seed offset
+    (the A/A twin's other seed stream), and for a calibration agent the one agent it is compared with
+    (``reference``: the leaderboard pairs it with that agent only)."""
 
     name: str
     agent: str
     overrides: dict[str, object] = field(default_factory=dict)
     description: str = ""
     seed_offset: int = 0
+    reference: str | None = None
 
 
 CALIBRATION_AGENTS = (
-    BenchAgent("ddpo-aa", "ddpo", {}, "A/A twin: DDPO on another seed stream (seed + 1000)", AA_SEED_OFFSET),
-    BenchAgent("ddpo-half-lr", "ddpo", {"learning_rate": 5e-4}, "handicap: DDPO at half the learning rate (5e-4)"),
     BenchAgent(
-        "ddpo-half-batch", "ddpo", {"batches_per_epoch": 1}, "handicap: DDPO on half the fresh samples (1 batch/epoch)"
+        "ddpo-aa", "ddpo", {}, "A/A twin: DDPO on another seed stream (seed + 1000)", AA_SEED_OFFSET, reference="ddpo"
+    ),
+    BenchAgent(
+        "ddpo-half-lr",
+        "ddpo",
+        {"learning_rate": 5e-4},
+        "handicap: DDPO at half the learning rate (5e-4)",
+        reference="ddpo",
+    ),
+    BenchAgent(
+        "ddpo-half-batch",
+        "ddpo",
+        {"batches_per_epoch": 1},
+        "handicap: DDPO on half the fresh samples (1 batch/epoch)",
+        reference="ddpo",
     ),
 )
+
+
+def compared(a: str, b: str) -> bool:
+    """Whether the leaderboard pairs bench agents ``a`` and ``b``: any two agents, except that a calibration agent
+    (one with a ``reference``) is paired with its reference only. The A/A twin's seed ``s`` is not paired with
+    another agent's seed ``s`` (its first batch and training noise are seed + 1000's), and the calibration measures
+    one comparison's error rate, not that of a family of extra pairs."""
+    reference_a = BENCH_AGENTS[a].reference if a in BENCH_AGENTS else None
+    reference_b = BENCH_AGENTS[b].reference if b in BENCH_AGENTS else None
+    if reference_a is not None or reference_b is not None:
+        return reference_a == b or reference_b == a
+    return True
+
+
 BENCH_AGENTS: dict[str, BenchAgent] = {
     **{v.name: BenchAgent(v.name, v.agent, dict(v.overrides), v.description) for v in VARIANTS.values()},
     **{agent.name: agent for agent in CALIBRATION_AGENTS},
@@ -532,7 +560,8 @@ def leaderboard(
          "ci_low", "ci_high"}]}}}
 
     ``iqm`` and its CI: the final held-out gold gain over the base model, IQM over seeds with a stratified
-    bootstrap 95% CI. ``pairs``: every pair of agents (in the order given), P(a's gain > b's) with its CI.
+    bootstrap 95% CI. ``pairs``: every pair of agents (in the order given; a calibration agent only with its
+    reference, :func:`compared`), P(a's gain > b's) with its CI.
     ``mde``: the minimum detectable gold-gain difference at ``len(seeds)`` seeds (80% power, two-sided 5%), from
     the pooled per-seed variance of the pairs' paired differences (null with fewer than 2 paired seeds).
     An agent without finished runs is left out. ``details`` holds the per-seed gains, the normalised AUC and the
@@ -588,6 +617,8 @@ def leaderboard(
             )
         differences = []
         for a, b in itertools.combinations(present, 2):
+            if not compared(a.agent, b.agent):
+                continue
             interval = probability_of_improvement(a.gains(), b.gains(), reps=reps)
             entry["pairs"].append(
                 {
