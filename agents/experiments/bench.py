@@ -490,19 +490,27 @@ def auc_per_seed(runs: AgentOnTask, ceiling: float) -> np.ndarray:
 
 # a seed stalled when its best held-out gold gain stays below this fraction of its agent's median seed on the task
 STALL_FRACTION = 1 / 3
+# ... provided that median is above the evaluation's noise: about two standard errors of one evaluation's mean on
+# the built-in tasks (0.012-0.013, docs/experiments/2026-12-07-bench.md); below it no seed learned to compare with
+STALL_MEDIAN_FLOOR = 0.02
 
 
-def stalled_seeds(seeds: Sequence[int], best_gains: Sequence[float], fraction: float = STALL_FRACTION) -> list[int]:
+def stalled_seeds(
+    seeds: Sequence[int],
+    best_gains: Sequence[float],
+    fraction: float = STALL_FRACTION,
+    floor: float = STALL_MEDIAN_FLOOR,
+) -> list[int]:
     """The seeds whose best gain (over every evaluation) is below ``fraction`` of the median best gain of all the
     ``seeds`` (one agent on one task): runs that failed where their siblings learned, which the IQM discounts and
     the mean does not. Relative to the agent's own seeds, so that one rule fits a task where every run gains
     +0.03 (``multi`` at this budget) and one where they gain +0.12 (``long``); an agent that learns nothing on any
-    seed has no stalled seed (its IQM says so). None when the median best gain is not positive."""
+    seed has no stalled seed (its IQM says so): none when the median best gain is not above ``floor``."""
     best = np.asarray(best_gains, dtype=float)  # (S,)
     if best.shape != (len(seeds),):
         raise ValueError(f"got {best.shape} best gains for {len(seeds)} seeds")
     median = float(np.median(best)) if len(best) else math.nan
-    if not median > 0:
+    if not median > floor:
         return []
     return [seed for seed, gain in zip(seeds, best, strict=True) if gain < fraction * median]
 
@@ -818,7 +826,8 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "over seeds with a stratified bootstrap 95% CI (rliable); AUC: area under the held-out gold curve, "
         "normalised between the base model (0) and the task's ceiling (1), IQM over seeds; samples (minutes) until "
         "the seed-mean gain first reaches +0.05 and +0.10; stalled: the seeds whose best gain at any evaluation "
-        f"stayed below {STALL_FRACTION:.2f} x its agent's median seed's best (failed runs the IQM discounts). "
+        f"stayed below {STALL_FRACTION:.2f} x its agent's median seed's best, when that median exceeds "
+        f"+{STALL_MEDIAN_FLOOR:.2f} (failed runs the IQM discounts). "
         "P(a > b): probability of improvement with its 95% CI; "
         f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
         "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
