@@ -356,8 +356,9 @@ AGENT_LEARNING_RATES: dict[str, float] = {"rwr": 1e-4, "nft": 3e-4}
 
 
 def agent_config_help() -> dict[str, str]:
-    """What each field means (its docstring, read by simple-parsing), for the CLI's ``--help`` and readers of
-    ``run.json``; ``tests/test_run_cli.py`` checks that no field is missing."""
+    """What each field means (its docstring, read by simple-parsing, as the CLI's ``--help`` reads it through
+    :func:`field_docstrings`), for readers of ``run.json``; ``tests/test_run_cli.py`` checks that no field is
+    missing."""
     return field_docstrings(AgentConfig)
 
 
