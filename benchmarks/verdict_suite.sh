@@ -21,15 +21,16 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks long --agents herd-b2 --seeds 0-5                        # HERD-b2 vs HERD
   bench --tasks long --agents ddpo,ddpo-aa --seeds 6-11                  # A/A no. 2
   bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
-  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
-  bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap
+  bench --tasks long --agents ddpo-tenth-lr --seeds 0-5                  # a handicap above long's MDE: detected?
   bench --tasks long --agents ddpo,ddpo-aa --seeds 12-17                 # A/A no. 3
+  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
+  bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap (below the MDE)
   bench --tasks long --agents nft-t16 --seeds 0-5                        # issue 31: more information per sample?
   bench --tasks long --agents nft-two-std --seeds 0-5                    # issue 31: every sample pushes?
 fi
 # the leaderboard of the verdicts (seeds 0-5), committed as docs/experiments/leaderboard.{json,md} and figures
 "$PY" -m agents.experiments.bench --summarise-only --output-dir "$OUT" --archive "$ARCHIVE" --tasks long,multi,proxy,heldout \
-  --agents ddpo,herd,loop,herd-b2,nft,nft-t16,nft-two-std,ddpo-aa,ddpo-half-batch,ddpo-half-lr,dpok,dpok-nokl --seeds 0-5
+  --agents ddpo,herd,loop,herd-b2,nft,nft-t16,nft-two-std,ddpo-aa,ddpo-half-batch,ddpo-half-lr,ddpo-tenth-lr,dpok,dpok-nokl --seeds 0-5
 cp "$OUT/leaderboard.json" "$OUT/leaderboard.md" docs/experiments/
 cp "$OUT/leaderboard_iqm.png" docs/experiments/leaderboard-iqm.png
 cp "$OUT/gold_curves.png" docs/experiments/leaderboard-gold-curves.png

@@ -91,6 +91,13 @@ CALIBRATION_AGENTS = (
         reference="ddpo",
     ),
     BenchAgent(
+        "ddpo-tenth-lr",
+        "ddpo",
+        {"learning_rate": 1e-4},
+        "handicap sized above the MDE on long: DDPO at a tenth of the learning rate (1e-4)",
+        reference="ddpo",
+    ),
+    BenchAgent(
         "ddpo-half-batch",
         "ddpo",
         {"batches_per_epoch": 1},
