@@ -23,6 +23,7 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks heldout --agents ddpo --seeds 0-5                        # generalisation to unseen prompts
   bench --tasks long --agents ddpo-tenth-lr --seeds 0-5                  # a handicap above long's MDE: detected?
   bench --tasks long --agents ddpo,ddpo-aa --seeds 12-17                 # A/A no. 3
+  bench --tasks long --agents ddpo-tenth-lr --seeds 6-11                 # that handicap on 12 seeds (ddpo 6-11 ran)
   bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
   bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap (below the MDE)
   bench --tasks long --agents nft-t16 --seeds 0-5                        # issue 31: more information per sample?
