@@ -262,6 +262,7 @@ def test_a_killed_bench_finishes_without_rerunning_finished_runs_and_writes_the_
     (pair,) = task["pairs"]
     assert set(pair) == PAIR_KEYS and (pair["a"], pair["b"], pair["prob_improvement"]) == ("ddpo", "loop", 1.0)
     assert task["mde"] == pytest.approx(0.0)  # the paired differences are all 0.06: no spread
+    assert "| too few seeds (< 5) | +0.0600 [+0.0600, +0.0600] |" in (tmp_path / "leaderboard.md").read_text()
     assert json.loads((tmp_path / "leaderboard.json").read_text()) == board
     for name in ("leaderboard.md", "bench_summary.json", "leaderboard_iqm.png", "performance_profiles.png",
                  "gold_curves.png"):  # fmt: skip

@@ -652,6 +652,7 @@ def leaderboard(
                     "a": a.agent,
                     "b": b.agent,
                     "paired_differences": paired.tolist(),
+                    "mean_difference": paired_t_interval(paired),
                     "std": pair_sd,
                     "mde": minimum_detectable_effect(pair_sd, len(list(seeds))),
                 }  # fmt: skip
@@ -665,6 +666,23 @@ def leaderboard(
         details["tasks"][task_name] = detail
     details["across_tasks"] = across_tasks(details, tasks, agents, reps)
     return json_safe(board), json_safe(details)
+
+
+def paired_t_interval(differences: np.ndarray) -> dict[str, float] | None:
+    """The mean of per-seed paired differences with its two-sided 95% t-interval, ``{"point", "low", "high"}``
+    (None with fewer than 2 seeds): the paired test whose power :func:`minimum_detectable_effect` gives. (A
+    percentile bootstrap of 6 values is too narrow here: A/A no. 2's excluded 0, docs/experiments/2026-12-07-bench.md.)
+    """
+    from agents.experiments.stats import mean_ci
+
+    if len(differences) < 2:
+        return None
+    interval = mean_ci(differences.tolist())
+    return {
+        "point": interval.mean,
+        "low": interval.mean - interval.half_width,
+        "high": interval.mean + interval.half_width,
+    }
 
 
 def per_prompt_statistics(detail: dict, reps: int) -> None:
@@ -838,7 +856,9 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         "P(a > b): probability of improvement with its 95% CI; "
         f"the CI excluding 0.5 is a decision (with at least {MIN_SEEDS_FOR_DECISION} seeds each). MDE: the "
         "gold-gain difference detected with 80% power (two-sided 5%) at this many seeds, from the measured variance "
-        "of the paired differences (the task's: pooled over every pair; a pair's: from its own).",
+        "of the paired differences (the task's: pooled over every pair; a pair's: from its own). Beside P(a > b), "
+        "which compares the two sets of runs unpaired and decides, the mean paired difference (a's gain - b's, seed "
+        "by seed) with its 95% t-interval: the paired test the MDE describes.",
         "",
     ]
     not_run = [task for task, entry in board["tasks"].items() if not entry["agents"]]
@@ -905,19 +925,24 @@ def leaderboard_markdown(board: dict, details: dict, command: str) -> str:
         if entry["pairs"]:
             lines += [
                 "",
-                "| a | b | P(a > b) [95% CI] | decision | mean paired difference | this pair's MDE |",
+                "| a | b | P(a > b) [95% CI] | decision | mean paired difference [95% CI] | this pair's MDE |",
                 "|---|---|---:|---|---:|---:|",
             ]
             for pair, pair_detail in zip(entry["pairs"], detail["pairs"], strict=True):
                 differences = pair_detail["paired_differences"]
-                mean = float(np.mean(differences)) if differences else None
+                paired = pair_detail["mean_difference"]
+                paired_text = (
+                    "–"
+                    if paired is None
+                    else f"{_number(paired['point'])} [{_number(paired['low'])}, {_number(paired['high'])}]"
+                )
                 low, high = pair["ci_low"], pair["ci_high"]
                 decision = f"{pair['a']} better" if low > 0.5 else f"{pair['b']} better" if high < 0.5 else "undecided"
                 if min(len(differences), *(entry["agents"][pair[k]]["seeds"] for k in "ab")) < MIN_SEEDS_FOR_DECISION:
                     decision = f"too few seeds (< {MIN_SEEDS_FOR_DECISION})"
                 lines.append(
                     f"| {pair['a']} | {pair['b']} | {pair['prob_improvement']:.3f} [{low:.3f}, {high:.3f}] | "
-                    f"{decision} | {_number(mean)} | {_number(pair_detail['mde'], signed=False)} |"
+                    f"{decision} | {paired_text} | {_number(pair_detail['mde'], signed=False)} |"
                 )
         lines.append("")
     across = details["across_tasks"]["agents"]
