@@ -1,8 +1,8 @@
 """How much of a paired difference on the bench is evaluation noise? The evaluation-size lever of issue 28's MDE.
 
     OMP_NUM_THREADS=1 python benchmarks/probes/eval_size.py --bench-dir runs/bench --task long \
-        --agents ddpo,ddpo-aa --seeds 6-11 --samples 512 \
-        --output docs/experiments/data/2026-12-08-eval-size/long-aa-6-11.json
+        --agents ddpo,ddpo-aa --seeds 6-17 --samples 512 \
+        --output docs/experiments/data/2026-12-08-eval-size/long-aa-seeds6-17.json
 
 A bench run's final gold gain is the mean gold of ``eval_samples`` (64 on ``long``) held-out samples, sample
 ``i`` on noise seed ``RUN_EVAL_SEED + i`` in every run (common random numbers), minus the base model's on the
