@@ -4,7 +4,7 @@
 # interrupted ones resume from their checkpoints. Every finished run's summary files are archived in ARCHIVE
 # (commit it): on another machine, the script restores them first and goes on where the archive stops.
 #
-#     bash benchmarks/verdict_suite.sh                 # about 6 hours on 2 cores (two runs at once)
+#     bash benchmarks/verdict_suite.sh                 # about 4 hours for issue 28, 5 with the NFT steps (2 cores)
 #     bash benchmarks/verdict_suite.sh --summarise     # only the leaderboard of what is finished (no training)
 set -u
 OUT=${BENCH_OUT:-runs/bench}
@@ -24,7 +24,7 @@ if [ "${1:-}" != "--summarise" ]; then
   bench --tasks long --agents ddpo-tenth-lr --seeds 0-5                  # a handicap above long's MDE: detected?
   bench --tasks long --agents ddpo,ddpo-aa --seeds 12-17                 # A/A no. 3
   bench --tasks long --agents ddpo-tenth-lr --seeds 6-11                 # that handicap on 12 seeds (ddpo 6-11 ran)
-  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~25 min a run)
+  bench --tasks proxy --agents dpok,dpok-nokl --seeds 0-5                # DPOK's KL against over-optimisation (~8 min a run)
   bench --tasks long --agents ddpo-half-lr --seeds 0-5                   # the subtle handicap (below the MDE)
   bench --tasks long --agents nft-t16 --seeds 0-5                        # issue 31: more information per sample?
   bench --tasks long --agents nft-two-std --seeds 0-5                    # issue 31: every sample pushes?
