@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) != 2:
         parser.error(f"--agents takes two agents, got {args.agents!r}")
     seeds = args.seeds
+    if args.mde_seeds < 2:
+        parser.error(f"--mde-seeds must be at least 2, got {args.mde_seeds}")
     if args.samples < task.eval_samples:
         parser.error(f"--samples must be at least the task's eval_samples ({task.eval_samples})")
     runs = {f"{name}-seed{seed}": args.bench_dir / task.name / f"{name}-seed{seed}" for name in names for seed in seeds}
@@ -114,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{run_dir} has no checkpoint (archived runs keep only their summaries)")
 
     cache = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    if cache and cache.get("samples") != args.samples:
-        parser.error(f"{args.output} holds {cache.get('samples')} samples a run, not {args.samples}")
+    if cache and (cache.get("samples"), cache.get("task")) != (args.samples, task.name):
+        parser.error(
+            f"{args.output} holds {cache.get('samples')} samples a run of task {cache.get('task')!r}, "
+            f"not {args.samples} of {task.name!r}"
+        )
     cache.update(task=task.name, samples=args.samples)
     cache.setdefault("gold", {})
     to_score = [("base", next(iter(runs.values())))] + list(runs.items())
